@@ -1,0 +1,62 @@
+//! The store port: what the exchange needs from durable state, and nothing about how.
+//!
+//! All writes go through [`Store::commit`], which applies one [`WriteBatch`] atomically: the
+//! sequencer gathers many requests and engine outputs into a batch and commits them in one
+//! transaction (group commit). That single entry point is why holds, orders and their outbox
+//! events can never be half-written, and why a consumer's cursor always commits with the
+//! effects it covers (design.md invariant 4).
+//!
+//! Reads for the API go through [`ReadStore`], which may run on other threads and
+//! connections; it sees only committed state.
+
+pub mod model;
+pub mod sqlite;
+
+pub use model::*;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("migration: {0}")]
+    Migration(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// State the single writer loads and commits. Implementations are used from one thread.
+pub trait Store: Send {
+    /// Applies every row of `batch` in one transaction, or none of them.
+    fn commit(&mut self, batch: &WriteBatch) -> StoreResult<()>;
+
+    fn load_assets(&mut self) -> StoreResult<Vec<AssetRow>>;
+    fn load_symbols(&mut self) -> StoreResult<Vec<SymbolRow>>;
+    fn load_user_ids(&mut self) -> StoreResult<Vec<u64>>;
+    /// NEW and PARTIALLY_FILLED orders, in `accept_seq` (arrival) order.
+    fn load_open_orders(&mut self) -> StoreResult<Vec<OrderRow>>;
+    fn load_cursors(&mut self) -> StoreResult<Vec<CursorRow>>;
+    fn load_venue_balances(&mut self) -> StoreResult<Vec<VenueBalanceRow>>;
+    fn load_balance(&mut self, user: u64, asset: u32) -> StoreResult<Option<BalanceRow>>;
+    fn find_order_by_client_id(&mut self, user: u64, client_id: &str)
+        -> StoreResult<Option<OrderRow>>;
+    fn find_order(&mut self, id: u64) -> StoreResult<Option<OrderRow>>;
+    /// The largest ids in use, so the writer continues the sequences after a restart.
+    fn load_counters(&mut self) -> StoreResult<Counters>;
+    /// Outbox rows with `seq > after`, oldest first, at most `limit`.
+    fn outbox_after(&mut self, after: i64, limit: usize) -> StoreResult<Vec<OutboxRow>>;
+}
+
+/// Queries for the API and for reconciliation; committed state only.
+pub trait ReadStore: Send + Sync {
+    fn order(&self, id: u64) -> StoreResult<Option<OrderRow>>;
+    fn orders(&self, query: &OrderQuery) -> StoreResult<Vec<OrderRow>>;
+    fn balances(&self, user: u64) -> StoreResult<Vec<BalanceRow>>;
+    fn fills(&self, user: u64, symbol: Option<u32>, before_seq: Option<i64>, limit: usize)
+        -> StoreResult<Vec<TradeRow>>;
+    fn trades_of_order(&self, order: u64) -> StoreResult<Vec<TradeRow>>;
+    /// Everything reconciliation needs, read in one snapshot.
+    fn audit(&self) -> StoreResult<AuditSnapshot>;
+}

@@ -1,0 +1,233 @@
+//! Rows as the store keeps them: integers in minor units, enums as stable strings.
+
+use agora_engine::{Side, TimeInForce};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetRow {
+    pub id: u32,
+    pub code: String,
+    pub scale: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SymbolStatus {
+    Trading,
+    Halted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolRow {
+    pub id: u32,
+    pub name: String,
+    pub base_asset: u32,
+    pub quote_asset: u32,
+    pub tick_size: i64,
+    pub lot_size: i64,
+    pub min_notional: i64,
+    pub maker_fee_bps: u32,
+    pub taker_fee_bps: u32,
+    pub status: SymbolStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: u64,
+    pub name: String,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceRow {
+    pub user: u64,
+    pub asset: u32,
+    pub available: i64,
+    pub held: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VenueAccount {
+    Fees,
+    External,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VenueBalanceRow {
+    pub account: VenueAccount,
+    pub asset: u32,
+    pub amount: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderType {
+    Limit,
+    Market,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    New,
+    PartiallyFilled,
+    Filled,
+    Canceled,
+    Rejected,
+    Expired,
+}
+
+impl OrderStatus {
+    pub fn is_open(self) -> bool {
+        matches!(self, OrderStatus::New | OrderStatus::PartiallyFilled)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRow {
+    pub id: u64,
+    pub user: u64,
+    pub symbol: u32,
+    pub side: Side,
+    pub order_type: OrderType,
+    pub time_in_force: TimeInForce,
+    pub price: Option<i64>,
+    pub quantity: Option<i64>,
+    pub quote_quantity: Option<i64>,
+    pub client_order_id: Option<String>,
+    pub status: OrderStatus,
+    pub filled_qty: i64,
+    pub filled_quote: i64,
+    pub fee_paid: i64,
+    /// The asset the hold is in (quote for buys, base for sells).
+    pub hold_asset: u32,
+    /// What is still held for this order.
+    pub held: i64,
+    /// Sequence of the OrderAccepted outbox event: the order's place in the symbol's log.
+    pub accept_seq: i64,
+    pub cancel_requested: bool,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeRow {
+    pub seq: i64,
+    pub symbol: u32,
+    pub trade_id: u64,
+    pub price: i64,
+    pub qty: i64,
+    pub quote_qty: i64,
+    pub buy_order: u64,
+    pub sell_order: u64,
+    pub buyer: u64,
+    pub seller: u64,
+    pub taker_side: Side,
+    pub buyer_fee: i64,
+    pub seller_fee: i64,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalRow {
+    pub id: i64,
+    pub kind: &'static str,
+    pub ref_id: Option<i64>,
+    /// JSON array of postings.
+    pub postings: String,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub id: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CursorRow {
+    pub symbol: u32,
+    pub input_seq: i64,
+    pub next_trade_id: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub max_order_id: u64,
+    pub max_outbox_seq: i64,
+    pub max_journal_id: i64,
+    pub max_trade_seq: i64,
+    pub max_user_id: u64,
+    pub max_asset_id: u32,
+    pub max_symbol_id: u32,
+}
+
+/// Everything one group commit writes. Rows are final values (upserts), so a batch that
+/// touched a balance ten times writes it once.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub users: Vec<UserRow>,
+    pub assets: Vec<AssetRow>,
+    pub symbols: Vec<SymbolRow>,
+    pub balances: Vec<BalanceRow>,
+    pub venue_balances: Vec<VenueBalanceRow>,
+    pub journal: Vec<JournalRow>,
+    pub orders: Vec<OrderRow>,
+    pub trades: Vec<TradeRow>,
+    pub outbox: Vec<OutboxRow>,
+    pub cursors: Vec<CursorRow>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+            && self.assets.is_empty()
+            && self.symbols.is_empty()
+            && self.balances.is_empty()
+            && self.venue_balances.is_empty()
+            && self.journal.is_empty()
+            && self.orders.is_empty()
+            && self.trades.is_empty()
+            && self.outbox.is_empty()
+            && self.cursors.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct OrderQuery {
+    pub user: u64,
+    pub symbol: Option<u32>,
+    pub status: Option<OrderStatus>,
+    /// Only orders with a smaller id (pagination cursor, newest first).
+    pub before_id: Option<u64>,
+    pub limit: usize,
+}
+
+/// A consistent read of the whole ledger for reconciliation.
+#[derive(Debug, Default)]
+pub struct AuditSnapshot {
+    pub balances: Vec<BalanceRow>,
+    pub venue_balances: Vec<VenueBalanceRow>,
+    /// Journal postings summed per (account code, user, asset): what the balances must be.
+    pub journal_sums: Vec<JournalSum>,
+    pub open_orders: Vec<OrderRow>,
+    /// (order id, summed qty, summed quote) over trades, per order that traded.
+    pub trade_totals: Vec<(u64, i64, i64)>,
+    /// Filled orders' (id, filled_qty, filled_quote) for cross-checking with trades.
+    pub order_fills: Vec<(u64, i64, i64)>,
+}
+
+/// Sum of all journal postings to one account; see `agora_ledger::Account::code`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalSum {
+    pub account_code: String,
+    pub user: u64,
+    pub asset: u32,
+    pub amount: i64,
+}
