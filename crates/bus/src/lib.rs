@@ -55,7 +55,10 @@ pub struct EmbeddedLog {
 
 impl EmbeddedLog {
     /// `capacity_batches` bounds each partition's queue (in appended batches).
-    pub fn new(partitions: u32, capacity_batches: usize) -> (EmbeddedLog, Vec<Receiver<Vec<Record>>>) {
+    pub fn new(
+        partitions: u32,
+        capacity_batches: usize,
+    ) -> (EmbeddedLog, Vec<Receiver<Vec<Record>>>) {
         assert!(partitions > 0 && capacity_batches > 0);
         let (senders, receivers) = (0..partitions).map(|_| bounded(capacity_batches)).unzip();
         (EmbeddedLog { senders }, receivers)
@@ -96,7 +99,8 @@ mod tests {
         let (log, rx) = EmbeddedLog::new(4, 8);
         let p = partition_for("BTC-USDT", 4);
         assert_eq!(p, partition_for("BTC-USDT", 4));
-        log.append(p, vec![record(1, "BTC-USDT"), record(5, "BTC-USDT")]).unwrap();
+        log.append(p, vec![record(1, "BTC-USDT"), record(5, "BTC-USDT")])
+            .unwrap();
         log.append(p, vec![record(9, "BTC-USDT")]).unwrap();
         let got: Vec<i64> = rx[p as usize]
             .try_iter()

@@ -25,7 +25,10 @@ pub enum Bucket {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Account {
-    User { user: UserId, bucket: Bucket },
+    User {
+        user: UserId,
+        bucket: Bucket,
+    },
     /// Fee income of the venue.
     Fees,
     /// The world outside: deposits debit it, withdrawals credit it.

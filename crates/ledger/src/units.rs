@@ -64,7 +64,11 @@ pub fn parse(text: &str, scale: u32) -> Result<i64, DecimalError> {
     if total > i64::MAX as i128 {
         return Err(DecimalError::Overflow);
     }
-    Ok(if negative { -(total as i64) } else { total as i64 })
+    Ok(if negative {
+        -(total as i64)
+    } else {
+        total as i64
+    })
 }
 
 /// Like [`parse`], refusing negative numbers.
@@ -115,9 +119,15 @@ mod tests {
         assert_eq!(parse(" 1", 2), Err(DecimalError::Malformed));
         assert_eq!(parse("+1", 2), Err(DecimalError::Malformed));
         assert_eq!(parse("NaN", 2), Err(DecimalError::Malformed));
-        assert_eq!(parse("92233720368547758.08", 2), Err(DecimalError::Overflow));
+        assert_eq!(
+            parse("92233720368547758.08", 2),
+            Err(DecimalError::Overflow)
+        );
         assert_eq!(parse("92233720368547758.07", 2), Ok(i64::MAX));
-        assert_eq!(parse("99999999999999999999999", 0), Err(DecimalError::Overflow));
+        assert_eq!(
+            parse("99999999999999999999999", 0),
+            Err(DecimalError::Overflow)
+        );
         assert_eq!(parse_non_negative("-0", 2), Err(DecimalError::Negative));
     }
 

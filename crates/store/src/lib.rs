@@ -34,14 +34,17 @@ pub trait Store: Send {
 
     fn load_assets(&mut self) -> StoreResult<Vec<AssetRow>>;
     fn load_symbols(&mut self) -> StoreResult<Vec<SymbolRow>>;
-    fn load_user_ids(&mut self) -> StoreResult<Vec<u64>>;
+    fn load_users(&mut self) -> StoreResult<Vec<UserRow>>;
     /// NEW and PARTIALLY_FILLED orders, in `accept_seq` (arrival) order.
     fn load_open_orders(&mut self) -> StoreResult<Vec<OrderRow>>;
     fn load_cursors(&mut self) -> StoreResult<Vec<CursorRow>>;
     fn load_venue_balances(&mut self) -> StoreResult<Vec<VenueBalanceRow>>;
     fn load_balance(&mut self, user: u64, asset: u32) -> StoreResult<Option<BalanceRow>>;
-    fn find_order_by_client_id(&mut self, user: u64, client_id: &str)
-        -> StoreResult<Option<OrderRow>>;
+    fn find_order_by_client_id(
+        &mut self,
+        user: u64,
+        client_id: &str,
+    ) -> StoreResult<Option<OrderRow>>;
     fn find_order(&mut self, id: u64) -> StoreResult<Option<OrderRow>>;
     /// The largest ids in use, so the writer continues the sequences after a restart.
     fn load_counters(&mut self) -> StoreResult<Counters>;
@@ -54,9 +57,15 @@ pub trait ReadStore: Send + Sync {
     fn order(&self, id: u64) -> StoreResult<Option<OrderRow>>;
     fn orders(&self, query: &OrderQuery) -> StoreResult<Vec<OrderRow>>;
     fn balances(&self, user: u64) -> StoreResult<Vec<BalanceRow>>;
-    fn fills(&self, user: u64, symbol: Option<u32>, before_seq: Option<i64>, limit: usize)
-        -> StoreResult<Vec<TradeRow>>;
+    fn fills(
+        &self,
+        user: u64,
+        symbol: Option<u32>,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<TradeRow>>;
     fn trades_of_order(&self, order: u64) -> StoreResult<Vec<TradeRow>>;
+    fn user_by_name(&self, name: &str) -> StoreResult<Option<UserRow>>;
     /// Everything reconciliation needs, read in one snapshot.
     fn audit(&self) -> StoreResult<AuditSnapshot>;
 }

@@ -182,6 +182,8 @@ pub struct WriteBatch {
     pub trades: Vec<TradeRow>,
     pub outbox: Vec<OutboxRow>,
     pub cursors: Vec<CursorRow>,
+    /// Delete outbox rows up to this seq: every consumer is past them.
+    pub outbox_prune_through: Option<i64>,
 }
 
 impl WriteBatch {
@@ -196,6 +198,7 @@ impl WriteBatch {
             && self.trades.is_empty()
             && self.outbox.is_empty()
             && self.cursors.is_empty()
+            && self.outbox_prune_through.is_none()
     }
 }
 

@@ -189,13 +189,17 @@ fn collect<T>(
 
 impl Store for SqliteStore {
     fn commit(&mut self, b: &WriteBatch) -> StoreResult<()> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
-            let mut s = tx.prepare_cached("INSERT INTO users (id, name, created_ms) VALUES (?1, ?2, ?3)")?;
+            let mut s =
+                tx.prepare_cached("INSERT INTO users (id, name, created_ms) VALUES (?1, ?2, ?3)")?;
             for u in &b.users {
                 s.execute(params![u.id, u.name, u.created_ms])?;
             }
-            let mut s = tx.prepare_cached("INSERT INTO assets (id, code, scale) VALUES (?1, ?2, ?3)")?;
+            let mut s =
+                tx.prepare_cached("INSERT INTO assets (id, code, scale) VALUES (?1, ?2, ?3)")?;
             for a in &b.assets {
                 s.execute(params![a.id, a.code, a.scale])?;
             }
@@ -318,19 +322,28 @@ impl Store for SqliteStore {
             for c in &b.cursors {
                 s.execute(params![c.symbol, c.input_seq, c.next_trade_id])?;
             }
+            if let Some(seq) = b.outbox_prune_through {
+                tx.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?
+                    .execute(params![seq])?;
+            }
         }
         tx.commit()?;
         Ok(())
     }
 
     fn load_assets(&mut self) -> StoreResult<Vec<AssetRow>> {
-        collect(&self.conn, "SELECT id, code, scale FROM assets ORDER BY id", [], |r| {
-            Ok(AssetRow {
-                id: r.get(0)?,
-                code: r.get(1)?,
-                scale: r.get(2)?,
-            })
-        })
+        collect(
+            &self.conn,
+            "SELECT id, code, scale FROM assets ORDER BY id",
+            [],
+            |r| {
+                Ok(AssetRow {
+                    id: r.get(0)?,
+                    code: r.get(1)?,
+                    scale: r.get(2)?,
+                })
+            },
+        )
     }
 
     fn load_symbols(&mut self) -> StoreResult<Vec<SymbolRow>> {
@@ -356,8 +369,19 @@ impl Store for SqliteStore {
         )
     }
 
-    fn load_user_ids(&mut self) -> StoreResult<Vec<u64>> {
-        collect(&self.conn, "SELECT id FROM users", [], |r| r.get(0))
+    fn load_users(&mut self) -> StoreResult<Vec<UserRow>> {
+        collect(
+            &self.conn,
+            "SELECT id, name, created_ms FROM users",
+            [],
+            |r| {
+                Ok(UserRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_ms: r.get(2)?,
+                })
+            },
+        )
     }
 
     fn load_open_orders(&mut self) -> StoreResult<Vec<OrderRow>> {
@@ -437,9 +461,8 @@ impl Store for SqliteStore {
     }
 
     fn load_counters(&mut self) -> StoreResult<Counters> {
-        let one = |sql: &str| -> StoreResult<i64> {
-            Ok(self.conn.query_row(sql, [], |r| r.get(0))?)
-        };
+        let one =
+            |sql: &str| -> StoreResult<i64> { Ok(self.conn.query_row(sql, [], |r| r.get(0))?) };
         Ok(Counters {
             max_order_id: one("SELECT COALESCE(MAX(id), 0) FROM orders")? as u64,
             max_outbox_seq: one("SELECT COALESCE(MAX(seq), 0) FROM outbox")?,
@@ -498,7 +521,8 @@ impl SqliteReader {
 impl ReadStore for SqliteReader {
     fn order(&self, id: u64) -> StoreResult<Option<OrderRow>> {
         self.with(|c| {
-            let mut s = c.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?;
+            let mut s =
+                c.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?;
             Ok(s.query_row(params![id], order_from_row).optional()?)
         })
     }
@@ -570,6 +594,21 @@ impl ReadStore for SqliteReader {
                 params![order],
                 trade_from_row,
             )
+        })
+    }
+
+    fn user_by_name(&self, name: &str) -> StoreResult<Option<UserRow>> {
+        self.with(|c| {
+            let mut s =
+                c.prepare_cached("SELECT id, name, created_ms FROM users WHERE name = ?1")?;
+            Ok(s.query_row(params![name], |r| {
+                Ok(UserRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_ms: r.get(2)?,
+                })
+            })
+            .optional()?)
         })
     }
 

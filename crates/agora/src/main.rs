@@ -1,0 +1,102 @@
+//! The `agora` command: a thin shell over the library crates.
+
+use agora_server::settings::ServeArgs;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "agora",
+    version,
+    about = "Bursty, high-contention transactions: an exchange on a double-entry core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process on the embedded store.
+    Serve(ServeArgs),
+    /// Create or upgrade the store's schema, then exit.
+    Migrate {
+        #[arg(long, env = "AGORA_DATA_DIR", default_value = "agora-data")]
+        data_dir: PathBuf,
+    },
+    /// Check the ledger and order invariants of a stopped store; exits 1 on any problem.
+    Reconcile {
+        #[arg(long, env = "AGORA_DATA_DIR", default_value = "agora-data")]
+        data_dir: PathBuf,
+    },
+    /// Drive a running agora over HTTP with many concurrent clients and report throughput
+    /// and latency percentiles.
+    Bench(agora_bench::BenchArgs),
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGORA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// A panic on the sequencer or an engine thread means the in-memory state can no longer be
+/// trusted: stop the whole process (fail-stop) and let recovery rebuild from the store.
+fn abort_on_core_thread_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        if name == "sequencer" || name.starts_with("engine-") {
+            std::process::abort();
+        }
+    }));
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = args.resolve()?;
+            init_logging(settings.log_json);
+            abort_on_core_thread_panic();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(agora_server::serve(settings))
+        }
+        Command::Migrate { data_dir } => {
+            init_logging(false);
+            std::fs::create_dir_all(&data_dir)?;
+            agora_store::sqlite::SqliteStore::open(
+                &data_dir.join("agora.db"),
+                agora_store::sqlite::Durability::Full,
+            )?;
+            println!("store at {} is up to date", data_dir.display());
+            Ok(())
+        }
+        Command::Reconcile { data_dir } => {
+            init_logging(false);
+            let report = agora_exchange::reconcile::offline(&data_dir)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Bench(args) => {
+            init_logging(false);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(agora_bench::run(args))
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The exchange venue: orders in, trades out, money moved exactly once.
+//!
+//! Follow one order through this crate:
+//! 1. [`Exchange::place_order`] validates it against the symbol's rules ([`rules`]) and hands
+//!    it to the [`sequencer`], the single writer, which holds the funds, inserts the order and
+//!    its `OrderAccepted` outbox event, and group-commits them in one transaction.
+//! 2. After the commit the sequencer publishes the event to the log partition of its symbol;
+//!    the [`shard`] that owns the symbol's book matches it.
+//! 3. The shard's output (trades, done orders) returns to the sequencer, which settles it
+//!    ([`settlement`]) and commits the effects together with the shard's cursor, so each
+//!    trade is applied exactly once.
+//!
+//! Restart: books are rebuilt from the open orders the store knows were processed (those at
+//! or below each symbol's cursor), then every later outbox input is replayed. The engine is
+//! deterministic, so the replay yields the same trades with the same ids.
+
+pub mod error;
+pub mod events;
+pub mod reconcile;
+pub mod rules;
+pub mod sequencer;
+pub mod settlement;
+pub mod shard;
+
+pub use error::{ErrorClass, ExchangeError, ExchangeResult};
+pub use rules::{NewAsset, NewSymbol, OrderRequest, RefData};
+pub use sequencer::Placed;
+pub use shard::BookSnapshot;
+
+use agora_bus::{partition_for, EmbeddedLog};
+use agora_engine::{Book, RestingOrder};
+use agora_store::sqlite::{Durability, SqliteReader, SqliteStore};
+use agora_store::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+use sequencer::{Request, Sequencer, SequencerLimits};
+use shard::{Shard, ShardBook, ShardControl};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
+
+/// Limits and knobs of the exchange core.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Engine threads; symbols are spread over them by name.
+    pub engine_shards: u32,
+    /// Requests waiting for the sequencer; callers wait (backpressure) beyond this.
+    pub request_queue_max: usize,
+    pub batch_max: usize,
+    pub read_connections: usize,
+    /// Batches of book inputs queued per shard before the sequencer waits.
+    pub shard_queue_batches: usize,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            durability: Durability::Full,
+            engine_shards: 1,
+            request_queue_max: 16_384,
+            batch_max: 4_096,
+            read_connections: 4,
+            shard_queue_batches: 1_024,
+        }
+    }
+}
+
+/// State the sequencer shares with API handlers.
+pub(crate) struct Shared {
+    pub refdata: RwLock<Arc<RefData>>,
+    pub users: RwLock<FxHashSet<u64>>,
+    /// Book inputs handed to the log, and consumed by the engine and settled.
+    pub published: AtomicU64,
+    pub settled: AtomicU64,
+    /// Trades committed since the store was created.
+    pub trades: AtomicU64,
+    pub ready: AtomicBool,
+}
+
+/// Counts for health checks and tests.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Status {
+    pub ready: bool,
+    /// Book inputs published but not yet settled.
+    pub pending_inputs: u64,
+    pub trades: u64,
+}
+
+/// A running exchange. Cheap to clone; all clones talk to the same sequencer.
+#[derive(Clone)]
+pub struct Exchange {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: mpsc::Sender<Request>,
+    reader: Arc<SqliteReader>,
+    shared: Arc<Shared>,
+    shard_control: Vec<crossbeam_channel::Sender<ShardControl>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl Exchange {
+    /// Opens the store, rebuilds the books, and starts the sequencer and shard threads.
+    /// Returns at once; [`Exchange::status`] reports `ready` once the engine has caught up.
+    pub fn start(config: Config) -> Result<Exchange, StartError> {
+        assert!(config.engine_shards > 0 && config.batch_max > 0);
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        let mut store = SqliteStore::open(&config.data_dir.join("agora.db"), config.durability)?;
+        let reader = Arc::new(store.reader(config.read_connections)?);
+        let refdata = RefData::new(store.load_assets()?, store.load_symbols()?);
+        let open_orders = store.load_open_orders()?;
+        let cursors = store.load_cursors()?;
+        let books = restore_books(&refdata, &open_orders, &cursors)?;
+
+        let shared = Arc::new(Shared {
+            refdata: RwLock::new(Arc::new(refdata.clone())),
+            users: RwLock::new(store.load_users()?.into_iter().map(|u| u.id).collect()),
+            published: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            trades: AtomicU64::new(store.load_counters()?.max_trade_seq as u64),
+            ready: AtomicBool::new(false),
+        });
+        let (log, partitions) = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
+        let (output_tx, output_rx) = mpsc::unbounded_channel();
+        let mut shard_books: Vec<FxHashMap<u32, ShardBook>> = (0..config.engine_shards)
+            .map(|_| FxHashMap::default())
+            .collect();
+        for (symbol, book) in books {
+            let name = &refdata.symbols[&symbol].name;
+            shard_books[partition_for(name, config.engine_shards) as usize].insert(symbol, book);
+        }
+        let mut threads = Vec::new();
+        let mut shard_control = Vec::new();
+        for (i, (books, log_rx)) in shard_books.into_iter().zip(partitions).enumerate() {
+            let (control_tx, control_rx) = crossbeam_channel::bounded(64);
+            shard_control.push(control_tx);
+            let shard = Shard {
+                books,
+                outputs: output_tx.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("engine-{i}"))
+                    .spawn(move || shard.run(log_rx, control_rx))
+                    .expect("spawn engine thread"),
+            );
+        }
+        drop(output_tx);
+        let limits = SequencerLimits {
+            batch_max: config.batch_max,
+            balance_cache_max: 1_000_000,
+            relay_page_rows: 4_096,
+        };
+        let sequencer = Sequencer::new(
+            store,
+            Arc::new(log),
+            shared.clone(),
+            limits,
+            refdata,
+            open_orders,
+            cursors,
+        )?;
+        let (request_tx, request_rx) = mpsc::channel(config.request_queue_max);
+        threads.push(
+            std::thread::Builder::new()
+                .name("sequencer".into())
+                .spawn(move || sequencer.run(request_rx, output_rx))
+                .expect("spawn sequencer thread"),
+        );
+        Ok(Exchange {
+            inner: Arc::new(Inner {
+                requests: request_tx,
+                reader,
+                shared,
+                shard_control,
+                threads: Mutex::new(threads),
+            }),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let s = &self.inner.shared;
+        Status {
+            ready: s.ready.load(Ordering::Acquire),
+            pending_inputs: s.published.load(Ordering::Acquire) - s.settled.load(Ordering::Acquire),
+            trades: s.trades.load(Ordering::Acquire),
+        }
+    }
+
+    pub fn refdata(&self) -> Arc<RefData> {
+        self.inner.shared.refdata.read().expect("lock").clone()
+    }
+
+    pub fn user_exists(&self, user: u64) -> bool {
+        self.inner
+            .shared
+            .users
+            .read()
+            .expect("lock")
+            .contains(&user)
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(sequencer::Reply<T>) -> Request,
+    ) -> ExchangeResult<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .requests
+            .send(make(tx))
+            .await
+            .map_err(|_| ExchangeError::unavailable("the exchange is stopping"))?;
+        rx.await
+            .map_err(|_| ExchangeError::unavailable("the exchange is stopping"))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SqliteReader) -> StoreResult<T> + Send + 'static,
+    ) -> ExchangeResult<T> {
+        let reader = self.inner.reader.clone();
+        tokio::task::spawn_blocking(move || f(&reader))
+            .await
+            .map_err(|e| ExchangeError::unavailable(format!("read task: {e}")))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "read failed");
+                ExchangeError::unavailable("the store could not be read; retry shortly")
+            })
+    }
+
+    pub async fn place_order(&self, user: u64, request: &OrderRequest) -> ExchangeResult<Placed> {
+        let order = rules::validate_order(request, &self.refdata())?;
+        self.call(|reply| Request::PlaceOrder { user, order, reply })
+            .await
+    }
+
+    /// Asks the engine to cancel; the hold is released when it confirms.
+    pub async fn cancel_order(&self, user: u64, order: u64) -> ExchangeResult<OrderRow> {
+        self.call(|reply| Request::CancelOrder { user, order, reply })
+            .await
+    }
+
+    pub async fn deposit(
+        &self,
+        user: u64,
+        asset: &str,
+        amount: &str,
+    ) -> ExchangeResult<BalanceRow> {
+        let asset = self.refdata().asset_by_code(asset)?.clone();
+        let amount = rules::parse_amount(amount, &asset)?;
+        self.call(|reply| Request::Deposit {
+            user,
+            asset: asset.id,
+            amount,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn create_user(&self, name: &str) -> ExchangeResult<UserRow> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+        if !ok {
+            return Err(ExchangeError::invalid(
+                "INVALID_NAME",
+                "name must be 1-64 characters of A-Z, a-z, 0-9, -, _, ., @",
+            ));
+        }
+        let name = name.to_string();
+        self.call(|reply| Request::CreateUser { name, reply }).await
+    }
+
+    pub async fn create_asset(&self, asset: NewAsset) -> ExchangeResult<AssetRow> {
+        rules::validate_asset(&asset, &self.refdata())?;
+        self.call(|reply| Request::CreateAsset { asset, reply })
+            .await
+    }
+
+    pub async fn create_symbol(&self, symbol: &NewSymbol) -> ExchangeResult<SymbolRow> {
+        let symbol = rules::validate_symbol(symbol, &self.refdata())?;
+        self.call(|reply| Request::CreateSymbol { symbol, reply })
+            .await
+    }
+
+    pub async fn user_by_name(&self, name: &str) -> ExchangeResult<Option<UserRow>> {
+        let name = name.to_string();
+        self.read(move |r| r.user_by_name(&name)).await
+    }
+
+    /// One of the user's orders; another user's order is reported as not found.
+    pub async fn order(&self, user: u64, id: u64) -> ExchangeResult<OrderRow> {
+        match self.read(move |r| r.order(id)).await? {
+            Some(o) if o.user == user => Ok(o),
+            _ => Err(ExchangeError::new(
+                ErrorClass::NotFound,
+                "ORDER_NOT_FOUND",
+                format!("no order {id}"),
+            )),
+        }
+    }
+
+    pub async fn orders(&self, query: OrderQuery) -> ExchangeResult<Vec<OrderRow>> {
+        self.read(move |r| r.orders(&query)).await
+    }
+
+    pub async fn balances(&self, user: u64) -> ExchangeResult<Vec<BalanceRow>> {
+        self.read(move |r| r.balances(user)).await
+    }
+
+    pub async fn fills(
+        &self,
+        user: u64,
+        symbol: Option<u32>,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> ExchangeResult<Vec<TradeRow>> {
+        self.read(move |r| r.fills(user, symbol, before_seq, limit))
+            .await
+    }
+
+    /// The engine's book of a symbol, straight from its shard.
+    pub async fn book(&self, symbol: u32) -> ExchangeResult<Option<BookSnapshot>> {
+        let name = match self.refdata().symbols.get(&symbol) {
+            Some(s) => s.name.clone(),
+            None => return Ok(None),
+        };
+        let shards = self.inner.shard_control.len() as u32;
+        let control = self.inner.shard_control[partition_for(&name, shards) as usize].clone();
+        let (tx, rx) = oneshot::channel();
+        control
+            .try_send(ShardControl::Snapshot { symbol, reply: tx })
+            .map_err(|_| ExchangeError::unavailable("engine is busy"))?;
+        rx.await
+            .map_err(|_| ExchangeError::unavailable("engine stopped"))
+    }
+
+    /// Checks every ledger and order invariant against the store; when no input is in
+    /// flight, also checks that each engine book equals the open orders in the store.
+    pub async fn reconcile(&self) -> ExchangeResult<reconcile::Report> {
+        let quiescent_before = self.status().pending_inputs == 0;
+        let audit = self.read(|r| r.audit()).await?;
+        let mut books = Vec::new();
+        if quiescent_before {
+            let refdata = self.refdata();
+            let mut ids: Vec<u32> = refdata.symbols.keys().copied().collect();
+            ids.sort_unstable();
+            for id in ids {
+                if let Some(b) = self.book(id).await? {
+                    books.push((id, b));
+                }
+            }
+        }
+        // Only compare books if nothing moved while we read.
+        let compare_books = quiescent_before && self.status().pending_inputs == 0;
+        Ok(reconcile::check(
+            &audit,
+            if compare_books {
+                Some(&books[..])
+            } else {
+                None
+            },
+        ))
+    }
+
+    /// Stops taking requests, lets the engine and settlement drain, and joins the threads.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .inner
+            .requests
+            .send(Request::Shutdown { reply: tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        for control in &self.inner.shard_control {
+            let _ = control.send(ShardControl::Stop);
+        }
+        let threads = std::mem::take(&mut *self.inner.threads.lock().expect("lock"));
+        let _ = tokio::task::spawn_blocking(move || {
+            threads.into_iter().for_each(|t| {
+                let _ = t.join();
+            })
+        })
+        .await;
+    }
+}
+
+/// Rebuilds each symbol's book from the orders the store says were resting when the
+/// symbol's cursor was committed, in arrival order.
+fn restore_books(
+    refdata: &RefData,
+    open_orders: &[OrderRow],
+    cursors: &[CursorRow],
+) -> Result<FxHashMap<u32, ShardBook>, StartError> {
+    let cursor_of: FxHashMap<u32, CursorRow> = cursors.iter().map(|c| (c.symbol, *c)).collect();
+    let mut books: FxHashMap<u32, ShardBook> = refdata
+        .symbols
+        .values()
+        .map(|s| {
+            let mut book = Book::new(refdata.book_spec(s));
+            let input_seq = cursor_of.get(&s.id).map_or(0, |c| {
+                book.set_next_trade_id(c.next_trade_id);
+                c.input_seq
+            });
+            (s.id, ShardBook { book, input_seq })
+        })
+        .collect();
+    for o in open_orders {
+        let state = books
+            .get_mut(&o.symbol)
+            .ok_or_else(|| StartError::Inconsistent(format!("order {} has no symbol", o.id)))?;
+        if o.accept_seq > state.input_seq {
+            continue; // not yet seen by the engine: it will be replayed
+        }
+        let (Some(price), Some(quantity), OrderType::Limit) = (o.price, o.quantity, o.order_type)
+        else {
+            return Err(StartError::Inconsistent(format!(
+                "processed order {} is open but cannot rest",
+                o.id
+            )));
+        };
+        state.book.restore(RestingOrder {
+            id: o.id,
+            user: o.user,
+            side: o.side,
+            price,
+            remaining: quantity - o.filled_qty,
+        });
+    }
+    for state in books.values() {
+        state.book.check_invariants();
+    }
+    Ok(books)
+}

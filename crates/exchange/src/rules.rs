@@ -1,0 +1,564 @@
+//! Reference data (assets, symbols) and the pure validation of what users send: decimal
+//! strings are turned into minor units exactly, checked against tick, lot, minimum notional,
+//! scale and i64 range, and the hold an order needs is computed. Nothing here does IO.
+
+use crate::error::{ExchangeError, ExchangeResult};
+use agora_engine::{BookSpec, OrderKind, Side, TimeInForce};
+use agora_ledger::units::{self, DecimalError};
+use agora_store::{AssetRow, OrderType, SymbolRow, SymbolStatus};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+
+/// Longest accepted client order id (Binance allows 36; we allow a little more).
+pub const CLIENT_ORDER_ID_LEN_MAX: usize = 64;
+pub const NAME_LEN_MAX: usize = 32;
+/// Fees above 10% are certainly a typo.
+pub const FEE_BPS_MAX: u32 = 1_000;
+
+/// Assets and symbols, indexed. Replaced wholesale (copy-on-write) when one is added.
+#[derive(Clone, Debug, Default)]
+pub struct RefData {
+    pub assets: FxHashMap<u32, AssetRow>,
+    pub asset_by_code: FxHashMap<String, u32>,
+    pub symbols: FxHashMap<u32, SymbolRow>,
+    pub symbol_by_name: FxHashMap<String, u32>,
+}
+
+impl RefData {
+    pub fn new(assets: Vec<AssetRow>, symbols: Vec<SymbolRow>) -> RefData {
+        let mut r = RefData::default();
+        assets.into_iter().for_each(|a| r.add_asset(a));
+        symbols.into_iter().for_each(|s| r.add_symbol(s));
+        r
+    }
+
+    pub fn add_asset(&mut self, a: AssetRow) {
+        self.asset_by_code.insert(a.code.clone(), a.id);
+        self.assets.insert(a.id, a);
+    }
+
+    pub fn add_symbol(&mut self, s: SymbolRow) {
+        self.symbol_by_name.insert(s.name.clone(), s.id);
+        self.symbols.insert(s.id, s);
+    }
+
+    pub fn asset(&self, id: u32) -> &AssetRow {
+        &self.assets[&id]
+    }
+
+    pub fn asset_by_code(&self, code: &str) -> ExchangeResult<&AssetRow> {
+        self.asset_by_code
+            .get(code)
+            .map(|id| &self.assets[id])
+            .ok_or_else(|| ExchangeError::invalid("UNKNOWN_ASSET", format!("no asset {code:?}")))
+    }
+
+    pub fn symbol_by_name(&self, name: &str) -> ExchangeResult<&SymbolRow> {
+        self.symbol_by_name
+            .get(name)
+            .map(|id| &self.symbols[id])
+            .ok_or_else(|| ExchangeError::invalid("UNKNOWN_SYMBOL", format!("no symbol {name:?}")))
+    }
+
+    /// The engine's view of a symbol.
+    pub fn book_spec(&self, symbol: &SymbolRow) -> BookSpec {
+        BookSpec {
+            base_unit: units::unit(self.asset(symbol.base_asset).scale),
+            lot_size: symbol.lot_size,
+        }
+    }
+
+    pub fn base_scale(&self, symbol: &SymbolRow) -> u32 {
+        self.asset(symbol.base_asset).scale
+    }
+
+    pub fn quote_scale(&self, symbol: &SymbolRow) -> u32 {
+        self.asset(symbol.quote_asset).scale
+    }
+}
+
+fn decimal(field: &'static str, text: &str, scale: u32) -> ExchangeResult<i64> {
+    units::parse_non_negative(text, scale).map_err(|e| {
+        let code = match e {
+            DecimalError::Malformed => "INVALID_NUMBER",
+            DecimalError::TooPrecise(_) => "TOO_MANY_DECIMALS",
+            DecimalError::Overflow => "OUT_OF_RANGE",
+            DecimalError::Negative => "NEGATIVE_NUMBER",
+        };
+        ExchangeError::invalid(code, format!("{field}: {e}"))
+    })
+}
+
+fn positive(field: &'static str, text: &str, scale: u32) -> ExchangeResult<i64> {
+    let v = decimal(field, text, scale)?;
+    if v == 0 {
+        return Err(ExchangeError::invalid(
+            "NOT_POSITIVE",
+            format!("{field} must be greater than zero"),
+        ));
+    }
+    Ok(v)
+}
+
+fn valid_name(field: &'static str, name: &str, extra: &[u8]) -> ExchangeResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_LEN_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || extra.contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ExchangeError::invalid(
+            "INVALID_NAME",
+            format!(
+                "{field} must be 1-{NAME_LEN_MAX} characters of A-Z, 0-9{}",
+                extra
+                    .iter()
+                    .map(|&b| format!(", {}", b as char))
+                    .collect::<String>()
+            ),
+        ))
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAsset {
+    pub code: String,
+    pub scale: u32,
+}
+
+pub fn validate_asset(req: &NewAsset, refdata: &RefData) -> ExchangeResult<()> {
+    valid_name("code", &req.code, b"")?;
+    if req.scale > units::SCALE_MAX {
+        return Err(ExchangeError::invalid(
+            "INVALID_SCALE",
+            format!("scale must be 0-{}", units::SCALE_MAX),
+        ));
+    }
+    if refdata.asset_by_code.contains_key(&req.code) {
+        return Err(ExchangeError::new(
+            crate::ErrorClass::Conflict,
+            "ALREADY_EXISTS",
+            format!("asset {} exists", req.code),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSymbol {
+    pub name: String,
+    pub base: String,
+    pub quote: String,
+    pub tick_size: String,
+    pub lot_size: String,
+    #[serde(default)]
+    pub min_notional: Option<String>,
+    #[serde(default)]
+    pub maker_fee_bps: u32,
+    #[serde(default)]
+    pub taker_fee_bps: u32,
+    #[serde(default)]
+    pub status: Option<SymbolStatus>,
+}
+
+/// Checks a symbol definition; `id` is filled in by the sequencer.
+pub fn validate_symbol(req: &NewSymbol, refdata: &RefData) -> ExchangeResult<SymbolRow> {
+    valid_name("name", &req.name, b"-_")?;
+    if refdata.symbol_by_name.contains_key(&req.name) {
+        return Err(ExchangeError::new(
+            crate::ErrorClass::Conflict,
+            "ALREADY_EXISTS",
+            format!("symbol {} exists", req.name),
+        ));
+    }
+    let base = refdata.asset_by_code(&req.base)?.clone();
+    let quote = refdata.asset_by_code(&req.quote)?.clone();
+    if base.id == quote.id {
+        return Err(ExchangeError::invalid(
+            "SAME_ASSET",
+            "base and quote must differ",
+        ));
+    }
+    let tick_size = positive("tick_size", &req.tick_size, quote.scale)?;
+    let lot_size = positive("lot_size", &req.lot_size, base.scale)?;
+    let min_notional = match &req.min_notional {
+        Some(t) => decimal("min_notional", t, quote.scale)?,
+        None => 0,
+    };
+    if req.maker_fee_bps > FEE_BPS_MAX || req.taker_fee_bps > FEE_BPS_MAX {
+        return Err(ExchangeError::invalid(
+            "INVALID_FEE",
+            format!("fees must be 0-{FEE_BPS_MAX} basis points"),
+        ));
+    }
+    // Every price is a multiple of the tick and every quantity of the lot, so requiring
+    // tick * lot to be a whole number of quote minor units makes every notional exact.
+    if (tick_size as i128 * lot_size as i128) % units::unit(base.scale) as i128 != 0 {
+        return Err(ExchangeError::invalid(
+            "INEXACT_NOTIONAL",
+            "tick_size * lot_size must be a whole number of quote minor units \
+             (raise the quote asset's scale, the tick or the lot)",
+        ));
+    }
+    Ok(SymbolRow {
+        id: 0,
+        name: req.name.clone(),
+        base_asset: base.id,
+        quote_asset: quote.id,
+        tick_size,
+        lot_size,
+        min_notional,
+        maker_fee_bps: req.maker_fee_bps,
+        taker_fee_bps: req.taker_fee_bps,
+        status: req.status.unwrap_or(SymbolStatus::Trading),
+    })
+}
+
+/// An order as the API receives it: decimal strings, optional fields.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub symbol: String,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    #[serde(default)]
+    pub price: Option<String>,
+    #[serde(default)]
+    pub quantity: Option<String>,
+    #[serde(default)]
+    pub quote_quantity: Option<String>,
+    #[serde(default)]
+    pub time_in_force: Option<TimeInForce>,
+    #[serde(default)]
+    pub client_order_id: Option<String>,
+}
+
+/// An order that passed every static rule, in minor units, with its hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidOrder {
+    pub symbol: u32,
+    pub side: Side,
+    pub order_type: OrderType,
+    pub time_in_force: TimeInForce,
+    pub price: Option<i64>,
+    pub quantity: Option<i64>,
+    pub quote_quantity: Option<i64>,
+    pub client_order_id: Option<String>,
+    pub kind: OrderKind,
+    pub hold_asset: u32,
+    pub hold_amount: i64,
+}
+
+fn absent(field: &'static str, value: &Option<String>, why: &str) -> ExchangeResult<()> {
+    match value {
+        Some(_) => Err(ExchangeError::invalid(
+            "UNEXPECTED_FIELD",
+            format!("{field} is not allowed {why}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn required<'a>(
+    field: &'static str,
+    value: &'a Option<String>,
+    why: &str,
+) -> ExchangeResult<&'a str> {
+    value.as_deref().ok_or_else(|| {
+        ExchangeError::invalid("MISSING_FIELD", format!("{field} is required {why}"))
+    })
+}
+
+pub fn validate_order(req: &OrderRequest, refdata: &RefData) -> ExchangeResult<ValidOrder> {
+    let symbol = refdata.symbol_by_name(&req.symbol)?;
+    if symbol.status != SymbolStatus::Trading {
+        return Err(ExchangeError::new(
+            crate::ErrorClass::Conflict,
+            "SYMBOL_NOT_TRADING",
+            format!("{} is not trading", symbol.name),
+        ));
+    }
+    if let Some(id) = &req.client_order_id {
+        let ok = !id.is_empty()
+            && id.len() <= CLIENT_ORDER_ID_LEN_MAX
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !ok {
+            return Err(ExchangeError::invalid(
+                "INVALID_CLIENT_ORDER_ID",
+                format!(
+                    "client_order_id must be 1-{CLIENT_ORDER_ID_LEN_MAX} characters of \
+                     A-Z, a-z, 0-9, -, _, ., :"
+                ),
+            ));
+        }
+    }
+    let spec = refdata.book_spec(symbol);
+    let (base_scale, quote_scale) = (refdata.base_scale(symbol), refdata.quote_scale(symbol));
+    let quantity = |text: &str| -> ExchangeResult<i64> {
+        let q = positive("quantity", text, base_scale)?;
+        if q % symbol.lot_size != 0 {
+            return Err(ExchangeError::invalid(
+                "QUANTITY_OFF_LOT",
+                format!(
+                    "quantity must be a multiple of the lot size {}",
+                    units::format(symbol.lot_size, base_scale)
+                ),
+            ));
+        }
+        Ok(q)
+    };
+    let min_notional = |notional: i128| -> ExchangeResult<()> {
+        if notional > i64::MAX as i128 {
+            return Err(ExchangeError::invalid(
+                "OUT_OF_RANGE",
+                "order value is too large",
+            ));
+        }
+        if notional < symbol.min_notional as i128 {
+            return Err(ExchangeError::invalid(
+                "NOTIONAL_TOO_SMALL",
+                format!(
+                    "order value must be at least {}",
+                    units::format(symbol.min_notional, quote_scale)
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let mut order = ValidOrder {
+        symbol: symbol.id,
+        side: req.side,
+        order_type: req.order_type,
+        time_in_force: TimeInForce::Gtc,
+        price: None,
+        quantity: None,
+        quote_quantity: None,
+        client_order_id: req.client_order_id.clone(),
+        kind: OrderKind::Market { qty: 0 },
+        hold_asset: 0,
+        hold_amount: 0,
+    };
+    match req.order_type {
+        OrderType::Limit => {
+            absent("quote_quantity", &req.quote_quantity, "on a LIMIT order")?;
+            let price = positive(
+                "price",
+                required("price", &req.price, "on a LIMIT order")?,
+                quote_scale,
+            )?;
+            if price % symbol.tick_size != 0 {
+                return Err(ExchangeError::invalid(
+                    "PRICE_OFF_TICK",
+                    format!(
+                        "price must be a multiple of the tick size {}",
+                        units::format(symbol.tick_size, quote_scale)
+                    ),
+                ));
+            }
+            let qty = quantity(required("quantity", &req.quantity, "on a LIMIT order")?)?;
+            let notional = price as i128 * qty as i128 / spec.base_unit as i128;
+            min_notional(notional)?;
+            let tif = req.time_in_force.unwrap_or(TimeInForce::Gtc);
+            order.time_in_force = tif;
+            order.price = Some(price);
+            order.quantity = Some(qty);
+            order.kind = OrderKind::Limit { price, qty, tif };
+            (order.hold_asset, order.hold_amount) = match req.side {
+                Side::Buy => (symbol.quote_asset, notional as i64),
+                Side::Sell => (symbol.base_asset, qty),
+            };
+        }
+        OrderType::Market => {
+            absent("price", &req.price, "on a MARKET order")?;
+            if !matches!(req.time_in_force, None | Some(TimeInForce::Ioc)) {
+                return Err(ExchangeError::invalid(
+                    "INVALID_TIME_IN_FORCE",
+                    "a MARKET order is always IOC",
+                ));
+            }
+            order.time_in_force = TimeInForce::Ioc;
+            match req.side {
+                Side::Buy => {
+                    absent(
+                        "quantity",
+                        &req.quantity,
+                        "on a MARKET BUY: give quote_quantity, the amount to spend",
+                    )?;
+                    let budget = positive(
+                        "quote_quantity",
+                        required("quote_quantity", &req.quote_quantity, "on a MARKET BUY")?,
+                        quote_scale,
+                    )?;
+                    min_notional(budget as i128)?;
+                    order.quote_quantity = Some(budget);
+                    order.kind = OrderKind::MarketQuote { budget };
+                    (order.hold_asset, order.hold_amount) = (symbol.quote_asset, budget);
+                }
+                Side::Sell => {
+                    absent("quote_quantity", &req.quote_quantity, "on a MARKET SELL")?;
+                    let qty = quantity(required("quantity", &req.quantity, "on a MARKET SELL")?)?;
+                    order.quantity = Some(qty);
+                    order.kind = OrderKind::Market { qty };
+                    (order.hold_asset, order.hold_amount) = (symbol.base_asset, qty);
+                }
+            }
+        }
+    }
+    debug_assert!(order.hold_amount > 0);
+    Ok(order)
+}
+
+/// Parses a positive amount of `asset` (deposits, withdrawals).
+pub fn parse_amount(text: &str, asset: &AssetRow) -> ExchangeResult<i64> {
+    positive("amount", text, asset.scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refdata() -> RefData {
+        let mut r = RefData::new(
+            vec![
+                AssetRow {
+                    id: 1,
+                    code: "BTC".into(),
+                    scale: 8,
+                },
+                AssetRow {
+                    id: 2,
+                    code: "USDT".into(),
+                    scale: 6,
+                },
+            ],
+            vec![],
+        );
+        let s = validate_symbol(
+            &NewSymbol {
+                name: "BTC-USDT".into(),
+                base: "BTC".into(),
+                quote: "USDT".into(),
+                tick_size: "0.01".into(),
+                lot_size: "0.0001".into(),
+                min_notional: Some("5".into()),
+                maker_fee_bps: 10,
+                taker_fee_bps: 20,
+                status: None,
+            },
+            &r,
+        )
+        .unwrap();
+        r.add_symbol(SymbolRow { id: 1, ..s });
+        r
+    }
+
+    fn limit(side: Side, price: &str, qty: &str) -> OrderRequest {
+        OrderRequest {
+            symbol: "BTC-USDT".into(),
+            side,
+            order_type: OrderType::Limit,
+            price: Some(price.into()),
+            quantity: Some(qty.into()),
+            quote_quantity: None,
+            time_in_force: None,
+            client_order_id: None,
+        }
+    }
+
+    fn code(r: ExchangeResult<ValidOrder>) -> &'static str {
+        r.unwrap_err().code
+    }
+
+    #[test]
+    fn limit_buy_holds_exact_notional() {
+        let o = validate_order(&limit(Side::Buy, "50000.01", "0.0003"), &refdata()).unwrap();
+        assert_eq!(o.hold_asset, 2);
+        assert_eq!(o.hold_amount, 15_000_003_000); // 15.000003 USDT at scale 6
+        let o = validate_order(&limit(Side::Sell, "50000", "0.0003"), &refdata()).unwrap();
+        assert_eq!((o.hold_asset, o.hold_amount), (1, 30_000));
+    }
+
+    #[test]
+    fn rejects_what_does_not_fit_the_rules() {
+        let r = refdata();
+        assert_eq!(
+            code(validate_order(&limit(Side::Buy, "50000.001", "1"), &r)),
+            "TOO_MANY_DECIMALS"
+        );
+        assert_eq!(
+            code(validate_order(&limit(Side::Buy, "50000.015", "1"), &r)),
+            "TOO_MANY_DECIMALS"
+        );
+        assert_eq!(
+            code(validate_order(&limit(Side::Buy, "0", "1"), &r)),
+            "NOT_POSITIVE"
+        );
+        assert_eq!(
+            code(validate_order(&limit(Side::Buy, "-1", "1"), &r)),
+            "NEGATIVE_NUMBER"
+        );
+        assert_eq!(
+            code(validate_order(&limit(Side::Buy, "1e3", "1"), &r)),
+            "INVALID_NUMBER"
+        );
+        assert_eq!(
+            code(validate_order(&limit(Side::Buy, "100", "0.00015"), &r)),
+            "QUANTITY_OFF_LOT"
+        );
+        assert_eq!(
+            code(validate_order(&limit(Side::Buy, "1", "0.0001"), &r)),
+            "NOTIONAL_TOO_SMALL"
+        );
+        assert_eq!(
+            code(validate_order(
+                &limit(Side::Buy, "92233720368547", "92233720368"),
+                &r
+            )),
+            "OUT_OF_RANGE"
+        );
+        let mut unknown = limit(Side::Buy, "1", "1");
+        unknown.symbol = "NOPE".into();
+        assert_eq!(code(validate_order(&unknown, &r)), "UNKNOWN_SYMBOL");
+        let mut market = limit(Side::Buy, "1", "1");
+        market.order_type = OrderType::Market;
+        assert_eq!(code(validate_order(&market, &r)), "UNEXPECTED_FIELD");
+        market.price = None;
+        assert_eq!(code(validate_order(&market, &r)), "UNEXPECTED_FIELD");
+        market.quantity = None;
+        assert_eq!(code(validate_order(&market, &r)), "MISSING_FIELD");
+        market.quote_quantity = Some("100".into());
+        assert_eq!(
+            validate_order(&market, &r).unwrap().hold_amount,
+            100_000_000
+        );
+    }
+
+    #[test]
+    fn symbol_rules_must_make_notionals_exact() {
+        let r = refdata();
+        let mut s = NewSymbol {
+            name: "X".into(),
+            base: "BTC".into(),
+            quote: "USDT".into(),
+            tick_size: "0.01".into(),
+            lot_size: "0.00001".into(),
+            min_notional: None,
+            maker_fee_bps: 0,
+            taker_fee_bps: 0,
+            status: None,
+        };
+        assert_eq!(
+            validate_symbol(&s, &r).unwrap_err().code,
+            "INEXACT_NOTIONAL"
+        );
+        s.lot_size = "0.0001".into();
+        assert!(validate_symbol(&s, &r).is_ok());
+    }
+}

@@ -1,0 +1,916 @@
+//! The sequencer: the one thread that writes.
+//!
+//! Every state change — an order's hold, its row and its outbox event; a cancel request; a
+//! deposit; the settlement of the engine's output — is applied here to an in-memory working
+//! set (balances, open orders, cursors) and then committed to the store in one transaction
+//! per batch. Batches form by themselves: while one commit is on its way to disk, new
+//! requests queue up, and the next loop takes all of them (up to `batch_max`). Replies are
+//! sent and outbox records published only after the commit, so an answered request is
+//! durable (invariant 3) and the engine never sees an input the store has not got.
+//!
+//! Being the only writer is what lets the working set be authoritative: no other process
+//! changes these rows behind its back, so a balance check is a map lookup, not a query.
+
+use crate::error::{ErrorClass, ExchangeError, ExchangeResult};
+use crate::events::{BookInput, BOOK_AGGREGATE};
+use crate::rules::{NewAsset, RefData, ValidOrder};
+use crate::settlement::settle_trade;
+use crate::Shared;
+use agora_bus::{partition_for, EventLog, Record};
+use agora_engine::{DoneReason, Event, NewOrder, Side};
+use agora_ledger::{Account, Balance, Bucket, Entry, EntryKind, LedgerError};
+use agora_store::sqlite::now_ms;
+use agora_store::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub type Reply<T> = oneshot::Sender<ExchangeResult<T>>;
+
+pub enum Request {
+    PlaceOrder {
+        user: u64,
+        order: ValidOrder,
+        reply: Reply<Placed>,
+    },
+    CancelOrder {
+        user: u64,
+        order: u64,
+        reply: Reply<OrderRow>,
+    },
+    Deposit {
+        user: u64,
+        asset: u32,
+        amount: i64,
+        reply: Reply<BalanceRow>,
+    },
+    CreateUser {
+        name: String,
+        reply: Reply<UserRow>,
+    },
+    CreateAsset {
+        asset: NewAsset,
+        reply: Reply<AssetRow>,
+    },
+    CreateSymbol {
+        symbol: SymbolRow,
+        reply: Reply<SymbolRow>,
+    },
+    /// Stop taking requests, settle everything in flight, then exit.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The answer to a placement: the order, and whether this call created it (false when a
+/// repeated client order id returned the original).
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub order: OrderRow,
+    pub created: bool,
+}
+
+/// What an engine shard produced for a run of one symbol's inputs.
+#[derive(Debug)]
+pub struct EngineOutput {
+    pub symbol: u32,
+    /// Offset of the last input consumed (the cursor to commit with these effects).
+    pub last_input_seq: i64,
+    pub next_trade_id: u64,
+    /// How many log records were consumed, duplicates included.
+    pub inputs: u64,
+    pub events: Vec<Event>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SequencerLimits {
+    /// Most requests (and, separately, engine outputs) taken into one commit.
+    pub batch_max: usize,
+    /// Balances kept in memory before the cache is dropped and refilled lazily.
+    pub balance_cache_max: usize,
+    /// Outbox rows read per page while catching up after a restart.
+    pub relay_page_rows: usize,
+}
+
+/// Rows touched since the last commit.
+#[derive(Default)]
+struct Dirty {
+    balances: FxHashSet<(u64, u32)>,
+    venue: FxHashSet<(VenueAccount, u32)>,
+    orders: FxHashSet<u64>,
+    /// Orders that left `open` in this batch, kept until they are written.
+    finished: FxHashMap<u64, OrderRow>,
+    cursors: FxHashSet<u32>,
+    /// Client order ids placed in this batch, not yet findable in the store.
+    client_ids: FxHashMap<(u64, String), u64>,
+    replies: Vec<Box<dyn FnOnce() + Send>>,
+    settled_inputs: u64,
+}
+
+pub(crate) struct Sequencer<S: Store> {
+    store: S,
+    log: Arc<dyn EventLog>,
+    shared: Arc<Shared>,
+    limits: SequencerLimits,
+    refdata: RefData,
+    users: FxHashSet<u64>,
+    user_names: FxHashSet<String>,
+    balances: FxHashMap<(u64, u32), Balance>,
+    venue: FxHashMap<(VenueAccount, u32), i64>,
+    open: FxHashMap<u64, OrderRow>,
+    cursors: FxHashMap<u32, CursorRow>,
+    next: Counters,
+    write: WriteBatch,
+    dirty: Dirty,
+    commits: u64,
+}
+
+fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
+    // The store is the source of truth; if it cannot be read or written, carrying on would
+    // diverge from it. Stop, and let recovery rebuild from what was committed.
+    tracing::error!(error = %e, "{what}; stopping so recovery can replay from the store");
+    eprintln!("fatal: {what}: {e}");
+    std::process::abort();
+}
+
+impl<S: Store> Sequencer<S> {
+    pub(crate) fn new(
+        mut store: S,
+        log: Arc<dyn EventLog>,
+        shared: Arc<Shared>,
+        limits: SequencerLimits,
+        refdata: RefData,
+        open_orders: Vec<OrderRow>,
+        cursors: Vec<CursorRow>,
+    ) -> StoreResult<Self> {
+        let loaded = store.load_users()?;
+        let users = loaded.iter().map(|u| u.id).collect();
+        let user_names = loaded.into_iter().map(|u| u.name).collect();
+        let venue = store
+            .load_venue_balances()?
+            .into_iter()
+            .map(|v| ((v.account, v.asset), v.amount))
+            .collect();
+        let next = store.load_counters()?;
+        Ok(Sequencer {
+            store,
+            log,
+            shared,
+            limits,
+            refdata,
+            users,
+            user_names,
+            balances: FxHashMap::default(),
+            venue,
+            open: open_orders.into_iter().map(|o| (o.id, o)).collect(),
+            cursors: cursors.into_iter().map(|c| (c.symbol, c)).collect(),
+            next,
+            write: WriteBatch::default(),
+            dirty: Dirty::default(),
+            commits: 0,
+        })
+    }
+
+    /// Runs until shutdown: catch up the engine from the outbox, mark ready, then serve.
+    pub(crate) fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut outputs: mpsc::UnboundedReceiver<EngineOutput>,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap_or_else(|e| fatal("sequencer runtime", e));
+        rt.block_on(async move {
+            self.catch_up(&mut outputs).await;
+            self.shared.ready.store(true, Ordering::Release);
+            tracing::info!("exchange ready");
+            let mut shutdown: Option<oneshot::Sender<()>> = None;
+            let batch_max = self.limits.batch_max;
+            let mut engine_batch = Vec::with_capacity(batch_max);
+            let mut request_batch = Vec::with_capacity(batch_max);
+            loop {
+                if shutdown.is_some() {
+                    if self.pending_inputs() == 0 {
+                        break;
+                    }
+                    match tokio::time::timeout(Duration::from_secs(10), outputs.recv()).await {
+                        Ok(Some(o)) => engine_batch.push(o),
+                        _ => {
+                            tracing::warn!("engine did not drain in time; stopping anyway");
+                            break;
+                        }
+                    }
+                } else {
+                    tokio::select! {
+                        biased;
+                        Some(o) = outputs.recv() => engine_batch.push(o),
+                        r = requests.recv() => match r {
+                            Some(r) => request_batch.push(r),
+                            None => break,
+                        },
+                    }
+                }
+                while engine_batch.len() < batch_max {
+                    match outputs.try_recv() {
+                        Ok(o) => engine_batch.push(o),
+                        Err(_) => break,
+                    }
+                }
+                if shutdown.is_none() {
+                    while request_batch.len() < batch_max {
+                        match requests.try_recv() {
+                            Ok(r) => request_batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                for o in engine_batch.drain(..) {
+                    self.apply_engine_output(o);
+                }
+                for r in request_batch.drain(..) {
+                    if let Request::Shutdown { reply } = r {
+                        shutdown = Some(reply);
+                        continue;
+                    }
+                    self.apply_request(r);
+                }
+                self.commit();
+            }
+            // Refuse whatever is still queued rather than leave callers hanging.
+            requests.close();
+            while let Ok(r) = requests.try_recv() {
+                refuse(r);
+            }
+            if let Some(reply) = shutdown {
+                let _ = reply.send(());
+            }
+            tracing::info!("sequencer stopped");
+        });
+    }
+
+    fn pending_inputs(&self) -> u64 {
+        let published = self.shared.published.load(Ordering::Acquire);
+        let settled = self.shared.settled.load(Ordering::Acquire);
+        published - settled
+    }
+
+    /// Re-publishes every book input the engine may not have settled (the relay's restart
+    /// path), settling as it goes, until the engine has caught up with the outbox.
+    async fn catch_up(&mut self, outputs: &mut mpsc::UnboundedReceiver<EngineOutput>) {
+        let mut from = self
+            .refdata
+            .symbols
+            .keys()
+            .map(|s| self.cursors.get(s).map_or(0, |c| c.input_seq))
+            .min()
+            .unwrap_or(0);
+        let started = std::time::Instant::now();
+        let mut relayed = 0usize;
+        loop {
+            let rows = self
+                .store
+                .outbox_after(from, self.limits.relay_page_rows)
+                .unwrap_or_else(|e| fatal("reading the outbox", e));
+            let Some(last) = rows.last() else { break };
+            from = last.seq;
+            relayed += rows.len();
+            self.publish(rows);
+            while let Ok(o) = outputs.try_recv() {
+                self.apply_engine_output(o);
+            }
+            self.commit();
+        }
+        while self.pending_inputs() > 0 {
+            match tokio::time::timeout(Duration::from_secs(30), outputs.recv()).await {
+                Ok(Some(o)) => self.apply_engine_output(o),
+                _ => fatal("catching up", "engine produced no output for 30 s"),
+            }
+            while let Ok(o) = outputs.try_recv() {
+                self.apply_engine_output(o);
+            }
+            self.commit();
+        }
+        if relayed > 0 {
+            tracing::info!(
+                relayed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "engine caught up"
+            );
+        }
+    }
+
+    fn publish(&mut self, rows: Vec<OutboxRow>) {
+        let partitions = self.log.partitions();
+        let mut by_partition: FxHashMap<u32, Vec<Record>> = FxHashMap::default();
+        for row in rows {
+            if row.aggregate_type != BOOK_AGGREGATE {
+                continue;
+            }
+            by_partition
+                .entry(partition_for(&row.aggregate_id, partitions))
+                .or_default()
+                .push(Record {
+                    offset: row.seq,
+                    key: row.aggregate_id.into(),
+                    event_type: row.event_type.into(),
+                    payload: row.payload.into(),
+                });
+        }
+        let mut partitions: Vec<_> = by_partition.into_iter().collect();
+        partitions.sort_by_key(|(p, _)| *p);
+        for (partition, records) in partitions {
+            self.shared
+                .published
+                .fetch_add(records.len() as u64, Ordering::AcqRel);
+            if self.log.append(partition, records).is_err() {
+                fatal("publishing to the event log", "log closed");
+            }
+        }
+    }
+
+    fn commit(&mut self) {
+        let now = now_ms();
+        let d = std::mem::take(&mut self.dirty);
+        let w = &mut self.write;
+        for key in &d.balances {
+            let b = self.balances[key];
+            w.balances.push(BalanceRow {
+                user: key.0,
+                asset: key.1,
+                available: b.available,
+                held: b.held,
+            });
+        }
+        for key in &d.venue {
+            w.venue_balances.push(VenueBalanceRow {
+                account: key.0,
+                asset: key.1,
+                amount: self.venue[key],
+            });
+        }
+        for id in &d.orders {
+            let row = self.open.get(id).or_else(|| d.finished.get(id));
+            let mut row = row.expect("dirty order is open or finished").clone();
+            row.updated_ms = now;
+            w.orders.push(row);
+        }
+        for symbol in &d.cursors {
+            w.cursors.push(self.cursors[symbol]);
+        }
+        self.commits += 1;
+        if self.commits % 1024 == 0 {
+            // Every consumer is past the lowest cursor; older book inputs are never re-read.
+            w.outbox_prune_through = self
+                .refdata
+                .symbols
+                .keys()
+                .map(|s| self.cursors.get(s).map_or(0, |c| c.input_seq))
+                .min();
+        }
+        if w.is_empty() {
+            d.replies.into_iter().for_each(|r| r());
+            return;
+        }
+        let mut attempt = 0;
+        while let Err(e) = self.store.commit(w) {
+            attempt += 1;
+            tracing::warn!(error = %e, attempt, "commit failed; retrying");
+            if attempt == 5 {
+                fatal("committing a batch", e);
+            }
+            std::thread::sleep(Duration::from_millis(50 << attempt));
+        }
+        let outbox = std::mem::take(&mut w.outbox);
+        let trades = w.trades.len() as u64;
+        *w = WriteBatch::default();
+        self.shared.trades.fetch_add(trades, Ordering::AcqRel);
+        self.shared
+            .settled
+            .fetch_add(d.settled_inputs, Ordering::AcqRel);
+        d.replies.into_iter().for_each(|r| r());
+        self.publish(outbox);
+        if self.balances.len() > self.limits.balance_cache_max {
+            self.balances.clear();
+        }
+    }
+
+    fn apply_request(&mut self, request: Request) {
+        if !self.shared.ready.load(Ordering::Acquire) {
+            return refuse(request);
+        }
+        match request {
+            Request::PlaceOrder { user, order, reply } => {
+                let result = self.place(user, order);
+                self.reply_after_commit(reply, result);
+            }
+            Request::CancelOrder { user, order, reply } => {
+                let result = self.cancel(user, order);
+                self.reply_after_commit(reply, result);
+            }
+            Request::Deposit {
+                user,
+                asset,
+                amount,
+                reply,
+            } => {
+                let result = self.deposit(user, asset, amount);
+                self.reply_after_commit(reply, result);
+            }
+            Request::CreateUser { name, reply } => {
+                let result = self.create_user(name);
+                self.reply_after_commit(reply, result);
+            }
+            Request::CreateAsset { asset, reply } => {
+                let result = self.create_asset(asset);
+                self.reply_after_commit(reply, result);
+            }
+            Request::CreateSymbol { symbol, reply } => {
+                let result = self.create_symbol(symbol);
+                self.reply_after_commit(reply, result);
+            }
+            Request::Shutdown { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// Successes wait for the commit; refusals changed nothing and go out at once.
+    fn reply_after_commit<T: Send + 'static>(
+        &mut self,
+        reply: Reply<T>,
+        result: ExchangeResult<T>,
+    ) {
+        match result {
+            Ok(_) => self.dirty.replies.push(Box::new(move || {
+                let _ = reply.send(result);
+            })),
+            Err(_) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn balance(&mut self, user: u64, asset: u32) -> Balance {
+        if let Some(b) = self.balances.get(&(user, asset)) {
+            return *b;
+        }
+        let b = self
+            .store
+            .load_balance(user, asset)
+            .unwrap_or_else(|e| fatal("loading a balance", e))
+            .map_or(Balance::default(), |r| Balance {
+                available: r.available,
+                held: r.held,
+            });
+        self.balances.insert((user, asset), b);
+        b
+    }
+
+    /// Applies a balanced entry to the working set: all postings or none.
+    fn post(&mut self, entry: Entry, ref_id: Option<i64>) -> Result<(), LedgerError> {
+        let mut users: Vec<((u64, u32), Balance)> = Vec::with_capacity(entry.postings.len());
+        let mut venue: Vec<((VenueAccount, u32), i64)> = Vec::new();
+        for p in &entry.postings {
+            match p.account {
+                Account::User { user, bucket } => {
+                    let key = (user, p.asset);
+                    let i = match users.iter().position(|(k, _)| *k == key) {
+                        Some(i) => i,
+                        None => {
+                            users.push((key, self.balance(user, p.asset)));
+                            users.len() - 1
+                        }
+                    };
+                    users[i].1.apply(bucket, p.amount)?;
+                }
+                Account::Fees | Account::External => {
+                    let key = match p.account {
+                        Account::Fees => (VenueAccount::Fees, p.asset),
+                        _ => (VenueAccount::External, p.asset),
+                    };
+                    let i = match venue.iter().position(|(k, _)| *k == key) {
+                        Some(i) => i,
+                        None => {
+                            venue.push((key, self.venue.get(&key).copied().unwrap_or(0)));
+                            venue.len() - 1
+                        }
+                    };
+                    let v = venue[i].1 as i128 + p.amount as i128;
+                    // Fee income never goes negative; the external account mirrors deposits
+                    // and is negative by design.
+                    if (key.0 == VenueAccount::Fees && v < 0) || v.abs() > i64::MAX as i128 {
+                        return Err(LedgerError::Insufficient {
+                            bucket: Bucket::Available,
+                            would_be: v,
+                        });
+                    }
+                    venue[i].1 = v as i64;
+                }
+            }
+        }
+        for (key, b) in users {
+            self.balances.insert(key, b);
+            self.dirty.balances.insert(key);
+        }
+        for (key, v) in venue {
+            self.venue.insert(key, v);
+            self.dirty.venue.insert(key);
+        }
+        self.next.max_journal_id += 1;
+        self.write.journal.push(JournalRow {
+            id: self.next.max_journal_id,
+            kind: entry.kind.as_str(),
+            ref_id,
+            postings: entry.postings_json(),
+            created_ms: now_ms(),
+        });
+        Ok(())
+    }
+
+    fn append_outbox(&mut self, input: &BookInput) -> i64 {
+        self.next.max_outbox_seq += 1;
+        let seq = self.next.max_outbox_seq;
+        let symbol = &self.refdata.symbols[&input.symbol()];
+        self.write.outbox.push(OutboxRow {
+            seq,
+            id: format!("evt-{seq}"),
+            aggregate_type: BOOK_AGGREGATE.to_string(),
+            aggregate_id: symbol.name.clone(),
+            event_type: input.event_type().to_string(),
+            payload: serde_json::to_string(input).expect("book input serializes"),
+            created_ms: now_ms(),
+        });
+        seq
+    }
+
+    fn require_user(&self, user: u64) -> ExchangeResult<()> {
+        if self.users.contains(&user) {
+            Ok(())
+        } else {
+            Err(ExchangeError::new(
+                ErrorClass::Unauthenticated,
+                "UNKNOWN_USER",
+                format!("no user {user}"),
+            ))
+        }
+    }
+
+    fn place(&mut self, user: u64, o: ValidOrder) -> ExchangeResult<Placed> {
+        self.require_user(user)?;
+        let symbol = &self.refdata.symbols[&o.symbol];
+        if symbol.status != SymbolStatus::Trading {
+            return Err(ExchangeError::new(
+                ErrorClass::Conflict,
+                "SYMBOL_NOT_TRADING",
+                format!("{} is not trading", symbol.name),
+            ));
+        }
+        if let Some(client_id) = &o.client_order_id {
+            let existing = match self.dirty.client_ids.get(&(user, client_id.clone())) {
+                Some(id) => self.open.get(id).cloned(),
+                None => self
+                    .store
+                    .find_order_by_client_id(user, client_id)
+                    .unwrap_or_else(|e| fatal("looking up a client order id", e)),
+            };
+            if let Some(order) = existing {
+                return Ok(Placed {
+                    order,
+                    created: false,
+                });
+            }
+        }
+        let id = self.next.max_order_id + 1;
+        let hold = Entry::transfer(
+            EntryKind::Hold,
+            user,
+            o.hold_asset,
+            Bucket::Available,
+            Bucket::Held,
+            o.hold_amount,
+        )
+        .expect("a transfer balances");
+        if let Err(e) = self.post(hold, Some(id as i64)) {
+            let available = self.balance(user, o.hold_asset).available;
+            let asset = self.refdata.asset(o.hold_asset);
+            tracing::debug!(error = %e, "hold refused");
+            return Err(ExchangeError::new(
+                ErrorClass::Rejected,
+                "INSUFFICIENT_FUNDS",
+                format!(
+                    "order needs {} {} held, {} available",
+                    agora_ledger::units::format(o.hold_amount, asset.scale),
+                    asset.code,
+                    agora_ledger::units::format(available, asset.scale)
+                ),
+            ));
+        }
+        self.next.max_order_id = id;
+        let accept_seq = self.append_outbox(&BookInput::OrderAccepted {
+            symbol: o.symbol,
+            order: NewOrder {
+                id,
+                user,
+                side: o.side,
+                kind: o.kind,
+            },
+        });
+        let now = now_ms();
+        let row = OrderRow {
+            id,
+            user,
+            symbol: o.symbol,
+            side: o.side,
+            order_type: o.order_type,
+            time_in_force: o.time_in_force,
+            price: o.price,
+            quantity: o.quantity,
+            quote_quantity: o.quote_quantity,
+            client_order_id: o.client_order_id.clone(),
+            status: OrderStatus::New,
+            filled_qty: 0,
+            filled_quote: 0,
+            fee_paid: 0,
+            hold_asset: o.hold_asset,
+            held: o.hold_amount,
+            accept_seq,
+            cancel_requested: false,
+            created_ms: now,
+            updated_ms: now,
+        };
+        if let Some(client_id) = o.client_order_id {
+            self.dirty.client_ids.insert((user, client_id), id);
+        }
+        self.open.insert(id, row.clone());
+        self.dirty.orders.insert(id);
+        Ok(Placed {
+            order: row,
+            created: true,
+        })
+    }
+
+    fn cancel(&mut self, user: u64, id: u64) -> ExchangeResult<OrderRow> {
+        self.require_user(user)?;
+        let not_found = || {
+            ExchangeError::new(
+                ErrorClass::NotFound,
+                "ORDER_NOT_FOUND",
+                format!("no order {id}"),
+            )
+        };
+        let Some(order) = self.open.get(&id) else {
+            // Closed, someone else's, or never existed: only the owner learns which.
+            let row = self
+                .store
+                .find_order(id)
+                .unwrap_or_else(|e| fatal("looking up an order", e));
+            return match row {
+                Some(row) if row.user == user => Err(ExchangeError::new(
+                    ErrorClass::Conflict,
+                    "ORDER_NOT_OPEN",
+                    format!("order {id} is already {:?}", row.status),
+                )),
+                _ => Err(not_found()),
+            };
+        };
+        if order.user != user {
+            return Err(not_found());
+        }
+        if order.cancel_requested {
+            return Ok(order.clone()); // idempotent: one cancel input per order
+        }
+        let symbol = order.symbol;
+        self.append_outbox(&BookInput::CancelRequested {
+            symbol,
+            order: id,
+            user,
+        });
+        let order = self.open.get_mut(&id).expect("checked above");
+        order.cancel_requested = true;
+        self.dirty.orders.insert(id);
+        Ok(order.clone())
+    }
+
+    fn deposit(&mut self, user: u64, asset: u32, amount: i64) -> ExchangeResult<BalanceRow> {
+        self.require_user(user)
+            .map_err(|e| ExchangeError::new(ErrorClass::NotFound, e.code, e.detail))?;
+        assert!(amount > 0 && self.refdata.assets.contains_key(&asset));
+        let entry = Entry::new(
+            EntryKind::Deposit,
+            vec![
+                agora_ledger::Posting {
+                    account: Account::External,
+                    asset,
+                    amount: -amount,
+                },
+                agora_ledger::Posting {
+                    account: Account::User {
+                        user,
+                        bucket: Bucket::Available,
+                    },
+                    asset,
+                    amount,
+                },
+            ],
+        )
+        .expect("a deposit balances");
+        self.post(entry, None).map_err(|_| {
+            ExchangeError::invalid(
+                "OUT_OF_RANGE",
+                "the balance would exceed the largest amount",
+            )
+        })?;
+        let b = self.balances[&(user, asset)];
+        Ok(BalanceRow {
+            user,
+            asset,
+            available: b.available,
+            held: b.held,
+        })
+    }
+
+    fn create_user(&mut self, name: String) -> ExchangeResult<UserRow> {
+        if !self.user_names.insert(name.clone()) {
+            return Err(ExchangeError::new(
+                ErrorClass::Conflict,
+                "ALREADY_EXISTS",
+                format!("user {name:?} exists"),
+            ));
+        }
+        self.next.max_user_id += 1;
+        let row = UserRow {
+            id: self.next.max_user_id,
+            name,
+            created_ms: now_ms(),
+        };
+        self.users.insert(row.id);
+        self.write.users.push(row.clone());
+        let shared = self.shared.clone();
+        let id = row.id;
+        self.dirty.replies.push(Box::new(move || {
+            shared.users.write().expect("lock").insert(id);
+        }));
+        Ok(row)
+    }
+
+    fn create_asset(&mut self, asset: NewAsset) -> ExchangeResult<AssetRow> {
+        crate::rules::validate_asset(&asset, &self.refdata)?;
+        self.next.max_asset_id += 1;
+        let row = AssetRow {
+            id: self.next.max_asset_id,
+            code: asset.code,
+            scale: asset.scale,
+        };
+        self.refdata.add_asset(row.clone());
+        self.write.assets.push(row.clone());
+        self.share_refdata();
+        Ok(row)
+    }
+
+    fn create_symbol(&mut self, mut symbol: SymbolRow) -> ExchangeResult<SymbolRow> {
+        if self.refdata.symbol_by_name.contains_key(&symbol.name) {
+            return Err(ExchangeError::new(
+                ErrorClass::Conflict,
+                "ALREADY_EXISTS",
+                format!("symbol {} exists", symbol.name),
+            ));
+        }
+        self.next.max_symbol_id += 1;
+        symbol.id = self.next.max_symbol_id;
+        self.refdata.add_symbol(symbol.clone());
+        let spec = self.refdata.book_spec(&symbol);
+        self.append_outbox(&BookInput::SymbolListed {
+            symbol: symbol.id,
+            base_unit: spec.base_unit,
+            lot_size: spec.lot_size,
+        });
+        self.write.symbols.push(symbol.clone());
+        self.share_refdata();
+        Ok(symbol)
+    }
+
+    /// Makes reference data visible to the API once the batch holding it has committed.
+    fn share_refdata(&mut self) {
+        let snapshot = Arc::new(self.refdata.clone());
+        let shared = self.shared.clone();
+        self.dirty.replies.push(Box::new(move || {
+            *shared.refdata.write().expect("lock") = snapshot;
+        }));
+    }
+
+    fn apply_engine_output(&mut self, out: EngineOutput) {
+        self.dirty.settled_inputs += out.inputs;
+        let cursor = self.cursors.get(&out.symbol).map_or(0, |c| c.input_seq);
+        if out.last_input_seq <= cursor {
+            assert!(out.events.is_empty(), "events for inputs already settled");
+            return; // duplicates of inputs settled before a restart
+        }
+        let symbol = self.refdata.symbols[&out.symbol].clone();
+        let spec = self.refdata.book_spec(&symbol);
+        let now = now_ms();
+        for event in out.events {
+            match event {
+                Event::Trade {
+                    id,
+                    price,
+                    qty,
+                    taker,
+                    maker,
+                    taker_side,
+                    ..
+                } => {
+                    let (buy_id, sell_id) = match taker_side {
+                        Side::Buy => (taker, maker),
+                        Side::Sell => (maker, taker),
+                    };
+                    let buy = &self.open[&buy_id];
+                    let sell = &self.open[&sell_id];
+                    let s = settle_trade(&symbol, spec, price, qty, buy, sell, taker_side)
+                        .expect("settlement entries balance");
+                    let (buyer, seller) = (buy.user, sell.user);
+                    self.post(s.entry.clone(), Some(id as i64))
+                        .expect("a trade never exceeds the holds that back it");
+                    for (order_id, held, fee) in [
+                        (buy_id, s.buyer_held_after, s.buyer_fee),
+                        (sell_id, s.seller_held_after, s.seller_fee),
+                    ] {
+                        let o = self.open.get_mut(&order_id).expect("trading order is open");
+                        o.filled_qty += qty;
+                        o.filled_quote += s.notional;
+                        o.fee_paid += fee;
+                        o.held = held;
+                        o.status = OrderStatus::PartiallyFilled;
+                        self.dirty.orders.insert(order_id);
+                    }
+                    self.next.max_trade_seq += 1;
+                    self.write.trades.push(TradeRow {
+                        seq: self.next.max_trade_seq,
+                        symbol: symbol.id,
+                        trade_id: id,
+                        price,
+                        qty,
+                        quote_qty: s.notional,
+                        buy_order: buy_id,
+                        sell_order: sell_id,
+                        buyer,
+                        seller,
+                        taker_side,
+                        buyer_fee: s.buyer_fee,
+                        seller_fee: s.seller_fee,
+                        created_ms: now,
+                    });
+                }
+                Event::Done { order, reason, .. } => {
+                    let mut row = self.open.remove(&order).expect("finished order was open");
+                    if row.held > 0 {
+                        let release = Entry::transfer(
+                            EntryKind::Release,
+                            row.user,
+                            row.hold_asset,
+                            Bucket::Held,
+                            Bucket::Available,
+                            row.held,
+                        )
+                        .expect("a transfer balances");
+                        self.post(release, Some(order as i64))
+                            .expect("an order's hold is held");
+                        row.held = 0;
+                    }
+                    row.status = match reason {
+                        DoneReason::Filled => OrderStatus::Filled,
+                        DoneReason::Canceled => OrderStatus::Canceled,
+                        DoneReason::Expired => OrderStatus::Expired,
+                        DoneReason::Rejected => OrderStatus::Rejected,
+                    };
+                    self.dirty.orders.insert(order);
+                    self.dirty.finished.insert(order, row);
+                }
+                Event::Rested { .. } | Event::CancelRejected { .. } => {}
+            }
+        }
+        self.cursors.insert(
+            out.symbol,
+            CursorRow {
+                symbol: out.symbol,
+                input_seq: out.last_input_seq,
+                next_trade_id: out.next_trade_id,
+            },
+        );
+        self.dirty.cursors.insert(out.symbol);
+    }
+}
+
+/// Answers a request that will not be served (not ready, or shutting down).
+fn refuse(request: Request) {
+    let e = || ExchangeError::unavailable("the exchange is starting or stopping; retry shortly");
+    match request {
+        Request::PlaceOrder { reply, .. } => drop(reply.send(Err(e()))),
+        Request::CancelOrder { reply, .. } => drop(reply.send(Err(e()))),
+        Request::Deposit { reply, .. } => drop(reply.send(Err(e()))),
+        Request::CreateUser { reply, .. } => drop(reply.send(Err(e()))),
+        Request::CreateAsset { reply, .. } => drop(reply.send(Err(e()))),
+        Request::CreateSymbol { reply, .. } => drop(reply.send(Err(e()))),
+        Request::Shutdown { reply } => drop(reply.send(())),
+    }
+}

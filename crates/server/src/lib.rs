@@ -1,0 +1,121 @@
+//! agora's HTTP face and process lifecycle: builds the router, starts the exchange, seeds
+//! demo data, and shuts down cleanly on SIGTERM (stop accepting, let in-flight requests
+//! finish, let the engine and settlement drain, then exit).
+
+pub mod api;
+pub mod demo;
+pub mod problem;
+pub mod settings;
+
+use agora_exchange::{Config, Exchange};
+use agora_store::sqlite::Durability;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use problem::Problem;
+use settings::{DurabilitySetting, Settings};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body accepted; orders are a few hundred bytes.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub exchange: Exchange,
+    pub admin_token: Option<Arc<str>>,
+}
+
+pub fn router(state: AppState, inflight_max: usize) -> Router {
+    use api::*;
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/v1/orders", post(place_order).get(list_orders))
+        .route("/api/v1/orders/{id}", get(get_order).delete(cancel_order))
+        .route("/api/v1/balances", get(balances))
+        .route("/api/v1/fills", get(fills))
+        .route("/api/v1/symbols", get(list_symbols))
+        .route("/api/v1/assets", get(list_assets))
+        .route("/api/v1/admin/users", post(create_user))
+        .route("/api/v1/admin/assets", post(create_asset))
+        .route("/api/v1/admin/symbols", post(create_symbol))
+        .route("/api/v1/admin/deposits", post(deposit))
+        .route("/api/v1/admin/books/{symbol}", get(book))
+        .route("/api/v1/admin/reconcile", get(reconcile))
+        .route("/api/v1/admin/status", get(status))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(inflight_max))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            use axum::response::IntoResponse;
+            tracing::error!("handler panicked");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal error",
+            )
+            .into_response()
+        }))
+        .with_state(state)
+}
+
+pub fn exchange_config(settings: &Settings) -> Config {
+    let mut config = Config::new(settings.data_dir.clone());
+    config.durability = match settings.durability {
+        DurabilitySetting::Full => Durability::Full,
+        DurabilitySetting::Normal => Durability::Normal,
+    };
+    config.engine_shards = settings.engine_shards;
+    config.batch_max = settings.batch_max;
+    config
+}
+
+/// Runs agora until SIGTERM or Ctrl-C.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let exchange = Exchange::start(exchange_config(&settings))?;
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find a port chosen with `--listen ...:0`.
+    println!("agora listening on http://{addr}");
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
+    if settings.demo {
+        let exchange = exchange.clone();
+        tokio::spawn(async move {
+            while !exchange.status().ready {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if let Err(e) = demo::seed(&exchange).await {
+                tracing::error!(error = %e, "demo seeding failed");
+            }
+        });
+    }
+    let state = AppState {
+        exchange: exchange.clone(),
+        admin_token: settings.admin_token.as_deref().map(Arc::from),
+    };
+    axum::serve(listener, router(state, settings.inflight_max))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("http stopped; draining the exchange");
+    exchange.shutdown().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}

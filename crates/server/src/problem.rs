@@ -1,0 +1,130 @@
+//! RFC 9457 problem+json errors with a stable `code`, and the extractors that turn every
+//! malformed request into one (never a panic, never a 5xx).
+
+use agora_exchange::{ErrorClass, ExchangeError};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut response = (status, axum::Json(&self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<ExchangeError> for Problem {
+    fn from(e: ExchangeError) -> Problem {
+        let status = match e.class {
+            ErrorClass::Invalid => StatusCode::BAD_REQUEST,
+            ErrorClass::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorClass::NotFound => StatusCode::NOT_FOUND,
+            ErrorClass::Conflict => StatusCode::CONFLICT,
+            ErrorClass::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Problem::new(status, e.code, e.detail)
+    }
+}
+
+/// `axum::Json` whose every rejection is a problem with a stable code.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::JsonDataError(e) => {
+                    Problem::bad_request("INVALID_FIELD", e.body_text())
+                }
+                JsonRejection::JsonSyntaxError(e) => {
+                    Problem::bad_request("MALFORMED_JSON", e.body_text())
+                }
+                JsonRejection::MissingJsonContentType(_) => Problem::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UNSUPPORTED_MEDIA_TYPE",
+                    "send the body as application/json",
+                ),
+                JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "BODY_TOO_LARGE",
+                        e.body_text(),
+                    )
+                }
+                other => Problem::bad_request("BAD_BODY", other.body_text()),
+            }),
+        }
+    }
+}
+
+/// `axum::extract::Query` whose rejection is a problem.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()))
+    }
+}
+
+/// `axum::extract::Path` whose rejection is a problem.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| Problem::bad_request("INVALID_PATH", e.body_text()))
+    }
+}
