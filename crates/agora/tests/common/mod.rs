@@ -1,0 +1,259 @@
+//! Test harness: runs the real `agora` binary on a random port with a fresh data dir.
+#![allow(dead_code)]
+
+use reqwest::blocking::{Client, Response};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    pub http: Client,
+}
+
+impl Server {
+    /// A fresh server with an empty store.
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_path_buf();
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data_dir,
+            _dir: Some(dir),
+            http: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        };
+        s.boot(&[]);
+        s
+    }
+
+    pub fn start_with(args: &[&str]) -> Server {
+        let mut s = Server::start();
+        s.kill9();
+        s.boot(args);
+        s
+    }
+
+    fn boot(&mut self, extra: &[&str]) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(extra)
+            .env("AGORA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agora");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("agora exited before listening")
+                .expect("read stdout");
+            if let Some(url) = line.strip_prefix("agora listening on ") {
+                break url.to_string();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.url = url;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/health", self.url)).send() {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "server never became healthy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.boot(&[]);
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn get(&self, path: &str, user: Option<u64>) -> Response {
+        let mut r = self.http.get(format!("{}{path}", self.url));
+        if let Some(u) = user {
+            r = r.header("x-user-id", u);
+        }
+        r.send().expect("GET")
+    }
+
+    pub fn post(&self, path: &str, user: Option<u64>, body: Value) -> Response {
+        let mut r = self.http.post(format!("{}{path}", self.url)).json(&body);
+        if let Some(u) = user {
+            r = r.header("x-user-id", u);
+        }
+        r.send().expect("POST")
+    }
+
+    pub fn delete(&self, path: &str, user: u64) -> Response {
+        self.http
+            .delete(format!("{}{path}", self.url))
+            .header("x-user-id", user)
+            .send()
+            .expect("DELETE")
+    }
+
+    pub fn admin(&self, path: &str, body: Value) -> Value {
+        let r = self.post(&format!("/api/v1/admin/{path}"), None, body);
+        let status = r.status();
+        let v: Value = r.json().expect("json");
+        assert!(status.is_success(), "admin {path}: {status} {v}");
+        v
+    }
+
+    pub fn json(&self, path: &str, user: Option<u64>) -> Value {
+        let r = self.get(path, user);
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().expect("json")
+    }
+
+    /// Waits until every accepted input has been matched and settled.
+    pub fn quiesce(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.json("/api/v1/admin/status", None);
+            if s["pending_inputs"] == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "engine never drained: {s}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Quiesces, then asserts every ledger, order and book invariant.
+    pub fn assert_invariants(&self) -> Value {
+        self.quiesce();
+        let report = self.json("/api/v1/admin/reconcile", None);
+        assert_eq!(report["ok"], true, "reconciliation failed: {report:#}");
+        assert!(report["books_compared"].as_u64().unwrap() > 0 || report["open_orders"] == 0);
+        report
+    }
+
+    pub fn order(&self, user: u64, id: u64) -> Value {
+        self.json(&format!("/api/v1/orders/{id}"), Some(user))
+    }
+
+    pub fn balance(&self, user: u64, asset: &str) -> (String, String) {
+        let b = self.json("/api/v1/balances", Some(user));
+        b["balances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["asset"] == asset)
+            .map(|x| {
+                (
+                    x["available"].as_str().unwrap().to_string(),
+                    x["held"].as_str().unwrap().to_string(),
+                )
+            })
+            .unwrap_or_else(|| ("0".into(), "0".into()))
+    }
+
+    pub fn book(&self, symbol: &str) -> Value {
+        self.json(&format!("/api/v1/admin/books/{symbol}"), None)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A small market: BASE (scale 2) / QUOTE (scale 2), tick 0.01, lot 1.00, fees 10/20 bps,
+/// and `users` users funded with 1,000,000 of each. Returns the user ids.
+pub fn market(s: &Server, users: usize) -> Vec<u64> {
+    s.admin("assets", json!({"code": "BASE", "scale": 2}));
+    s.admin("assets", json!({"code": "QUOTE", "scale": 2}));
+    s.admin(
+        "symbols",
+        json!({"name": "BASE-QUOTE", "base": "BASE", "quote": "QUOTE", "tick_size": "0.01",
+               "lot_size": "1", "min_notional": "1", "maker_fee_bps": 10, "taker_fee_bps": 20}),
+    );
+    (0..users)
+        .map(|i| {
+            let id = s.admin("users", json!({"name": format!("user{i}")}))["user_id"]
+                .as_u64()
+                .unwrap();
+            for asset in ["BASE", "QUOTE"] {
+                s.admin(
+                    "deposits",
+                    json!({"user_id": id, "asset": asset, "amount": "1000000"}),
+                );
+            }
+            id
+        })
+        .collect()
+}
+
+pub fn limit(side: &str, price: &str, qty: &str, tif: &str) -> Value {
+    json!({"symbol": "BASE-QUOTE", "side": side, "type": "LIMIT", "price": price,
+           "quantity": qty, "time_in_force": tif})
+}
+
+/// Places an order and returns (status code, body).
+pub fn place(s: &Server, user: u64, body: Value) -> (u16, Value) {
+    let r = s.post("/api/v1/orders", Some(user), body);
+    let code = r.status().as_u16();
+    (code, r.json().expect("json"))
+}
+
+/// Polls an order until its status is one of `want`.
+pub fn wait_status(s: &Server, user: u64, id: u64, want: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = s.order(user, id);
+        if want.iter().any(|w| o["status"] == *w) {
+            return o;
+        }
+        assert!(Instant::now() < deadline, "order {id} stuck: {o}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
