@@ -371,6 +371,10 @@ impl<S: Store> Sequencer<S> {
                 .min();
         }
         if w.is_empty() {
+            // Nothing to write (e.g. only duplicates were consumed): settled as they are.
+            self.shared
+                .settled
+                .fetch_add(d.settled_inputs, Ordering::AcqRel);
             d.replies.into_iter().for_each(|r| r());
             return;
         }
