@@ -20,6 +20,17 @@ fn observable(s: &Server, users: &[u64]) -> Value {
     json!({"users": per_user, "book": s.book("BASE-QUOTE")["orders"], "status": s.json("/api/v1/admin/status", None)})
 }
 
+/// (method, path, X-User-Id, content type, body, expected status, expected problem code)
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 fn raw(
     s: &Server,
     method: &str,
@@ -79,7 +90,7 @@ fn bad_requests_get_a_4xx_problem_and_change_nothing() {
     let json_ct = Some("application/json");
     let other_path = format!("/api/v1/orders/{other_order}");
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, Option<&str>, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/api/v1/orders", Some(&u), json_ct, b"{not json".to_vec(), 400, "MALFORMED_JSON"),
         ("POST", "/api/v1/orders", Some(&u), json_ct, b"".to_vec(), 400, "MALFORMED_JSON"),
         ("POST", "/api/v1/orders", Some(&u), json_ct, b"[]".to_vec(), 400, "INVALID_FIELD"),

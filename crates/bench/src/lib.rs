@@ -297,7 +297,7 @@ async fn worker(
             continue;
         }
         iocs += 1;
-        if iocs % sample_every != 0 {
+        if !iocs.is_multiple_of(sample_every) {
             continue;
         }
         // Follow this order to settlement without holding up the flow.

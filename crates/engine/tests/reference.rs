@@ -4,20 +4,36 @@
 use agora_engine::*;
 use proptest::prelude::*;
 
-const SPEC: BookSpec = BookSpec {
-    base_unit: 100,
-    lot_size: 1,
-};
+/// Two specs: unit lots, and lots of 5 (which exercises lot rounding of quote budgets).
+const SPECS: [BookSpec; 2] = [
+    BookSpec {
+        base_unit: 100,
+        lot_size: 1,
+    },
+    BookSpec {
+        base_unit: 100,
+        lot_size: 5,
+    },
+];
 
 /// Obviously-correct matching: a flat list scanned in full for every fill.
-#[derive(Default)]
 struct Reference {
+    spec: BookSpec,
     resting: Vec<(u64, RestingOrder)>, // (arrival seq, order)
     arrivals: u64,
     next_trade_id: TradeId,
 }
 
 impl Reference {
+    fn new(spec: BookSpec) -> Reference {
+        Reference {
+            spec,
+            resting: Vec::new(),
+            arrivals: 0,
+            next_trade_id: 0,
+        }
+    }
+
     fn best_maker(&self, side: Side, limit: Option<Price>) -> Option<usize> {
         self.resting
             .iter()
@@ -100,13 +116,13 @@ impl Reference {
             let maker = self.resting[i].1;
             let mut fill = remaining.min(maker.remaining);
             if let Some(b) = budget {
-                let afford = (b as i128 * SPEC.base_unit as i128 / maker.price as i128) as i64;
-                fill = fill.min(afford - afford % SPEC.lot_size);
+                let afford = (b as i128 * self.spec.base_unit as i128 / maker.price as i128) as i64;
+                fill = fill.min(afford - afford % self.spec.lot_size);
                 if fill == 0 {
                     exhausted = true;
                     break;
                 }
-                budget = Some(b - SPEC.notional(maker.price, fill));
+                budget = Some(b - self.spec.notional(maker.price, fill));
             }
             remaining -= fill;
             filled += fill;
@@ -177,9 +193,9 @@ impl Reference {
             OrderKind::MarketQuote { .. } => {
                 if !exhausted {
                     if let (Some(b), Some(i)) = (budget, self.best_maker(order.side, None)) {
-                        exhausted = (b as i128 * SPEC.base_unit as i128
+                        exhausted = (b as i128 * self.spec.base_unit as i128
                             / self.resting[i].1.price as i128)
-                            < SPEC.lot_size as i128;
+                            < self.spec.lot_size as i128;
                     }
                 }
                 out.push(Event::Done {
@@ -246,7 +262,8 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn to_commands(steps: &[Step]) -> Vec<Command> {
+/// Turns steps into commands; quantities are counted in lots.
+fn to_commands(steps: &[Step], lot: Qty) -> Vec<Command> {
     let mut next_id = 0u64;
     let mut cmds = Vec::new();
     for s in steps {
@@ -261,7 +278,7 @@ fn to_commands(steps: &[Step]) -> Vec<Command> {
         };
         let cmd = match *s {
             Step::Limit(side, price, qty, tif) => place(side, OrderKind::Limit { price, qty, tif }),
-            Step::Market(side, qty) => place(side, OrderKind::Market { qty }),
+            Step::Market(side, qty) => place(side, OrderKind::Market { qty: qty * lot }),
             Step::MarketQuote(budget) => place(Side::Buy, OrderKind::MarketQuote { budget }),
             Step::Cancel(pick) => Command::Cancel {
                 id: (pick as u64) % (next_id + 2), // sometimes an id never used
@@ -272,7 +289,7 @@ fn to_commands(steps: &[Step]) -> Vec<Command> {
                 side: Side::Buy,
                 kind: OrderKind::Limit {
                     price: 1,
-                    qty: 1,
+                    qty: lot,
                     tif: TimeInForce::Gtc,
                 },
             }),
@@ -287,10 +304,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn engine_matches_reference(steps in prop::collection::vec(step(), 1..300)) {
-        let cmds = to_commands(&steps);
-        let mut book = Book::new(SPEC);
-        let mut reference = Reference::default();
+    fn engine_matches_reference(steps in prop::collection::vec(step(), 1..300), spec in prop::sample::select(&SPECS[..])) {
+        let cmds = to_commands(&steps, spec.lot_size);
+        let mut book = Book::new(spec);
+        let mut reference = Reference::new(spec);
         for cmd in &cmds {
             let (mut got, mut want) = (Vec::new(), Vec::new());
             book.execute(cmd, &mut got);
@@ -310,7 +327,8 @@ proptest! {
     ) {
         // Ids must grow with arrival for restore-by-id, as they do in the system.
         let steps: Vec<_> = steps.into_iter().filter(|s| !matches!(s, Step::Duplicate(_))).collect();
-        let cmds = to_commands(&steps);
+        let spec = SPECS[1];
+        let cmds = to_commands(&steps, spec.lot_size);
         prop_assume!(!cmds.is_empty());
         let cut = cut.index(cmds.len());
         let run = |book: &mut Book, cmds: &[Command]| {
@@ -318,16 +336,16 @@ proptest! {
             cmds.iter().for_each(|c| book.execute(c, &mut out));
             out
         };
-        let mut a = Book::new(SPEC);
-        let mut b = Book::new(SPEC);
+        let mut a = Book::new(spec);
+        let mut b = Book::new(spec);
         prop_assert_eq!(run(&mut a, &cmds), run(&mut b, &cmds));
 
-        let mut original = Book::new(SPEC);
+        let mut original = Book::new(spec);
         run(&mut original, &cmds[..cut]);
         // Restore by arrival order: resting() is priority order, and ids grow with arrival.
         let mut snapshot = original.resting();
         snapshot.sort_by_key(|o| o.id);
-        let mut restored = Book::new(SPEC);
+        let mut restored = Book::new(spec);
         snapshot.into_iter().for_each(|o| restored.restore(o));
         restored.set_next_trade_id(original.next_trade_id());
         prop_assert_eq!(run(&mut original, &cmds[cut..]), run(&mut restored, &cmds[cut..]));

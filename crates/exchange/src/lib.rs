@@ -29,7 +29,7 @@ pub use shard::BookSnapshot;
 
 use agora_bus::{partition_for, EmbeddedLog};
 use agora_engine::{Book, RestingOrder};
-use agora_store::sqlite::{Durability, SqliteReader, SqliteStore};
+use agora_store::sqlite::{Checkpointer, Durability, SqliteReader, SqliteStore};
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sequencer::{Request, Sequencer, SequencerLimits};
@@ -102,6 +102,7 @@ struct Inner {
     shared: Arc<Shared>,
     shard_control: Vec<crossbeam_channel::Sender<ShardControl>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,7 @@ impl Exchange {
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let mut store = SqliteStore::open(&config.data_dir.join("agora.db"), config.durability)?;
         let reader = Arc::new(store.reader(config.read_connections)?);
+        let checkpointer = Checkpointer::spawn(&store, std::time::Duration::from_millis(1000))?;
         let refdata = RefData::new(store.load_assets()?, store.load_symbols()?);
         let open_orders = store.load_open_orders()?;
         let cursors = store.load_cursors()?;
@@ -190,6 +192,7 @@ impl Exchange {
                 shared,
                 shard_control,
                 threads: Mutex::new(threads),
+                checkpointer: Mutex::new(Some(checkpointer)),
             }),
         })
     }
@@ -397,10 +400,12 @@ impl Exchange {
             let _ = control.send(ShardControl::Stop);
         }
         let threads = std::mem::take(&mut *self.inner.threads.lock().expect("lock"));
+        let checkpointer = self.inner.checkpointer.lock().expect("lock").take();
         let _ = tokio::task::spawn_blocking(move || {
             threads.into_iter().for_each(|t| {
                 let _ = t.join();
-            })
+            });
+            drop(checkpointer); // a last checkpoint after the final commit
         })
         .await;
     }

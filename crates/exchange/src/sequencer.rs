@@ -361,7 +361,7 @@ impl<S: Store> Sequencer<S> {
             w.cursors.push(self.cursors[symbol]);
         }
         self.commits += 1;
-        if self.commits % 1024 == 0 {
+        if self.commits.is_multiple_of(1024) {
             // Every consumer is past the lowest cursor; older book inputs are never re-read.
             w.outbox_prune_through = self
                 .refdata
