@@ -480,7 +480,7 @@ mod tests {
     fn limit_buy_holds_exact_notional() {
         let o = validate_order(&limit(Side::Buy, "50000.01", "0.0003"), &refdata()).unwrap();
         assert_eq!(o.hold_asset, 2);
-        assert_eq!(o.hold_amount, 15_000_003_000); // 15.000003 USDT at scale 6
+        assert_eq!(o.hold_amount, 15_000_003); // 15.000003 USDT at scale 6
         let o = validate_order(&limit(Side::Sell, "50000", "0.0003"), &refdata()).unwrap();
         assert_eq!((o.hold_asset, o.hold_amount), (1, 30_000));
     }
@@ -489,11 +489,18 @@ mod tests {
     fn rejects_what_does_not_fit_the_rules() {
         let r = refdata();
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "50000.001", "1"), &r)),
+            code(validate_order(&limit(Side::Buy, "50000.0000001", "1"), &r)),
             "TOO_MANY_DECIMALS"
         );
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "50000.015", "1"), &r)),
+            code(validate_order(&limit(Side::Buy, "50000.001", "1"), &r)),
+            "PRICE_OFF_TICK"
+        );
+        assert_eq!(
+            code(validate_order(
+                &limit(Side::Buy, "50000", "0.000000001"),
+                &r
+            )),
             "TOO_MANY_DECIMALS"
         );
         assert_eq!(

@@ -157,8 +157,11 @@ mod tests {
                                      // Remaining 600 at limit 200 needs 1200; 2000 - 600 paid = 1400 → 200 released.
         assert_eq!(s.buyer_held_after, 1200);
         assert_eq!(s.seller_held_after, 0);
+        // With the seller as taker: 600 * 20 bps = 1.2 → 1 quote fee; the buyer's 0 base fee
+        // posting is dropped, the release stays.
         let s = settle_trade(&symbol(), spec, 150, 400, &buy, &sell, Side::Sell).unwrap();
-        assert_eq!(s.entry.postings.len(), 6);
+        assert_eq!((s.buyer_fee, s.seller_fee), (0, 1));
+        assert_eq!(s.entry.postings.len(), 7);
     }
 
     #[test]
