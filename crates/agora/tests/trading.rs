@@ -271,3 +271,31 @@ fn random_flow_keeps_every_invariant() {
         "flow should trade: {status}"
     );
 }
+
+#[test]
+fn open_orders_per_user_and_symbol_are_capped() {
+    let s = Server::start();
+    let u = market(&s, 1);
+    let mut first = None;
+    for i in 0..1_000 {
+        let (code, o) = place(&s, u[0], limit("BUY", "1.00", "1", "GTC"));
+        assert_eq!(code, 202, "order {i}: {o}");
+        first.get_or_insert(o["order_id"].as_u64().unwrap());
+    }
+    let (code, body) = place(&s, u[0], limit("BUY", "1.00", "1", "GTC"));
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (422, Some("TOO_MANY_OPEN_ORDERS"))
+    );
+    // Nothing was held for the refused order; a cancel frees a slot once confirmed.
+    assert_eq!(
+        s.balance(u[0], "QUOTE"),
+        ("999000.00".into(), "1000.00".into())
+    );
+    let first = first.unwrap();
+    s.delete(&format!("/api/v1/orders/{first}"), u[0]);
+    wait_status(&s, u[0], first, &["CANCELED"]);
+    let (code, _) = place(&s, u[0], limit("BUY", "1.00", "1", "GTC"));
+    assert_eq!(code, 202);
+    s.assert_invariants();
+}

@@ -79,8 +79,7 @@ pub fn check(audit: &AuditSnapshot, books: Option<&[(u32, BookSnapshot)]>) -> Re
     let mut holds: FxHashMap<(u64, u32), i64> = FxHashMap::default();
     for o in &audit.open_orders {
         *holds.entry((o.user, o.hold_asset)).or_default() += o.held;
-        if let (OrderType::Limit, Some(price), Some(quantity)) = (o.order_type, o.price, o.quantity)
-        {
+        if let (OrderType::Limit, Some(quantity)) = (o.order_type, o.quantity) {
             if o.filled_qty >= quantity {
                 problem(format!("open order {} is fully filled", o.id));
             }
@@ -92,7 +91,6 @@ pub fn check(audit: &AuditSnapshot, books: Option<&[(u32, BookSnapshot)]>) -> Re
                     quantity - o.filled_qty
                 ));
             }
-            let _ = price;
         }
     }
     for b in &audit.balances {

@@ -29,6 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub type Reply<T> = oneshot::Sender<ExchangeResult<T>>;
 
+/// Open orders one user may have on one symbol (Binance's MAX_NUM_ORDERS is 200); bounds
+/// the books and the sequencer's open-order set by a rule users can see.
+pub const OPEN_ORDERS_PER_USER_SYMBOL_MAX: u32 = 1_000;
+
 pub enum Request {
     PlaceOrder {
         user: u64,
@@ -120,6 +124,8 @@ pub(crate) struct Sequencer<S: Store> {
     balances: FxHashMap<(u64, u32), Balance>,
     venue: FxHashMap<(VenueAccount, u32), i64>,
     open: FxHashMap<u64, OrderRow>,
+    /// Open orders per (user, symbol), for the limit above.
+    open_count: FxHashMap<(u64, u32), u32>,
     cursors: FxHashMap<u32, CursorRow>,
     next: Counters,
     write: WriteBatch,
@@ -154,6 +160,10 @@ impl<S: Store> Sequencer<S> {
             .map(|v| ((v.account, v.asset), v.amount))
             .collect();
         let next = store.load_counters()?;
+        let mut open_count: FxHashMap<(u64, u32), u32> = FxHashMap::default();
+        for o in &open_orders {
+            *open_count.entry((o.user, o.symbol)).or_default() += 1;
+        }
         Ok(Sequencer {
             store,
             log,
@@ -165,6 +175,7 @@ impl<S: Store> Sequencer<S> {
             balances: FxHashMap::default(),
             venue,
             open: open_orders.into_iter().map(|o| (o.id, o)).collect(),
+            open_count,
             cursors: cursors.into_iter().map(|c| (c.symbol, c)).collect(),
             next,
             write: WriteBatch::default(),
@@ -585,6 +596,14 @@ impl<S: Store> Sequencer<S> {
                 });
             }
         }
+        let open = self.open_count.get(&(user, o.symbol)).copied().unwrap_or(0);
+        if open >= OPEN_ORDERS_PER_USER_SYMBOL_MAX {
+            return Err(ExchangeError::new(
+                ErrorClass::Rejected,
+                "TOO_MANY_OPEN_ORDERS",
+                format!("at most {OPEN_ORDERS_PER_USER_SYMBOL_MAX} open orders per symbol"),
+            ));
+        }
         let id = self.next.max_order_id + 1;
         let hold = Entry::transfer(
             EntryKind::Hold,
@@ -647,6 +666,7 @@ impl<S: Store> Sequencer<S> {
             self.dirty.client_ids.insert((user, client_id), id);
         }
         self.open.insert(id, row.clone());
+        *self.open_count.entry((user, o.symbol)).or_default() += 1;
         self.dirty.orders.insert(id);
         Ok(Placed {
             order: row,
@@ -867,6 +887,13 @@ impl<S: Store> Sequencer<S> {
                 }
                 Event::Done { order, reason, .. } => {
                     let mut row = self.open.remove(&order).expect("finished order was open");
+                    let key = (row.user, row.symbol);
+                    match self.open_count.get_mut(&key) {
+                        Some(n) if *n > 1 => *n -= 1,
+                        _ => {
+                            self.open_count.remove(&key);
+                        }
+                    }
                     if row.held > 0 {
                         let release = Entry::transfer(
                             EntryKind::Release,

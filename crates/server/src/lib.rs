@@ -20,6 +20,8 @@ use std::time::Duration;
 
 /// Largest request body accepted; orders are a few hundred bytes.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// A request still unanswered after this is cut off (slow clients, stuck reads).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -53,6 +55,10 @@ pub fn router(state: AppState, inflight_max: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(inflight_max))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             use axum::response::IntoResponse;

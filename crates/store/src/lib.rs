@@ -64,7 +64,6 @@ pub trait ReadStore: Send + Sync {
         before_seq: Option<i64>,
         limit: usize,
     ) -> StoreResult<Vec<TradeRow>>;
-    fn trades_of_order(&self, order: u64) -> StoreResult<Vec<TradeRow>>;
     fn user_by_name(&self, name: &str) -> StoreResult<Option<UserRow>>;
     /// Everything reconciliation needs, read in one snapshot.
     fn audit(&self) -> StoreResult<AuditSnapshot>;

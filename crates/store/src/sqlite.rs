@@ -645,20 +645,6 @@ impl ReadStore for SqliteReader {
         })
     }
 
-    fn trades_of_order(&self, order: u64) -> StoreResult<Vec<TradeRow>> {
-        self.with(|c| {
-            collect(
-                c,
-                &format!(
-                    "SELECT {TRADE_COLUMNS} FROM trades WHERE buy_order = ?1 OR sell_order = ?1 \
-                     ORDER BY seq"
-                ),
-                params![order],
-                trade_from_row,
-            )
-        })
-    }
-
     fn user_by_name(&self, name: &str) -> StoreResult<Option<UserRow>> {
         self.with(|c| {
             let mut s =
