@@ -2,16 +2,16 @@
 
 use crate::problem::{ApiJson, ApiPath as Path, ApiQuery as Query, Problem};
 use crate::AppState;
-use agora_engine::Side;
+use agora_engine::{Side, TimeInForce};
 use agora_exchange::{NewAsset, NewSymbol, OrderRequest, RefData};
 use agora_ledger::units::format;
-use agora_store::{BalanceRow, OrderQuery, OrderRow, OrderStatus, SymbolRow, TradeRow};
+use agora_store::{BalanceRow, OrderQuery, OrderRow, OrderStatus, OrderType, SymbolRow, TradeRow};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub const PAGE_LIMIT_DEFAULT: usize = 100;
@@ -79,36 +79,61 @@ fn text<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-pub fn order_json(o: &OrderRow, r: &RefData) -> Value {
+/// An order as the API shows it: decimal strings at the assets' scales.
+#[derive(Serialize)]
+pub struct OrderView<'a> {
+    order_id: u64,
+    client_order_id: Option<&'a str>,
+    symbol: &'a str,
+    side: Side,
+    #[serde(rename = "type")]
+    order_type: OrderType,
+    time_in_force: TimeInForce,
+    price: Option<String>,
+    quantity: Option<String>,
+    quote_quantity: Option<String>,
+    status: OrderStatus,
+    filled_quantity: String,
+    filled_quote: String,
+    fee: String,
+    fee_asset: &'a str,
+    held: String,
+    hold_asset: &'a str,
+    cancel_requested: bool,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+pub fn order_view<'a>(o: &'a OrderRow, r: &'a RefData) -> OrderView<'a> {
     let symbol = &r.symbols[&o.symbol];
     let (bs, qs) = (r.base_scale(symbol), r.quote_scale(symbol));
-    let fee_scale = if o.side == Side::Buy { bs } else { qs };
-    let fee_asset = if o.side == Side::Buy {
-        symbol.base_asset
-    } else {
-        symbol.quote_asset
+    // Fees are charged on what the order receives: base for a buy, quote for a sell.
+    let (fee_asset, fee_scale) = match o.side {
+        Side::Buy => (symbol.base_asset, bs),
+        Side::Sell => (symbol.quote_asset, qs),
     };
-    json!({
-        "order_id": o.id,
-        "client_order_id": o.client_order_id,
-        "symbol": symbol.name,
-        "side": side_text(o.side),
-        "type": text(&o.order_type),
-        "time_in_force": text(&o.time_in_force),
-        "price": o.price.map(|p| format(p, qs)),
-        "quantity": o.quantity.map(|q| format(q, bs)),
-        "quote_quantity": o.quote_quantity.map(|q| format(q, qs)),
-        "status": text(&o.status),
-        "filled_quantity": format(o.filled_qty, bs),
-        "filled_quote": format(o.filled_quote, qs),
-        "fee": format(o.fee_paid, fee_scale),
-        "fee_asset": r.asset(fee_asset).code,
-        "held": format(o.held, r.asset(o.hold_asset).scale),
-        "hold_asset": r.asset(o.hold_asset).code,
-        "cancel_requested": o.cancel_requested,
-        "created_at_ms": o.created_ms,
-        "updated_at_ms": o.updated_ms,
-    })
+    let hold_asset = r.asset(o.hold_asset);
+    OrderView {
+        order_id: o.id,
+        client_order_id: o.client_order_id.as_deref(),
+        symbol: &symbol.name,
+        side: o.side,
+        order_type: o.order_type,
+        time_in_force: o.time_in_force,
+        price: o.price.map(|p| format(p, qs)),
+        quantity: o.quantity.map(|q| format(q, bs)),
+        quote_quantity: o.quote_quantity.map(|q| format(q, qs)),
+        status: o.status,
+        filled_quantity: format(o.filled_qty, bs),
+        filled_quote: format(o.filled_quote, qs),
+        fee: format(o.fee_paid, fee_scale),
+        fee_asset: &r.asset(fee_asset).code,
+        held: format(o.held, hold_asset.scale),
+        hold_asset: &hold_asset.code,
+        cancel_requested: o.cancel_requested,
+        created_at_ms: o.created_ms,
+        updated_at_ms: o.updated_ms,
+    }
 }
 
 fn balance_json(b: &BalanceRow, r: &RefData) -> Value {
@@ -201,7 +226,7 @@ pub async fn place_order(
     };
     Ok((
         status,
-        Json(order_json(&placed.order, &state.exchange.refdata())),
+        Json(order_view(&placed.order, &state.exchange.refdata())).into_response(),
     ))
 }
 
@@ -209,12 +234,13 @@ pub async fn get_order(
     State(state): State<AppState>,
     ActingUser(user): ActingUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<axum::response::Response, Problem> {
     let order = state
         .exchange
         .order(user, parse_id("order id", &id)?)
         .await?;
-    Ok(Json(order_json(&order, &state.exchange.refdata())))
+    let r = state.exchange.refdata();
+    Ok(Json(order_view(&order, &r)).into_response())
 }
 
 pub async fn cancel_order(
@@ -228,7 +254,7 @@ pub async fn cancel_order(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(order_json(&order, &state.exchange.refdata())),
+        Json(order_view(&order, &state.exchange.refdata())).into_response(),
     ))
 }
 
@@ -275,7 +301,7 @@ pub async fn list_orders(
         .then(|| orders.last().map(|o| o.id))
         .flatten();
     Ok(Json(json!({
-        "orders": orders.iter().map(|o| order_json(o, &r)).collect::<Vec<_>>(),
+        "orders": orders.iter().map(|o| order_view(o, &r)).collect::<Vec<_>>(),
         "next_before": next,
     })))
 }
