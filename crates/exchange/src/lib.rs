@@ -124,7 +124,7 @@ impl Exchange {
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let mut store = SqliteStore::open(&config.data_dir.join("agora.db"), config.durability)?;
         let reader = Arc::new(store.reader(config.read_connections)?);
-        let checkpointer = Checkpointer::spawn(&store, std::time::Duration::from_millis(1000))?;
+        let checkpointer = Checkpointer::spawn(&store)?;
         let refdata = RefData::new(store.load_assets()?, store.load_symbols()?);
         let open_orders = store.load_open_orders()?;
         let cursors = store.load_cursors()?;
@@ -405,7 +405,7 @@ impl Exchange {
             threads.into_iter().for_each(|t| {
                 let _ = t.join();
             });
-            drop(checkpointer); // a last checkpoint after the final commit
+            drop(checkpointer); // one last checkpoint after the final commit
         })
         .await;
     }

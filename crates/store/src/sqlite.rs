@@ -10,8 +10,8 @@ use agora_engine::{Side, TimeInForce};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_exchange.sql"))];
 
@@ -56,29 +56,61 @@ fn enum_parse<T: DeserializeOwned>(text: String) -> rusqlite::Result<T> {
     })
 }
 
+/// Checkpointing, tuned with `agora bench` on the 2-core machine (BENCHMARKS.md). Copying
+/// committed WAL pages into the database must not sit on the writer's path (SQLite's
+/// auto-checkpoint there: 13k orders/s at 1,000 pages, p99 accept 21 ms at 16,000) and must
+/// not let the WAL grow forever (a background PASSIVE checkpoint never catches up with a busy
+/// writer, so the WAL never wraps: it reached 400 MB while ext4 zeroed new blocks). So:
+/// a background connection does the bulk copying, once a second; once the WAL passes
+/// `WAL_WRAP_FRAMES` it chases every few milliseconds until it is nearly caught up, and the
+/// writer then copies the small remainder right after a commit — the one moment no frame is
+/// being added, so that checkpoint completes and the next commit wraps the WAL.
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+const CHECKPOINT_CHASE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+/// WAL size (in 1 KiB pages) past which the WAL should wrap.
+const WAL_WRAP_FRAMES: i64 = 65_536;
+/// The writer finishes a checkpoint only when at most this many pages remain to copy.
+const WAL_FINISH_FRAMES_MAX: i64 = 2_048;
+
+/// What the background checkpointer last saw, for the writer.
+#[derive(Default)]
+struct WalProgress {
+    frames: AtomicI64,
+    backfilled: AtomicI64,
+}
+
 /// The writer's connection.
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    wal: Arc<WalProgress>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub fn open(path: &Path, durability: Durability) -> StoreResult<SqliteStore> {
         let mut conn = open(path, false)?;
+        // 1 KiB pages (takes effect when the file is created): each commit dirties about one
+        // leaf page per distinct user in the per-user indexes and writes each dirty page whole
+        // to the WAL, so smaller pages mean fewer bytes per commit. Measured on the 2-core
+        // machine with `agora bench`: 4 KiB 12-15k orders/s, 2 KiB 15-17k, 1 KiB 17-18k, 512 B
+        // no better than 1 KiB (BENCHMARKS.md).
+        conn.pragma_update(None, "page_size", 1024)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let sync = match durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
-        // Checkpoints run on their own thread (see `Checkpointer`), not inside the
-        // writer's commits where they would stall every request queued behind them.
+        // Checkpoints: see `Checkpointer`.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // Keep the wrapped WAL's blocks allocated (re-growing it costs zeroing), trim beyond.
+        conn.pragma_update(None, "journal_size_limit", 2 * WAL_WRAP_FRAMES * 1024)?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
+            wal: Arc::default(),
         })
     }
 
@@ -99,45 +131,52 @@ impl SqliteStore {
     }
 }
 
-/// WAL size (in pages) beyond which the checkpointer insists on resetting the WAL.
-const WAL_FRAMES_MAX: i64 = 262_144; // 1 GiB at 4 KiB pages
+/// A PASSIVE checkpoint: (busy, WAL frames, frames copied). Never waits for anyone.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+}
 
-/// Copies committed WAL pages back into the database file in the background. PASSIVE
-/// checkpoints never block the writer or readers; the WAL restarts from its beginning once
-/// a checkpoint has caught up. Stops when dropped.
+/// The background half of checkpointing (see `WAL_WRAP_FRAMES`). Stops when dropped.
 pub struct Checkpointer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    pub fn spawn(store: &SqliteStore, interval: std::time::Duration) -> StoreResult<Checkpointer> {
+    pub fn spawn(store: &SqliteStore) -> StoreResult<Checkpointer> {
         let conn = open(&store.path, false)?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, wal) = (Arc::new(AtomicBool::new(false)), store.wal.clone());
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("checkpointer".into())
             .spawn(move || {
+                let mut pause = CHECKPOINT_PAUSE;
+                let mut slept = std::time::Duration::ZERO;
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(interval);
-                    let result: rusqlite::Result<(i64, i64, i64)> =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                        });
-                    match result {
-                        // Readers kept the WAL from being fully copied for too long: force a
-                        // restart, which briefly waits for them, so the file stays bounded.
-                        Ok((_, wal_frames, _)) if wal_frames > WAL_FRAMES_MAX => {
-                            if let Err(e) =
-                                conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-                            {
-                                tracing::warn!(error = %e, "restart checkpoint failed; will retry");
-                            }
+                    // Sleep in short steps so that stopping is prompt.
+                    let step = pause.min(std::time::Duration::from_millis(50));
+                    std::thread::sleep(step);
+                    slept += step;
+                    if slept < pause {
+                        continue;
+                    }
+                    slept = std::time::Duration::ZERO;
+                    match checkpoint(&conn) {
+                        Ok((_, frames, backfilled)) => {
+                            wal.frames.store(frames, Ordering::Release);
+                            wal.backfilled.store(backfilled, Ordering::Release);
+                            pause = if frames > WAL_WRAP_FRAMES {
+                                CHECKPOINT_CHASE_PAUSE
+                            } else {
+                                CHECKPOINT_PAUSE
+                            };
                         }
-                        Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "checkpoint failed; will retry"),
                     }
                 }
+                let _ = checkpoint(&conn); // leave little for the next start to redo
             })
             .expect("spawn checkpointer thread");
         Ok(Checkpointer {
@@ -390,6 +429,20 @@ impl Store for SqliteStore {
             }
         }
         tx.commit()?;
+        let frames = self.wal.frames.load(Ordering::Acquire);
+        let behind = frames - self.wal.backfilled.load(Ordering::Acquire);
+        if frames > WAL_WRAP_FRAMES && behind <= WAL_FINISH_FRAMES_MAX {
+            // The background checkpointer is nearly caught up: finish here, where nothing is
+            // being appended, so the WAL restarts from its beginning on the next commit.
+            match checkpoint(&self.conn) {
+                Ok((_, wal_frames, done)) if wal_frames == done => {
+                    self.wal.frames.store(0, Ordering::Release);
+                    self.wal.backfilled.store(0, Ordering::Release);
+                }
+                Ok(_) => {} // a reader still needs old frames; try again later
+                Err(e) => tracing::warn!(error = %e, "checkpoint failed; will retry"),
+            }
+        }
         Ok(())
     }
 
