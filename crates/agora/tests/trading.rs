@@ -299,3 +299,40 @@ fn open_orders_per_user_and_symbol_are_capped() {
     assert_eq!(code, 202);
     s.assert_invariants();
 }
+
+#[test]
+fn a_halted_symbol_refuses_new_orders_but_lets_users_cancel() {
+    let mut s = Server::start();
+    let u = market(&s, 1);
+    let (_, resting) = place(&s, u[0], limit("BUY", "1.00", "1", "GTC"));
+    let patch = |s: &Server, status: &str| {
+        s.http
+            .patch(format!("{}/api/v1/admin/symbols/BASE-QUOTE", s.url))
+            .json(&json!({"status": status}))
+            .send()
+            .unwrap()
+    };
+    let r = patch(&s, "HALTED");
+    assert_eq!(r.status(), 200);
+    let (code, body) = place(&s, u[0], limit("BUY", "1.00", "1", "GTC"));
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (409, Some("SYMBOL_NOT_TRADING"))
+    );
+    let id = resting["order_id"].as_u64().unwrap();
+    assert_eq!(
+        s.delete(&format!("/api/v1/orders/{id}"), u[0]).status(),
+        202
+    );
+    wait_status(&s, u[0], id, &["CANCELED"]);
+    assert_eq!(patch(&s, "SLEEPING").status(), 400);
+    assert_eq!(patch(&s, "TRADING").status(), 200);
+    let (code, _) = place(&s, u[0], limit("BUY", "1.00", "1", "GTC"));
+    assert_eq!(code, 202);
+    // The status survives a restart.
+    patch(&s, "HALTED");
+    s.restart();
+    let (code, _) = place(&s, u[0], limit("BUY", "1.00", "1", "GTC"));
+    assert_eq!(code, 409);
+    s.assert_invariants();
+}

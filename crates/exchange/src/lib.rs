@@ -309,6 +309,20 @@ impl Exchange {
         self.read(move |r| r.user_by_name(&name)).await
     }
 
+    pub async fn set_symbol_status(
+        &self,
+        name: &str,
+        status: SymbolStatus,
+    ) -> ExchangeResult<SymbolRow> {
+        let symbol = self.refdata().symbol_by_name(name)?.id;
+        self.call(|reply| Request::SetSymbolStatus {
+            symbol,
+            status,
+            reply,
+        })
+        .await
+    }
+
     /// One of the user's orders; another user's order is reported as not found.
     pub async fn order(&self, user: u64, id: u64) -> ExchangeResult<OrderRow> {
         match self.read(move |r| r.order(id)).await? {

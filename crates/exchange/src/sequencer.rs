@@ -62,6 +62,12 @@ pub enum Request {
         symbol: SymbolRow,
         reply: Reply<SymbolRow>,
     },
+    /// Halt or resume trading: halted symbols refuse new orders; cancels still work.
+    SetSymbolStatus {
+        symbol: u32,
+        status: SymbolStatus,
+        reply: Reply<SymbolRow>,
+    },
     /// Stop taking requests, settle everything in flight, then exit.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -446,6 +452,14 @@ impl<S: Store> Sequencer<S> {
                 let result = self.create_symbol(symbol);
                 self.reply_after_commit(reply, result);
             }
+            Request::SetSymbolStatus {
+                symbol,
+                status,
+                reply,
+            } => {
+                let result = self.set_symbol_status(symbol, status);
+                self.reply_after_commit(reply, result);
+            }
             Request::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -814,6 +828,15 @@ impl<S: Store> Sequencer<S> {
         Ok(symbol)
     }
 
+    fn set_symbol_status(&mut self, id: u32, status: SymbolStatus) -> ExchangeResult<SymbolRow> {
+        let mut symbol = self.refdata.symbols[&id].clone();
+        symbol.status = status;
+        self.refdata.add_symbol(symbol.clone());
+        self.write.symbols.push(symbol.clone());
+        self.share_refdata();
+        Ok(symbol)
+    }
+
     /// Makes reference data visible to the API once the batch holding it has committed.
     fn share_refdata(&mut self) {
         let snapshot = Arc::new(self.refdata.clone());
@@ -942,6 +965,7 @@ fn refuse(request: Request) {
         Request::CreateUser { reply, .. } => drop(reply.send(Err(e()))),
         Request::CreateAsset { reply, .. } => drop(reply.send(Err(e()))),
         Request::CreateSymbol { reply, .. } => drop(reply.send(Err(e()))),
+        Request::SetSymbolStatus { reply, .. } => drop(reply.send(Err(e()))),
         Request::Shutdown { reply } => drop(reply.send(())),
     }
 }

@@ -410,6 +410,22 @@ pub async fn create_symbol(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct SymbolUpdate {
+    status: agora_store::SymbolStatus,
+}
+
+pub async fn update_symbol(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<SymbolUpdate>,
+) -> Result<Json<Value>, Problem> {
+    let symbol = state.exchange.set_symbol_status(&name, body.status).await?;
+    Ok(Json(symbol_json(&symbol, &state.exchange.refdata())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewDeposit {
     user_id: u64,
     asset: String,

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod demo;
+pub mod listener;
 pub mod problem;
 pub mod settings;
 
@@ -42,6 +43,10 @@ pub fn router(state: AppState, inflight_max: usize) -> Router {
         .route("/api/v1/admin/users", post(create_user))
         .route("/api/v1/admin/assets", post(create_asset))
         .route("/api/v1/admin/symbols", post(create_symbol))
+        .route(
+            "/api/v1/admin/symbols/{symbol}",
+            axum::routing::patch(update_symbol),
+        )
         .route("/api/v1/admin/deposits", post(deposit))
         .route("/api/v1/admin/books/{symbol}", get(book))
         .route("/api/v1/admin/reconcile", get(reconcile))
@@ -107,6 +112,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         exchange: exchange.clone(),
         admin_token: settings.admin_token.as_deref().map(Arc::from),
     };
+    let listener = listener::LimitedListener::new(listener, settings.connections_max);
     axum::serve(listener, router(state, settings.inflight_max))
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// HTTP requests served at once at most; more wait their turn [default: 10000].
     #[arg(long, env = "AGORA_INFLIGHT_MAX")]
     pub inflight_max: Option<usize>,
+    /// Open HTTP connections at most; more wait in the accept backlog [default: 10000].
+    #[arg(long, env = "AGORA_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "AGORA_LOG_JSON")]
     #[serde(default)]
@@ -64,6 +67,7 @@ pub struct Settings {
     pub batch_max: usize,
     pub admin_token: Option<String>,
     pub inflight_max: usize,
+    pub connections_max: usize,
     pub log_json: bool,
 }
 
@@ -89,7 +93,12 @@ impl ServeArgs {
             (1..=65_536).contains(&batch_max),
             "batch-max must be 1-65536"
         );
+        let connections_max = self
+            .connections_max
+            .or(file.connections_max)
+            .unwrap_or(10_000);
         anyhow::ensure!(inflight_max >= 1, "inflight-max must be at least 1");
+        anyhow::ensure!(connections_max >= 1, "connections-max must be at least 1");
         Ok(Settings {
             listen: self
                 .listen
@@ -108,7 +117,67 @@ impl ServeArgs {
             batch_max,
             admin_token: self.admin_token.or(file.admin_token),
             inflight_max,
+            connections_max,
             log_json: self.log_json || file.log_json,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn resolve(args: &[&str]) -> anyhow::Result<Settings> {
+        Cli::try_parse_from(std::iter::once("agora").chain(args.iter().copied()))?
+            .serve
+            .resolve()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let s = resolve(&[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.data_dir, PathBuf::from("agora-data"));
+        assert_eq!(s.durability, DurabilitySetting::Full);
+        assert_eq!((s.engine_shards, s.batch_max), (1, 4_096));
+        assert!(!s.demo && s.admin_token.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agora.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\ndata-dir = \"/srv/agora\"\nengine-shards = 2\n\
+             durability = \"normal\"\ndemo = true\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let s = resolve(&["--config", path, "--listen", "127.0.0.1:9100"]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9100"); // flag wins
+        assert_eq!(s.data_dir, PathBuf::from("/srv/agora")); // from the file
+        assert_eq!(s.engine_shards, 2);
+        assert_eq!(s.durability, DurabilitySetting::Normal);
+        assert!(s.demo);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agora.toml");
+        std::fs::write(&file, "listne = \"127.0.0.1:9000\"\n").unwrap();
+        assert!(resolve(&["--config", file.to_str().unwrap()]).is_err()); // typo'd key
+        assert!(resolve(&["--engine-shards", "0"]).is_err());
+        assert!(resolve(&["--listen", "not-an-address"]).is_err());
+        assert!(resolve(&["--durability", "sometimes"]).is_err());
+        assert!(resolve(&["--config", "/nonexistent/agora.toml"]).is_err());
     }
 }
