@@ -208,3 +208,21 @@ fn sigterm_drains_in_flight_work_and_stops_cleanly() {
     check_acked(&s2, &acked);
     s2.assert_invariants();
 }
+
+/// An idle symbol must not hold back the relay: after a quiet stop, a restart replays
+/// nothing, however long ago the idle symbol last traded (and the outbox can be pruned).
+#[test]
+fn an_idle_symbol_does_not_pin_the_relay() {
+    let mut s = Server::start();
+    let users = two_markets(&s, 2); // ALT-QUOTE stays idle below
+    for i in 0..50 {
+        let side = if i % 2 == 0 { "BUY" } else { "SELL" };
+        let (code, _) = place(&s, users[i % 2], limit(side, "10.00", "1", "GTC"));
+        assert_eq!(code, 202);
+    }
+    s.quiesce();
+    s.restart();
+    let status = s.json("/api/v1/admin/status", None);
+    assert_eq!(status["replayed_at_start"], 0, "{status}");
+    s.assert_invariants();
+}

@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub settled: AtomicU64,
     /// Trades committed since the store was created.
     pub trades: AtomicU64,
+    /// Book inputs re-published from the outbox when this process started.
+    pub replayed_at_start: AtomicU64,
     pub ready: AtomicBool,
 }
 
@@ -88,6 +90,7 @@ pub struct Status {
     /// Book inputs published but not yet settled.
     pub pending_inputs: u64,
     pub trades: u64,
+    pub replayed_at_start: u64,
 }
 
 /// A running exchange. Cheap to clone; all clones talk to the same sequencer.
@@ -136,6 +139,7 @@ impl Exchange {
             published: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             trades: AtomicU64::new(store.load_counters()?.max_trade_seq as u64),
+            replayed_at_start: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         });
         let (log, partitions) = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
@@ -203,6 +207,7 @@ impl Exchange {
             ready: s.ready.load(Ordering::Acquire),
             pending_inputs: s.published.load(Ordering::Acquire) - s.settled.load(Ordering::Acquire),
             trades: s.trades.load(Ordering::Acquire),
+            replayed_at_start: s.replayed_at_start.load(Ordering::Acquire),
         }
     }
 

@@ -133,6 +133,11 @@ pub(crate) struct Sequencer<S: Store> {
     /// Open orders per (user, symbol), for the limit above.
     open_count: FxHashMap<(u64, u32), u32>,
     cursors: FxHashMap<u32, CursorRow>,
+    /// Highest book-input seq published, per symbol and overall.
+    published_max: FxHashMap<u32, i64>,
+    published_max_all: i64,
+    /// Persisted: every book input at or below it is settled. Catch-up starts here.
+    relay_position: i64,
     next: Counters,
     write: WriteBatch,
     dirty: Dirty,
@@ -166,6 +171,7 @@ impl<S: Store> Sequencer<S> {
             .map(|v| ((v.account, v.asset), v.amount))
             .collect();
         let next = store.load_counters()?;
+        let relay_position = store.load_relay_position()?;
         let mut open_count: FxHashMap<(u64, u32), u32> = FxHashMap::default();
         for o in &open_orders {
             *open_count.entry((o.user, o.symbol)).or_default() += 1;
@@ -183,6 +189,9 @@ impl<S: Store> Sequencer<S> {
             open: open_orders.into_iter().map(|o| (o.id, o)).collect(),
             open_count,
             cursors: cursors.into_iter().map(|c| (c.symbol, c)).collect(),
+            published_max: FxHashMap::default(),
+            published_max_all: 0,
+            relay_position,
             next,
             write: WriteBatch::default(),
             dirty: Dirty::default(),
@@ -277,13 +286,7 @@ impl<S: Store> Sequencer<S> {
     /// Re-publishes every book input the engine may not have settled (the relay's restart
     /// path), settling as it goes, until the engine has caught up with the outbox.
     async fn catch_up(&mut self, outputs: &mut mpsc::UnboundedReceiver<EngineOutput>) {
-        let mut from = self
-            .refdata
-            .symbols
-            .keys()
-            .map(|s| self.cursors.get(s).map_or(0, |c| c.input_seq))
-            .min()
-            .unwrap_or(0);
+        let mut from = self.relay_position;
         let started = std::time::Instant::now();
         let mut relayed = 0usize;
         loop {
@@ -310,6 +313,9 @@ impl<S: Store> Sequencer<S> {
             }
             self.commit();
         }
+        self.shared
+            .replayed_at_start
+            .store(relayed as u64, Ordering::Release);
         if relayed > 0 {
             tracing::info!(
                 relayed,
@@ -326,6 +332,9 @@ impl<S: Store> Sequencer<S> {
             if row.aggregate_type != BOOK_AGGREGATE {
                 continue;
             }
+            let symbol = self.refdata.symbol_by_name[&row.aggregate_id];
+            self.published_max.insert(symbol, row.seq);
+            self.published_max_all = self.published_max_all.max(row.seq);
             by_partition
                 .entry(partition_for(&row.aggregate_id, partitions))
                 .or_default()
@@ -377,15 +386,26 @@ impl<S: Store> Sequencer<S> {
         for symbol in &d.cursors {
             w.cursors.push(self.cursors[symbol]);
         }
+        // Every input at or below a symbol's cursor is settled, and a symbol with nothing in
+        // flight holds nothing back: the relay can restart after the lowest cursor among
+        // symbols that still have inputs in flight, or after everything published.
+        let settled_through = self
+            .published_max
+            .iter()
+            .filter_map(|(symbol, &published)| {
+                let cursor = self.cursors.get(symbol).map_or(0, |c| c.input_seq);
+                (published > cursor).then_some(cursor)
+            })
+            .min()
+            .unwrap_or(self.published_max_all);
+        if settled_through > self.relay_position {
+            self.relay_position = settled_through;
+            w.relay_position = Some(settled_through);
+        }
         self.commits += 1;
         if self.commits.is_multiple_of(1024) {
-            // Every consumer is past the lowest cursor; older book inputs are never re-read.
-            w.outbox_prune_through = self
-                .refdata
-                .symbols
-                .keys()
-                .map(|s| self.cursors.get(s).map_or(0, |c| c.input_seq))
-                .min();
+            // Nothing at or below the relay position is ever read again.
+            w.outbox_prune_through = Some(self.relay_position);
         }
         if w.is_empty() {
             // Nothing to write (e.g. only duplicates were consumed): settled as they are.

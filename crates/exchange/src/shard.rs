@@ -132,3 +132,76 @@ impl Shard {
         let _ = self.outputs.send(out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_engine::{Event, NewOrder, OrderKind, Side, TimeInForce};
+
+    fn accepted(offset: i64, id: u64) -> Record {
+        let input = BookInput::OrderAccepted {
+            symbol: 7,
+            order: NewOrder {
+                id,
+                user: 1,
+                side: Side::Buy,
+                kind: OrderKind::Limit {
+                    price: 100,
+                    qty: 1,
+                    tif: TimeInForce::Gtc,
+                },
+            },
+        };
+        Record {
+            offset,
+            key: "S".into(),
+            event_type: input.event_type().into(),
+            payload: serde_json::to_string(&input).unwrap().into(),
+        }
+    }
+
+    fn shard_at(input_seq: i64) -> (Shard, mpsc::UnboundedReceiver<EngineOutput>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut books = FxHashMap::default();
+        books.insert(
+            7,
+            ShardBook {
+                book: Book::new(BookSpec {
+                    base_unit: 1,
+                    lot_size: 1,
+                }),
+                input_seq,
+            },
+        );
+        (Shard { books, outputs: tx }, rx)
+    }
+
+    #[test]
+    fn inputs_at_or_below_the_cursor_are_dropped_and_counted() {
+        let (mut shard, mut rx) = shard_at(2);
+        // Offsets 1 and 2 were applied before a restart and come again; 3 is new.
+        shard.apply(vec![accepted(1, 1), accepted(2, 2), accepted(3, 3)]);
+        let out = rx.try_recv().unwrap();
+        assert_eq!((out.inputs, out.last_input_seq), (3, 3));
+        let rested: Vec<u64> = out
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rested { order, .. } => Some(*order),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rested, vec![3]);
+        assert_eq!(shard.books[&7].book.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_of_only_duplicates_reports_the_committed_cursor() {
+        let (mut shard, mut rx) = shard_at(5);
+        shard.apply(vec![accepted(4, 1), accepted(5, 2)]);
+        let out = rx.try_recv().unwrap();
+        assert_eq!((out.inputs, out.last_input_seq), (2, 5));
+        assert!(out.events.is_empty());
+        assert!(shard.books[&7].book.is_empty());
+    }
+}

@@ -38,6 +38,8 @@ pub trait Store: Send {
     /// NEW and PARTIALLY_FILLED orders, in `accept_seq` (arrival) order.
     fn load_open_orders(&mut self) -> StoreResult<Vec<OrderRow>>;
     fn load_cursors(&mut self) -> StoreResult<Vec<CursorRow>>;
+    /// Every book input at or below this outbox seq is settled (0 when none is).
+    fn load_relay_position(&mut self) -> StoreResult<i64>;
     fn load_venue_balances(&mut self) -> StoreResult<Vec<VenueBalanceRow>>;
     fn load_balance(&mut self, user: u64, asset: u32) -> StoreResult<Option<BalanceRow>>;
     fn find_order_by_client_id(

@@ -182,6 +182,8 @@ pub struct WriteBatch {
     pub trades: Vec<TradeRow>,
     pub outbox: Vec<OutboxRow>,
     pub cursors: Vec<CursorRow>,
+    /// New relay position (see `Store::load_relay_position`).
+    pub relay_position: Option<i64>,
     /// Delete outbox rows up to this seq: every consumer is past them.
     pub outbox_prune_through: Option<i64>,
 }
@@ -198,6 +200,7 @@ impl WriteBatch {
             && self.trades.is_empty()
             && self.outbox.is_empty()
             && self.cursors.is_empty()
+            && self.relay_position.is_none()
             && self.outbox_prune_through.is_none()
     }
 }

@@ -13,7 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_exchange.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_exchange.sql")),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_relay_position.sql"),
+    ),
+];
 
 /// How hard a commit insists on reaching the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -423,6 +429,13 @@ impl Store for SqliteStore {
             for c in &b.cursors {
                 s.execute(params![c.symbol, c.input_seq, c.next_trade_id])?;
             }
+            if let Some(seq) = b.relay_position {
+                tx.prepare_cached(
+                    "INSERT INTO relay_position (id, seq) VALUES (1, ?1) \
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+                )?
+                .execute(params![seq])?;
+            }
             if let Some(seq) = b.outbox_prune_through {
                 tx.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?
                     .execute(params![seq])?;
@@ -524,6 +537,16 @@ impl Store for SqliteStore {
                 })
             },
         )
+    }
+
+    fn load_relay_position(&mut self) -> StoreResult<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT seq FROM relay_position WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0))
     }
 
     fn load_venue_balances(&mut self) -> StoreResult<Vec<VenueBalanceRow>> {
