@@ -138,7 +138,7 @@ impl DepthBook {
                 changes.push(LevelChange { side, price, qty });
             }
         }
-        (!changes.is_empty()).then(|| DepthDiff {
+        (!changes.is_empty()).then_some(DepthDiff {
             first_update_id: first,
             last_update_id: self.update_id,
             changes,
@@ -173,6 +173,9 @@ pub struct LocalBook {
     pub bids: BTreeMap<Price, Qty>,
     pub asks: BTreeMap<Price, Qty>,
 }
+
+/// Bids and asks, each best first, as (price, qty).
+pub type Levels = (Vec<(Price, Qty)>, Vec<(Price, Qty)>);
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct GapError {
@@ -217,7 +220,8 @@ impl LocalBook {
         Ok(())
     }
 
-    pub fn levels(&self) -> (Vec<(Price, Qty)>, Vec<(Price, Qty)>) {
+    /// (bids best first, asks best first).
+    pub fn levels(&self) -> Levels {
         (
             self.bids.iter().rev().map(|(p, q)| (*p, *q)).collect(),
             self.asks.iter().map(|(p, q)| (*p, *q)).collect(),
