@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod events;
+pub mod market;
 pub mod reconcile;
 pub mod rules;
 pub mod sequencer;
@@ -102,6 +103,7 @@ pub struct Exchange {
 struct Inner {
     requests: mpsc::Sender<Request>,
     reader: Arc<SqliteReader>,
+    market: Arc<market::MarketData>,
     shared: Arc<Shared>,
     shard_control: Vec<crossbeam_channel::Sender<ShardControl>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -132,6 +134,15 @@ impl Exchange {
         let open_orders = store.load_open_orders()?;
         let cursors = store.load_cursors()?;
         let books = restore_books(&refdata, &open_orders, &cursors)?;
+        let depths = books
+            .iter()
+            .map(|(&id, b)| (id, agora_market::DepthBook::from_resting(b.book.resting())))
+            .collect();
+        let market = Arc::new(market::MarketData::new(
+            depths,
+            store.load_recent_trades(market::RECENT_TRADES_MAX)?,
+            store.load_recent_candles(market::CANDLES_KEPT)?,
+        ));
 
         let shared = Arc::new(Shared {
             refdata: RwLock::new(Arc::new(refdata.clone())),
@@ -173,6 +184,14 @@ impl Exchange {
             balance_cache_max: 1_000_000,
             relay_page_rows: 4_096,
         };
+        let (feed_tx, feed_rx) = crossbeam_channel::bounded(market::FEED_QUEUE_MAX);
+        let market_thread = market.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("market".into())
+                .spawn(move || market::run(market_thread, feed_rx))
+                .expect("spawn market thread"),
+        );
         let sequencer = Sequencer::new(
             store,
             Arc::new(log),
@@ -181,6 +200,7 @@ impl Exchange {
             refdata,
             open_orders,
             cursors,
+            feed_tx,
         )?;
         let (request_tx, request_rx) = mpsc::channel(config.request_queue_max);
         threads.push(
@@ -193,6 +213,7 @@ impl Exchange {
             inner: Arc::new(Inner {
                 requests: request_tx,
                 reader,
+                market,
                 shared,
                 shard_control,
                 threads: Mutex::new(threads),
@@ -209,6 +230,24 @@ impl Exchange {
             trades: s.trades.load(Ordering::Acquire),
             replayed_at_start: s.replayed_at_start.load(Ordering::Acquire),
         }
+    }
+
+    /// The market read model (depth, trades, candles), served from memory.
+    pub fn market(&self) -> &market::MarketData {
+        &self.inner.market
+    }
+
+    /// Stored candles of one series, for ranges older than the in-memory ones.
+    pub async fn stored_candles(
+        &self,
+        symbol: u32,
+        interval: agora_market::Interval,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> ExchangeResult<Vec<CandleRow>> {
+        self.read(move |r| r.candles(symbol, interval.as_str(), start_ms, end_ms, limit))
+            .await
     }
 
     pub fn refdata(&self) -> Arc<RefData> {

@@ -13,12 +13,14 @@
 
 use crate::error::{ErrorClass, ExchangeError, ExchangeResult};
 use crate::events::{BookInput, BOOK_AGGREGATE};
+use crate::market::{candle_of, candle_row, Committed};
 use crate::rules::{NewAsset, RefData, ValidOrder};
 use crate::settlement::settle_trade;
 use crate::Shared;
 use agora_bus::{partition_for, EventLog, Record};
 use agora_engine::{DoneReason, Event, NewOrder, Side};
 use agora_ledger::{Account, Balance, Bucket, Entry, EntryKind, LedgerError};
+use agora_market::{candles::fold, Candle, Interval};
 use agora_store::sqlite::now_ms;
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -113,6 +115,9 @@ struct Dirty {
     /// Orders that left `open` in this batch, kept until they are written.
     finished: FxHashMap<u64, OrderRow>,
     cursors: FxHashSet<u32>,
+    candles: FxHashSet<(u32, Interval)>,
+    /// Engine events settled in this batch, for the market read model.
+    events: Vec<(u32, Vec<Event>)>,
     /// Client order ids placed in this batch, not yet findable in the store.
     client_ids: FxHashMap<(u64, String), u64>,
     replies: Vec<Box<dyn FnOnce() + Send>>,
@@ -138,6 +143,11 @@ pub(crate) struct Sequencer<S: Store> {
     published_max_all: i64,
     /// Persisted: every book input at or below it is settled. Catch-up starts here.
     relay_position: i64,
+    /// The current candle of every series that has traded.
+    candles: FxHashMap<(u32, Interval), Candle>,
+    /// Latest trade time per symbol: trade times never go backwards, even if the clock does.
+    last_trade_ms: FxHashMap<u32, i64>,
+    feed: crossbeam_channel::Sender<Committed>,
     next: Counters,
     write: WriteBatch,
     dirty: Dirty,
@@ -161,6 +171,7 @@ impl<S: Store> Sequencer<S> {
         refdata: RefData,
         open_orders: Vec<OrderRow>,
         cursors: Vec<CursorRow>,
+        feed: crossbeam_channel::Sender<Committed>,
     ) -> StoreResult<Self> {
         let loaded = store.load_users()?;
         let users = loaded.iter().map(|u| u.id).collect();
@@ -172,6 +183,15 @@ impl<S: Store> Sequencer<S> {
             .collect();
         let next = store.load_counters()?;
         let relay_position = store.load_relay_position()?;
+        let mut candles = FxHashMap::default();
+        let mut last_trade_ms = FxHashMap::default();
+        for row in store.load_recent_candles(1)? {
+            let (interval, candle) = candle_of(&row);
+            if interval == Interval::M1 {
+                last_trade_ms.insert(row.symbol, candle.open_ms);
+            }
+            candles.insert((row.symbol, interval), candle);
+        }
         let mut open_count: FxHashMap<(u64, u32), u32> = FxHashMap::default();
         for o in &open_orders {
             *open_count.entry((o.user, o.symbol)).or_default() += 1;
@@ -192,6 +212,9 @@ impl<S: Store> Sequencer<S> {
             published_max: FxHashMap::default(),
             published_max_all: 0,
             relay_position,
+            candles,
+            last_trade_ms,
+            feed,
             next,
             write: WriteBatch::default(),
             dirty: Dirty::default(),
@@ -386,6 +409,13 @@ impl<S: Store> Sequencer<S> {
         for symbol in &d.cursors {
             w.cursors.push(self.cursors[symbol]);
         }
+        for &(symbol, interval) in &d.candles {
+            w.candles.push(candle_row(
+                symbol,
+                interval,
+                &self.candles[&(symbol, interval)],
+            ));
+        }
         // Every input at or below a symbol's cursor is settled, and a symbol with nothing in
         // flight holds nothing back: the relay can restart after the lowest cursor among
         // symbols that still have inputs in flight, or after everything published.
@@ -424,15 +454,26 @@ impl<S: Store> Sequencer<S> {
             }
             std::thread::sleep(Duration::from_millis(50 << attempt));
         }
+        let mut w = std::mem::take(&mut self.write);
         let outbox = std::mem::take(&mut w.outbox);
-        let trades = w.trades.len() as u64;
-        *w = WriteBatch::default();
-        self.shared.trades.fetch_add(trades, Ordering::AcqRel);
+        self.shared
+            .trades
+            .fetch_add(w.trades.len() as u64, Ordering::AcqRel);
+        let committed = Committed {
+            events: d.events,
+            trades: w.trades,
+            candles: w.candles,
+            orders: w.orders,
+            balances: w.balances,
+        };
         self.shared
             .settled
             .fetch_add(d.settled_inputs, Ordering::AcqRel);
         d.replies.into_iter().for_each(|r| r());
         self.publish(outbox);
+        if !committed.is_empty() && self.feed.send(committed).is_err() {
+            fatal("feeding the market read model", "market thread gone");
+        }
         if self.balances.len() > self.limits.balance_cache_max {
             self.balances.clear();
         }
@@ -875,8 +916,9 @@ impl<S: Store> Sequencer<S> {
         }
         let symbol = self.refdata.symbols[&out.symbol].clone();
         let spec = self.refdata.book_spec(&symbol);
-        let now = now_ms();
-        for event in out.events {
+        let last = self.last_trade_ms.get(&symbol.id).copied().unwrap_or(0);
+        let now = now_ms().max(last);
+        for &event in &out.events {
             match event {
                 Event::Trade {
                     id,
@@ -909,6 +951,20 @@ impl<S: Store> Sequencer<S> {
                         o.held = held;
                         o.status = OrderStatus::PartiallyFilled;
                         self.dirty.orders.insert(order_id);
+                    }
+                    self.last_trade_ms.insert(symbol.id, now);
+                    for interval in Interval::ALL {
+                        let key = (symbol.id, interval);
+                        let candle = fold(
+                            self.candles.get(&key).copied(),
+                            interval,
+                            now,
+                            price,
+                            qty,
+                            s.notional,
+                        );
+                        self.candles.insert(key, candle);
+                        self.dirty.candles.insert(key);
                     }
                     self.next.max_trade_seq += 1;
                     self.write.trades.push(TradeRow {
@@ -963,6 +1019,7 @@ impl<S: Store> Sequencer<S> {
                 Event::Rested { .. } | Event::CancelRejected { .. } => {}
             }
         }
+        self.dirty.events.push((out.symbol, out.events));
         self.cursors.insert(
             out.symbol,
             CursorRow {

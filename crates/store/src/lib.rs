@@ -50,6 +50,10 @@ pub trait Store: Send {
     fn find_order(&mut self, id: u64) -> StoreResult<Option<OrderRow>>;
     /// The largest ids in use, so the writer continues the sequences after a restart.
     fn load_counters(&mut self) -> StoreResult<Counters>;
+    /// The most recent candles per (symbol, interval), at most `per_series` each, oldest first.
+    fn load_recent_candles(&mut self, per_series: usize) -> StoreResult<Vec<CandleRow>>;
+    /// The most recent trades per symbol, at most `per_symbol` each, oldest first.
+    fn load_recent_trades(&mut self, per_symbol: usize) -> StoreResult<Vec<TradeRow>>;
     /// Outbox rows with `seq > after`, oldest first, at most `limit`.
     fn outbox_after(&mut self, after: i64, limit: usize) -> StoreResult<Vec<OutboxRow>>;
 }
@@ -67,6 +71,17 @@ pub trait ReadStore: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<TradeRow>>;
     fn user_by_name(&self, name: &str) -> StoreResult<Option<UserRow>>;
+    /// Stored candles of one series with `start_ms <= open_ms <= end_ms`, oldest first, at
+    /// most `limit` (the most recent ones), plus the last candle before `start_ms` (first in
+    /// the list, if any) so gaps at the start can be filled.
+    fn candles(
+        &self,
+        symbol: u32,
+        interval: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<CandleRow>>;
     /// Everything reconciliation needs, read in one snapshot.
     fn audit(&self) -> StoreResult<AuditSnapshot>;
 }

@@ -129,6 +129,21 @@ pub struct TradeRow {
     pub created_ms: i64,
 }
 
+/// One candle as stored; `interval` is its text form ("1m", "5m", …).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandleRow {
+    pub symbol: u32,
+    pub interval: &'static str,
+    pub open_ms: i64,
+    pub open: i64,
+    pub high: i64,
+    pub low: i64,
+    pub close: i64,
+    pub volume: i64,
+    pub quote_volume: i64,
+    pub trades: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalRow {
     pub id: i64,
@@ -182,6 +197,7 @@ pub struct WriteBatch {
     pub trades: Vec<TradeRow>,
     pub outbox: Vec<OutboxRow>,
     pub cursors: Vec<CursorRow>,
+    pub candles: Vec<CandleRow>,
     /// New relay position (see `Store::load_relay_position`).
     pub relay_position: Option<i64>,
     /// Delete outbox rows up to this seq: every consumer is past them.
@@ -200,6 +216,7 @@ impl WriteBatch {
             && self.trades.is_empty()
             && self.outbox.is_empty()
             && self.cursors.is_empty()
+            && self.candles.is_empty()
             && self.relay_position.is_none()
             && self.outbox_prune_through.is_none()
     }

@@ -19,7 +19,43 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../migrations/sqlite/0002_relay_position.sql"),
     ),
+    (3, include_str!("../migrations/sqlite/0003_candles.sql")),
 ];
+
+/// Stored interval texts, interned so rows can carry `&'static str`.
+const INTERVALS: [&str; 6] = ["1m", "5m", "15m", "1h", "4h", "1d"];
+
+fn interval_text(text: String) -> rusqlite::Result<&'static str> {
+    INTERVALS
+        .iter()
+        .copied()
+        .find(|i| *i == text)
+        .ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("unknown interval {text:?}").into(),
+            )
+        })
+}
+
+const CANDLE_COLUMNS: &str =
+    "symbol_id, interval, open_ms, open, high, low, close, volume, quote_volume, trades";
+
+fn candle_from_row(r: &Row) -> rusqlite::Result<CandleRow> {
+    Ok(CandleRow {
+        symbol: r.get(0)?,
+        interval: interval_text(r.get(1)?)?,
+        open_ms: r.get(2)?,
+        open: r.get(3)?,
+        high: r.get(4)?,
+        low: r.get(5)?,
+        close: r.get(6)?,
+        volume: r.get(7)?,
+        quote_volume: r.get(8)?,
+        trades: r.get(9)?,
+    })
+}
 
 /// How hard a commit insists on reaching the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -429,6 +465,26 @@ impl Store for SqliteStore {
             for c in &b.cursors {
                 s.execute(params![c.symbol, c.input_seq, c.next_trade_id])?;
             }
+            let mut s = tx.prepare_cached(&format!(
+                "INSERT INTO candles ({CANDLE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT (symbol_id, interval, open_ms) DO UPDATE SET high = excluded.high, \
+                 low = excluded.low, close = excluded.close, volume = excluded.volume, \
+                 quote_volume = excluded.quote_volume, trades = excluded.trades"
+            ))?;
+            for c in &b.candles {
+                s.execute(params![
+                    c.symbol,
+                    c.interval,
+                    c.open_ms,
+                    c.open,
+                    c.high,
+                    c.low,
+                    c.close,
+                    c.volume,
+                    c.quote_volume,
+                    c.trades
+                ])?;
+            }
             if let Some(seq) = b.relay_position {
                 tx.prepare_cached(
                     "INSERT INTO relay_position (id, seq) VALUES (1, ?1) \
@@ -612,6 +668,38 @@ impl Store for SqliteStore {
         })
     }
 
+    fn load_recent_candles(&mut self, per_series: usize) -> StoreResult<Vec<CandleRow>> {
+        collect(
+            &self.conn,
+            &format!(
+                "SELECT {CANDLE_COLUMNS} FROM (SELECT *, ROW_NUMBER() OVER ( \
+                   PARTITION BY symbol_id, interval ORDER BY open_ms DESC) AS n FROM candles) \
+                 WHERE n <= ?1 ORDER BY symbol_id, interval, open_ms"
+            ),
+            params![per_series as i64],
+            candle_from_row,
+        )
+    }
+
+    fn load_recent_trades(&mut self, per_symbol: usize) -> StoreResult<Vec<TradeRow>> {
+        let symbols: Vec<u32> = collect(&self.conn, "SELECT id FROM symbols", [], |r| r.get(0))?;
+        let mut all = Vec::new();
+        for symbol in symbols {
+            let mut rows = collect(
+                &self.conn,
+                &format!(
+                    "SELECT {TRADE_COLUMNS} FROM trades WHERE symbol_id = ?1 \
+                     ORDER BY trade_id DESC LIMIT ?2"
+                ),
+                params![symbol, per_symbol as i64],
+                trade_from_row,
+            )?;
+            rows.reverse();
+            all.extend(rows);
+        }
+        Ok(all)
+    }
+
     fn outbox_after(&mut self, after: i64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
         collect(
             &self.conn,
@@ -733,6 +821,39 @@ impl ReadStore for SqliteReader {
                 })
             })
             .optional()?)
+        })
+    }
+
+    fn candles(
+        &self,
+        symbol: u32,
+        interval: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<CandleRow>> {
+        self.with(|c| {
+            let mut rows = collect(
+                c,
+                &format!(
+                    "SELECT {CANDLE_COLUMNS} FROM candles WHERE symbol_id = ?1 AND interval = ?2 \
+                     AND open_ms < ?3 ORDER BY open_ms DESC LIMIT 1"
+                ),
+                params![symbol, interval, start_ms],
+                candle_from_row,
+            )?;
+            let mut range = collect(
+                c,
+                &format!(
+                    "SELECT {CANDLE_COLUMNS} FROM candles WHERE symbol_id = ?1 AND interval = ?2 \
+                     AND open_ms >= ?3 AND open_ms <= ?4 ORDER BY open_ms DESC LIMIT ?5"
+                ),
+                params![symbol, interval, start_ms, end_ms, limit as i64],
+                candle_from_row,
+            )?;
+            range.reverse();
+            rows.extend(range);
+            Ok(rows)
         })
     }
 
