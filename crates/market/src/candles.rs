@@ -187,6 +187,19 @@ impl CandleSeries {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.candles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.candles.is_empty()
+    }
+
+    /// True if this series holds every bucket at or after `start_ms` that ever traded.
+    pub fn covers(&self, start_ms: i64) -> bool {
+        self.candles.len() < self.kept_max || self.oldest_ms().is_some_and(|o| o <= start_ms)
+    }
+
     pub fn last(&self) -> Option<&Candle> {
         self.candles.back()
     }

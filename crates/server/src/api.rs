@@ -348,13 +348,6 @@ pub async fn fills(
     })))
 }
 
-pub async fn list_symbols(State(state): State<AppState>) -> Json<Value> {
-    let r = state.exchange.refdata();
-    let mut symbols: Vec<&SymbolRow> = r.symbols.values().collect();
-    symbols.sort_by_key(|s| s.id);
-    Json(json!({ "symbols": symbols.iter().map(|s| symbol_json(s, &r)).collect::<Vec<_>>() }))
-}
-
 pub async fn list_assets(State(state): State<AppState>) -> Json<Value> {
     let r = state.exchange.refdata();
     let mut assets: Vec<_> = r.assets.values().collect();

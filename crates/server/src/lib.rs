@@ -5,6 +5,7 @@
 pub mod api;
 pub mod demo;
 pub mod listener;
+pub mod market_api;
 pub mod problem;
 pub mod settings;
 
@@ -38,7 +39,14 @@ pub fn router(state: AppState, inflight_max: usize) -> Router {
         .route("/api/v1/orders/{id}", get(get_order).delete(cancel_order))
         .route("/api/v1/balances", get(balances))
         .route("/api/v1/fills", get(fills))
-        .route("/api/v1/symbols", get(list_symbols))
+        .route("/api/v1/markets", get(market_api::markets))
+        .route("/api/v1/markets/{symbol}/depth", get(market_api::depth))
+        .route("/api/v1/markets/{symbol}/trades", get(market_api::trades))
+        .route(
+            "/api/v1/markets/{symbol}/ticker",
+            get(market_api::ticker_handler),
+        )
+        .route("/api/v1/markets/{symbol}/candles", get(market_api::candles))
         .route("/api/v1/assets", get(list_assets))
         .route("/api/v1/admin/users", post(create_user))
         .route("/api/v1/admin/assets", post(create_asset))
