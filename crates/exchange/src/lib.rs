@@ -197,9 +197,11 @@ impl Exchange {
             Arc::new(log),
             shared.clone(),
             limits,
-            refdata,
-            open_orders,
-            cursors,
+            sequencer::Recovered {
+                refdata,
+                open_orders,
+                cursors,
+            },
             feed_tx,
         )?;
         let (request_tx, request_rx) = mpsc::channel(config.request_queue_max);

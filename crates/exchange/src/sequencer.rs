@@ -106,6 +106,13 @@ pub struct SequencerLimits {
     pub relay_page_rows: usize,
 }
 
+/// What `Exchange::start` already loaded from the store.
+pub(crate) struct Recovered {
+    pub refdata: RefData,
+    pub open_orders: Vec<OrderRow>,
+    pub cursors: Vec<CursorRow>,
+}
+
 /// Rows touched since the last commit.
 #[derive(Default)]
 struct Dirty {
@@ -168,11 +175,14 @@ impl<S: Store> Sequencer<S> {
         log: Arc<dyn EventLog>,
         shared: Arc<Shared>,
         limits: SequencerLimits,
-        refdata: RefData,
-        open_orders: Vec<OrderRow>,
-        cursors: Vec<CursorRow>,
+        recovered: Recovered,
         feed: crossbeam_channel::Sender<Committed>,
     ) -> StoreResult<Self> {
+        let Recovered {
+            refdata,
+            open_orders,
+            cursors,
+        } = recovered;
         let loaded = store.load_users()?;
         let users = loaded.iter().map(|u| u.id).collect();
         let user_names = loaded.into_iter().map(|u| u.name).collect();
