@@ -7,8 +7,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+/// Bids and asks as (price, quantity) decimal strings, best first.
+type Levels = (Vec<(String, String)>, Vec<(String, String)>);
+
 /// The engine's book (admin endpoint) aggregated into levels, best first.
-fn engine_levels(s: &Server) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn engine_levels(s: &Server) -> Levels {
     let mut bids: BTreeMap<i64, (String, i64)> = BTreeMap::new();
     let mut asks: BTreeMap<i64, (String, i64)> = BTreeMap::new();
     let cents = |t: &str| (t.parse::<f64>().unwrap() * 100.0).round() as i64; // test-only parse
@@ -32,7 +35,7 @@ fn engine_levels(s: &Server) -> (Vec<(String, String)>, Vec<(String, String)>) {
     )
 }
 
-fn rest_levels(s: &Server) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn rest_levels(s: &Server) -> Levels {
     let d = s.json("/api/v1/markets/BASE-QUOTE/depth?limit=5000", None);
     let side = |k: &str| {
         d[k].as_array()
