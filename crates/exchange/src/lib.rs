@@ -124,6 +124,15 @@ impl Exchange {
     /// Opens the store, rebuilds the books, and starts the sequencer and shard threads.
     /// Returns at once; [`Exchange::status`] reports `ready` once the engine has caught up.
     pub fn start(config: Config) -> Result<Exchange, StartError> {
+        Exchange::start_observed(config, None)
+    }
+
+    /// Like [`Exchange::start`], telling `observer` about every commit (after the market
+    /// read model has applied it).
+    pub fn start_observed(
+        config: Config,
+        observer: Option<Arc<dyn market::CommitObserver>>,
+    ) -> Result<Exchange, StartError> {
         assert!(config.engine_shards > 0 && config.batch_max > 0);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
@@ -185,11 +194,11 @@ impl Exchange {
             relay_page_rows: 4_096,
         };
         let (feed_tx, feed_rx) = crossbeam_channel::bounded(market::FEED_QUEUE_MAX);
-        let market_thread = market.clone();
+        let (market_thread, market_shared) = (market.clone(), shared.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("market".into())
-                .spawn(move || market::run(market_thread, feed_rx))
+                .spawn(move || market::run(market_thread, feed_rx, market_shared, observer))
                 .expect("spawn market thread"),
         );
         let sequencer = Sequencer::new(

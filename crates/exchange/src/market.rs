@@ -172,7 +172,7 @@ impl MarketData {
     }
 
     /// Applies one commit; returns the depth diffs it produced, per symbol.
-    pub fn apply(&self, batch: Committed) -> Vec<(u32, DepthDiff)> {
+    pub fn apply(&self, batch: &Committed) -> Vec<(u32, DepthDiff)> {
         let mut diffs = Vec::new();
         for (symbol, events) in &batch.events {
             let m = self.symbol_or_new(*symbol);
@@ -181,11 +181,11 @@ impl MarketData {
                 diffs.push((*symbol, diff));
             }
         }
-        for t in batch.trades {
+        for t in &batch.trades {
             self.symbol_or_new(t.symbol)
                 .write()
                 .expect("lock")
-                .push_trade(t);
+                .push_trade(t.clone());
         }
         for row in &batch.candles {
             let (interval, candle) = candle_of(row);
@@ -199,9 +199,30 @@ impl MarketData {
     }
 }
 
+/// Told about every commit once the read model has applied it (e.g. to push it to
+/// WebSocket subscribers). Runs on the market thread: it must not block.
+pub trait CommitObserver: Send + Sync {
+    fn committed(
+        &self,
+        batch: &Committed,
+        diffs: &[(u32, DepthDiff)],
+        market: &MarketData,
+        refdata: &crate::RefData,
+    );
+}
+
 /// The market thread: applies committed batches in order until the sequencer hangs up.
-pub(crate) fn run(market: Arc<MarketData>, feed: crossbeam_channel::Receiver<Committed>) {
+pub(crate) fn run(
+    market: Arc<MarketData>,
+    feed: crossbeam_channel::Receiver<Committed>,
+    shared: Arc<crate::Shared>,
+    observer: Option<Arc<dyn CommitObserver>>,
+) {
     while let Ok(batch) = feed.recv() {
-        let _diffs = market.apply(batch);
+        let diffs = market.apply(&batch);
+        if let Some(observer) = &observer {
+            let refdata = shared.refdata.read().expect("lock").clone();
+            observer.committed(&batch, &diffs, &market, &refdata);
+        }
     }
 }

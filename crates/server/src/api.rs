@@ -21,14 +21,15 @@ pub const PAGE_LIMIT_MAX: usize = 1_000;
 /// only place that reads it.
 pub struct ActingUser(pub u64);
 
-impl FromRequestParts<AppState> for ActingUser {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+impl ActingUser {
+    /// Reads the acting user from request headers (the only reader of `X-User-Id`).
+    pub fn from_headers(
+        headers: &axum::http::HeaderMap,
+        state: &AppState,
+    ) -> Result<ActingUser, Problem> {
         let unauthenticated =
             |detail: &str| Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", detail);
-        let value = parts
-            .headers
+        let value = headers
             .get("x-user-id")
             .ok_or_else(|| unauthenticated("send X-User-Id"))?;
         let id = value
@@ -40,6 +41,14 @@ impl FromRequestParts<AppState> for ActingUser {
             return Err(unauthenticated("unknown user"));
         }
         Ok(ActingUser(id))
+    }
+}
+
+impl FromRequestParts<AppState> for ActingUser {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        ActingUser::from_headers(&parts.headers, state)
     }
 }
 
@@ -136,7 +145,7 @@ pub fn order_view<'a>(o: &'a OrderRow, r: &'a RefData) -> OrderView<'a> {
     }
 }
 
-fn balance_json(b: &BalanceRow, r: &RefData) -> Value {
+pub fn balance_json(b: &BalanceRow, r: &RefData) -> Value {
     let asset = r.asset(b.asset);
     json!({
         "asset": asset.code,

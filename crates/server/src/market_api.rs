@@ -6,7 +6,8 @@ use crate::api::symbol_json;
 use crate::problem::{ApiPath as Path, ApiQuery as Query, Problem};
 use crate::AppState;
 use agora_engine::Side;
-use agora_exchange::market::candle_of;
+use agora_exchange::market::{candle_of, SymbolMarket};
+use agora_exchange::RefData;
 use agora_ledger::units::format;
 use agora_market::{ticker, Candle, CandleSeries, Interval};
 use agora_store::{SymbolRow, TradeRow};
@@ -51,9 +52,20 @@ fn time(field: &'static str, text: Option<&str>) -> Result<Option<i64>, Problem>
     .transpose()
 }
 
-struct Scales {
-    base: u32,
-    quote: u32,
+/// The scales a symbol's numbers are printed at.
+#[derive(Clone, Copy)]
+pub struct Scales {
+    pub base: u32,
+    pub quote: u32,
+}
+
+impl Scales {
+    pub fn of(r: &RefData, symbol: &SymbolRow) -> Scales {
+        Scales {
+            base: r.base_scale(symbol),
+            quote: r.quote_scale(symbol),
+        }
+    }
 }
 
 fn symbol_and_scales(state: &AppState, name: &str) -> Result<(SymbolRow, Scales), Problem> {
@@ -62,11 +74,13 @@ fn symbol_and_scales(state: &AppState, name: &str) -> Result<(SymbolRow, Scales)
         .symbol_by_name(name)
         .map_err(|e| Problem::new(axum::http::StatusCode::NOT_FOUND, e.code, e.detail))?
         .clone();
-    let scales = Scales {
-        base: r.base_scale(&symbol),
-        quote: r.quote_scale(&symbol),
-    };
+    let scales = Scales::of(&r, &symbol);
     Ok((symbol, scales))
+}
+
+/// A price level as `[price, quantity]`.
+pub fn level_json(price: i64, qty: i64, sc: Scales) -> [String; 2] {
+    [format(price, sc.quote), format(qty, sc.base)]
 }
 
 pub async fn markets(State(state): State<AppState>) -> Json<Value> {
@@ -92,7 +106,7 @@ pub async fn depth(
         Some(m) => m.read().expect("lock").depth.snapshot(n),
         None => agora_market::DepthBook::default().snapshot(n),
     };
-    let level = |&(p, q): &(i64, i64)| [format(p, sc.quote), format(q, sc.base)];
+    let level = |&(p, q): &(i64, i64)| level_json(p, q, sc);
     Ok(Json(json!({
         "symbol": symbol.name,
         "last_update_id": snapshot.last_update_id,
@@ -101,7 +115,7 @@ pub async fn depth(
     })))
 }
 
-fn trade_json(t: &TradeRow, sc: &Scales) -> Value {
+pub fn trade_json(t: &TradeRow, sc: &Scales) -> Value {
     json!({
         "trade_id": t.trade_id,
         "price": format(t.price, sc.quote),
@@ -134,28 +148,21 @@ pub async fn trades(
     Ok(Json(json!({ "symbol": symbol.name, "trades": trades })))
 }
 
-pub async fn ticker_handler(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, Problem> {
-    let (symbol, sc) = symbol_and_scales(&state, &name)?;
-    let now = now_ms();
-    let (t, bid, ask) = match state.exchange.market().symbol(symbol.id) {
-        Some(m) => {
-            let m = m.read().expect("lock");
-            (
-                ticker(m.series(Interval::M1), now),
-                m.depth.best_bid(),
-                m.depth.best_ask(),
-            )
-        }
+/// The 24-hour ticker of a symbol at `now_ms`, with the best bid and ask.
+pub fn ticker_json(name: &str, m: Option<&SymbolMarket>, sc: Scales, now_ms: i64) -> Value {
+    let (t, bid, ask) = match m {
+        Some(m) => (
+            ticker(m.series(Interval::M1), now_ms),
+            m.depth.best_bid(),
+            m.depth.best_ask(),
+        ),
         None => (None, None, None),
     };
     let price = |p: Option<i64>| p.map(|p| format(p, sc.quote));
     let qty = |q: Option<i64>| q.map(|q| format(q, sc.base));
-    Ok(Json(json!({
-        "symbol": symbol.name,
-        "window_end_ms": now,
+    json!({
+        "symbol": name,
+        "window_end_ms": now_ms,
         "open": price(t.map(|t| t.open)),
         "high": price(t.map(|t| t.high)),
         "low": price(t.map(|t| t.low)),
@@ -169,7 +176,36 @@ pub async fn ticker_handler(
         "best_bid_quantity": qty(bid.map(|b| b.1)),
         "best_ask": price(ask.map(|a| a.0)),
         "best_ask_quantity": qty(ask.map(|a| a.1)),
-    })))
+    })
+}
+
+pub async fn ticker_handler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let (symbol, sc) = symbol_and_scales(&state, &name)?;
+    let market = state.exchange.market().symbol(symbol.id);
+    let guard = market.as_ref().map(|m| m.read().expect("lock"));
+    Ok(Json(ticker_json(
+        &symbol.name,
+        guard.as_deref(),
+        sc,
+        now_ms(),
+    )))
+}
+
+pub fn candle_json(c: &Candle, interval: Interval, sc: Scales) -> Value {
+    json!({
+        "open_ms": c.open_ms,
+        "close_ms": c.open_ms + interval.ms() - 1,
+        "open": format(c.open, sc.quote),
+        "high": format(c.high, sc.quote),
+        "low": format(c.low, sc.quote),
+        "close": format(c.close, sc.quote),
+        "volume": format(c.volume, sc.base),
+        "quote_volume": format(c.quote_volume, sc.quote),
+        "trades": c.trades,
+    })
 }
 
 #[derive(Deserialize)]
@@ -221,22 +257,7 @@ pub async fn candles(
             series.range(start, end, n)
         }
     };
-    let candles: Vec<Value> = list
-        .iter()
-        .map(|c| {
-            json!({
-                "open_ms": c.open_ms,
-                "close_ms": c.open_ms + interval.ms() - 1,
-                "open": format(c.open, sc.quote),
-                "high": format(c.high, sc.quote),
-                "low": format(c.low, sc.quote),
-                "close": format(c.close, sc.quote),
-                "volume": format(c.volume, sc.base),
-                "quote_volume": format(c.quote_volume, sc.quote),
-                "trades": c.trades,
-            })
-        })
-        .collect();
+    let candles: Vec<Value> = list.iter().map(|c| candle_json(c, interval, sc)).collect();
     Ok(Json(json!({
         "symbol": symbol.name,
         "interval": interval.as_str(),
