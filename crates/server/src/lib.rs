@@ -8,6 +8,7 @@ pub mod listener;
 pub mod market_api;
 pub mod problem;
 pub mod settings;
+pub mod ws;
 
 use agora_exchange::{Config, Exchange};
 use agora_store::sqlite::Durability;
@@ -29,12 +30,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     pub exchange: Exchange,
     pub admin_token: Option<Arc<str>>,
+    pub hub: Arc<ws::Hub>,
 }
 
 pub fn router(state: AppState, inflight_max: usize) -> Router {
     use api::*;
     Router::new()
         .route("/health", get(health))
+        .route("/ws", get(ws::ws_handler))
         .route("/api/v1/orders", post(place_order).get(list_orders))
         .route("/api/v1/orders/{id}", get(get_order).delete(cancel_order))
         .route("/api/v1/balances", get(balances))
@@ -99,7 +102,9 @@ pub fn exchange_config(settings: &Settings) -> Config {
 
 /// Runs agora until SIGTERM or Ctrl-C.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let exchange = Exchange::start(exchange_config(&settings))?;
+    let hub = Arc::new(ws::Hub::new(settings.ws_limits));
+    let observer: Arc<dyn agora_exchange::market::CommitObserver> = hub.clone();
+    let exchange = Exchange::start_observed(exchange_config(&settings), Some(observer))?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find a port chosen with `--listen ...:0`.
@@ -119,9 +124,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let state = AppState {
         exchange: exchange.clone(),
         admin_token: settings.admin_token.as_deref().map(Arc::from),
+        hub,
     };
-    let listener = listener::LimitedListener::new(listener, settings.connections_max);
-    axum::serve(listener, router(state, settings.inflight_max))
+    let listener = listener::LimitedListener::new(
+        listener,
+        settings.connections_max,
+        settings.socket_send_buffer_bytes,
+    );
+    let app = router(state, settings.inflight_max)
+        .into_make_service_with_connect_info::<listener::PeerAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("http stopped; draining the exchange");

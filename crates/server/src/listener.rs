@@ -1,6 +1,9 @@
 //! The TCP listener: at most `connections_max` open connections (beyond that, new ones wait
-//! in the kernel's accept backlog instead of taking memory here), and `TCP_NODELAY`, since
-//! every response is small and latency-sensitive.
+//! in the kernel's accept backlog instead of taking memory here), `TCP_NODELAY` (every
+//! response is small and latency-sensitive), and a bounded kernel send buffer per
+//! connection: left to autotuning, one client that stops reading pins up to several MiB of
+//! kernel memory, and a WebSocket subscriber that stops reading would never fill its own
+//! bounded queue and be recognized as slow.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,14 +17,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    send_buffer_bytes: usize,
 }
 
 impl LimitedListener {
-    pub fn new(inner: TcpListener, connections_max: usize) -> LimitedListener {
-        assert!(connections_max > 0);
+    pub fn new(
+        inner: TcpListener,
+        connections_max: usize,
+        send_buffer_bytes: usize,
+    ) -> LimitedListener {
+        assert!(connections_max > 0 && send_buffer_bytes > 0);
         LimitedListener {
             inner,
             permits: Arc::new(Semaphore::new(connections_max)),
+            send_buffer_bytes,
         }
     }
 }
@@ -41,6 +50,8 @@ impl axum::serve::Listener for LimitedListener {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    let _ = socket2::SockRef::from(&stream)
+                        .set_send_buffer_size(self.send_buffer_bytes);
                     return (
                         LimitedStream {
                             stream,
@@ -106,5 +117,17 @@ impl AsyncWrite for LimitedStream {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+/// The peer's address, as connect info for handlers (`ConnectInfo<PeerAddr>`).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
     }
 }

@@ -43,6 +43,19 @@ pub struct ServeArgs {
     /// Open HTTP connections at most; more wait in the accept backlog [default: 10000].
     #[arg(long, env = "AGORA_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
+    /// Kernel send buffer of each connection, in bytes [default: 262144].
+    #[arg(long, env = "AGORA_SOCKET_SEND_BUFFER")]
+    pub socket_send_buffer: Option<usize>,
+    /// WebSocket connections one client (user, or IP without one) may hold [default: 100].
+    #[arg(long, env = "AGORA_WS_CONNECTIONS_PER_CLIENT")]
+    pub ws_connections_per_client: Option<usize>,
+    /// Messages queued for one WebSocket before it is closed as a slow consumer
+    /// [default: 1024].
+    #[arg(long, env = "AGORA_WS_SEND_BUFFER")]
+    pub ws_send_buffer: Option<usize>,
+    /// Streams one WebSocket may subscribe to [default: 64].
+    #[arg(long, env = "AGORA_WS_SUBSCRIPTIONS_MAX")]
+    pub ws_subscriptions_max: Option<usize>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "AGORA_LOG_JSON")]
     #[serde(default)]
@@ -68,6 +81,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub inflight_max: usize,
     pub connections_max: usize,
+    pub ws_limits: crate::ws::WsLimits,
+    pub socket_send_buffer_bytes: usize,
     pub log_json: bool,
 }
 
@@ -99,6 +114,28 @@ impl ServeArgs {
             .unwrap_or(10_000);
         anyhow::ensure!(inflight_max >= 1, "inflight-max must be at least 1");
         anyhow::ensure!(connections_max >= 1, "connections-max must be at least 1");
+        let defaults = crate::ws::WsLimits::default();
+        let ws_limits = crate::ws::WsLimits {
+            connections_per_client_max: self
+                .ws_connections_per_client
+                .or(file.ws_connections_per_client)
+                .unwrap_or(defaults.connections_per_client_max),
+            send_buffer_messages: self
+                .ws_send_buffer
+                .or(file.ws_send_buffer)
+                .unwrap_or(defaults.send_buffer_messages),
+            subscriptions_max: self
+                .ws_subscriptions_max
+                .or(file.ws_subscriptions_max)
+                .unwrap_or(defaults.subscriptions_max),
+            message_bytes_max: defaults.message_bytes_max,
+        };
+        anyhow::ensure!(
+            ws_limits.connections_per_client_max >= 1
+                && (1..=1_000_000).contains(&ws_limits.send_buffer_messages)
+                && (1..=1_024).contains(&ws_limits.subscriptions_max),
+            "ws limits: connections per client >= 1, send buffer 1-1000000, subscriptions 1-1024"
+        );
         Ok(Settings {
             listen: self
                 .listen
@@ -118,6 +155,12 @@ impl ServeArgs {
             admin_token: self.admin_token.or(file.admin_token),
             inflight_max,
             connections_max,
+            ws_limits,
+            socket_send_buffer_bytes: self
+                .socket_send_buffer
+                .or(file.socket_send_buffer)
+                .unwrap_or(256 * 1024)
+                .clamp(4096, 64 * 1024 * 1024),
             log_json: self.log_json || file.log_json,
         })
     }

@@ -1,0 +1,389 @@
+//! WebSocket streams against the real binary.
+
+mod common;
+use common::*;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::net::TcpStream;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn connect(s: &Server, user: Option<u64>) -> Ws {
+    let url = s.url.replace("http://", "ws://") + "/ws";
+    let mut req = url.into_client_request().unwrap();
+    if let Some(u) = user {
+        req.headers_mut()
+            .insert("x-user-id", u.to_string().parse().unwrap());
+    }
+    let (ws, _) = tungstenite::connect(req).expect("ws connect");
+    ws
+}
+
+fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).unwrap();
+}
+
+/// The next text message that is not a stream message (a command reply).
+fn reply(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v.get("stream").is_none() {
+                    return v;
+                }
+            }
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads stream messages on a thread, forwarding them until the socket closes.
+fn reader(
+    mut ws: Ws,
+) -> (
+    mpsc::Receiver<Value>,
+    std::thread::JoinHandle<Option<String>>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if tx.send(v).is_err() {
+                    return None;
+                }
+            }
+            Ok(Message::Close(c)) => {
+                return c.map(|c| format!("{} {}", u16::from(c.code), c.reason))
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    });
+    (rx, h)
+}
+
+fn flow(s: &Server, users: &[u64], n: usize, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let user = users[rng.random_range(0..users.len())];
+        if rng.random_range(0..10) < 2 && !open.is_empty() {
+            let (u, id): (u64, u64) = open.swap_remove(rng.random_range(0..open.len()));
+            s.delete(&format!("/api/v1/orders/{id}"), u);
+            continue;
+        }
+        let side = if rng.random_bool(0.5) { "BUY" } else { "SELL" };
+        let price = format!(
+            "{}.{:02}",
+            rng.random_range(9..11),
+            rng.random_range(0..100)
+        );
+        let (code, o) = place(
+            s,
+            user,
+            limit(side, &price, &rng.random_range(1..30).to_string(), "GTC"),
+        );
+        assert_eq!(code, 202, "{o}");
+        open.push((user, o["order_id"].as_u64().unwrap()));
+    }
+}
+
+fn levels(v: &Value) -> Vec<(String, String)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l[0].as_str().unwrap().to_string(),
+                l[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A local book kept from a REST snapshot plus WebSocket diffs ends equal to REST depth.
+#[test]
+fn a_client_syncing_snapshot_and_diffs_ends_with_the_rest_book() {
+    use std::collections::BTreeMap;
+    let s = Server::start();
+    let users = market(&s, 4);
+    flow(&s, &users, 100, 1); // a book exists before the client arrives
+    let mut ws = connect(&s, None);
+    send(
+        &mut ws,
+        json!({"method": "SUBSCRIBE", "params": ["BASE-QUOTE@depth"], "id": 1}),
+    );
+    assert_eq!(reply(&mut ws), json!({"result": null, "id": 1}));
+    let (rx, _h) = reader(ws);
+    // Diffs are buffered from here; the snapshot comes after subscribing (Binance's steps).
+    flow(&s, &users, 50, 2);
+    let snap = s.json("/api/v1/markets/BASE-QUOTE/depth?limit=5000", None);
+    flow(&s, &users, 200, 3);
+    s.quiesce();
+    // Key prices by their decimal text with fixed scale, so string order is numeric order.
+    let key = |p: &str| format!("{p:0>12}");
+    let mut bids: BTreeMap<String, String> = levels(&snap["bids"])
+        .into_iter()
+        .map(|(p, q)| (key(&p), q))
+        .collect();
+    let mut asks: BTreeMap<String, String> = levels(&snap["asks"])
+        .into_iter()
+        .map(|(p, q)| (key(&p), q))
+        .collect();
+    let mut last = snap["last_update_id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rest = s.json("/api/v1/markets/BASE-QUOTE/depth?limit=5000", None);
+        let target = rest["last_update_id"].as_u64().unwrap();
+        while last < target {
+            let m = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("diffs stopped");
+            assert_eq!(m["stream"], "BASE-QUOTE@depth");
+            let d = &m["data"];
+            let (first, end) = (
+                d["first_update_id"].as_u64().unwrap(),
+                d["last_update_id"].as_u64().unwrap(),
+            );
+            if end <= last {
+                continue; // covered by the snapshot
+            }
+            assert!(
+                first <= last + 1,
+                "gap: have {last}, diff starts at {first}"
+            );
+            for (side, book) in [("bids", &mut bids), ("asks", &mut asks)] {
+                for (p, q) in levels(&d[side]) {
+                    if q.trim_start_matches(['0', '.']).is_empty() {
+                        book.remove(&key(&p));
+                    } else {
+                        book.insert(key(&p), q);
+                    }
+                }
+            }
+            last = end;
+        }
+        let unkey = |b: &BTreeMap<String, String>| {
+            b.iter()
+                .map(|(p, q)| (p.trim_start_matches('0').to_string(), q.clone()))
+                .collect::<Vec<_>>()
+        };
+        let norm = |v: Vec<(String, String)>| {
+            v.into_iter()
+                .map(|(p, q)| (p.trim_start_matches('0').to_string(), q))
+                .collect::<Vec<_>>()
+        };
+        let mine_bids: Vec<_> = unkey(&bids).into_iter().rev().collect();
+        if last == target
+            && mine_bids == norm(levels(&rest["bids"]))
+            && unkey(&asks) == norm(levels(&rest["asks"]))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "local book never matched REST at update {last}"
+        );
+    }
+}
+
+#[test]
+fn the_user_stream_carries_own_orders_and_balances_only() {
+    let s = Server::start();
+    let u = market(&s, 2);
+    let (a, b) = (u[0], u[1]);
+    let mut wa = connect(&s, Some(a));
+    send(
+        &mut wa,
+        json!({"method": "SUBSCRIBE", "params": ["user"], "id": "a"}),
+    );
+    assert_eq!(reply(&mut wa)["id"], "a");
+    let (rx, _h) = reader(wa);
+    // b rests an order; a takes part of it; a rests another and cancels it.
+    let (_, theirs) = place(&s, b, limit("SELL", "5.00", "10", "GTC"));
+    let (_, take) = place(&s, a, limit("BUY", "5.00", "4", "IOC"));
+    let (_, rest) = place(&s, a, limit("BUY", "4.00", "1", "GTC"));
+    let rest_id = rest["order_id"].as_u64().unwrap();
+    s.delete(&format!("/api/v1/orders/{rest_id}"), a);
+    wait_status(&s, a, rest_id, &["CANCELED"]);
+    let take_id = take["order_id"].as_u64().unwrap();
+    let mine = [take_id, rest_id];
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut balances = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(seen.contains(&(take_id, "FILLED".into()))
+        && seen.contains(&(rest_id, "CANCELED".into())))
+    {
+        assert!(Instant::now() < deadline, "events missing: {seen:?}");
+        let Ok(m) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        assert_eq!(m["stream"], "user");
+        let d = &m["data"];
+        match d["event"].as_str().unwrap() {
+            "ORDER_UPDATE" => {
+                let id = d["order_id"].as_u64().unwrap();
+                assert!(
+                    mine.contains(&id),
+                    "another user's order {id} on a's stream (b's was {})",
+                    theirs["order_id"]
+                );
+                seen.push((id, d["status"].as_str().unwrap().to_string()));
+            }
+            "BALANCE_UPDATE" => balances += 1,
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert!(
+        seen.contains(&(take_id, "NEW".into())),
+        "accepted event missing: {seen:?}"
+    );
+    assert!(seen.contains(&(rest_id, "NEW".into())), "{seen:?}");
+    assert!(balances > 0);
+    // The user stream needs a user.
+    let mut anon = connect(&s, None);
+    send(
+        &mut anon,
+        json!({"method": "SUBSCRIBE", "params": ["user"], "id": 9}),
+    );
+    assert_eq!(reply(&mut anon)["error"]["code"], "INVALID_STREAM");
+}
+
+#[test]
+fn a_slow_client_is_cut_off_while_a_fast_one_keeps_receiving() {
+    let s = Server::start_with(&["--ws-send-buffer", "256", "--socket-send-buffer", "8192"]);
+    let users = market(&s, 4);
+    let subscribe = |ws: &mut Ws| {
+        send(
+            ws,
+            json!({"method": "SUBSCRIBE", "params": ["BASE-QUOTE@depth", "BASE-QUOTE@trade"], "id": 1}),
+        );
+        assert_eq!(reply(ws)["result"], Value::Null);
+    };
+    let mut slow = connect(&s, None);
+    subscribe(&mut slow);
+    if let MaybeTlsStream::Plain(tcp) = slow.get_mut() {
+        tcp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+    }
+    let mut fast = connect(&s, None);
+    subscribe(&mut fast);
+    let (rx, _h) = reader(fast);
+    // The slow client never reads while the market moves.
+    flow(&s, &users, 1_500, 4);
+    s.quiesce();
+    let fast_before = rx.try_iter().count();
+    assert!(fast_before > 0);
+    flow(&s, &users, 50, 5);
+    s.quiesce();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        rx.try_iter().count() > 0,
+        "the fast client stopped receiving"
+    );
+    // Now read what the slow client got: some messages, then a close with the reason (or a
+    // reset, if the close frame could not be written to its full socket).
+    let mut closed = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while closed.is_none() && Instant::now() < deadline {
+        match slow.read() {
+            Ok(Message::Close(c)) => {
+                closed = Some(c.map(|c| (u16::from(c.code), c.reason.to_string())))
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => closed = Some(None),
+        }
+    }
+    match closed {
+        Some(Some((code, reason))) => {
+            assert_eq!(code, 1008);
+            assert!(reason.contains("slow consumer"), "{reason}");
+        }
+        Some(None) => {} // reset after the close timeout
+        None => panic!("the slow client was never cut off"),
+    }
+}
+
+#[test]
+fn bad_messages_get_errors_and_the_connection_stays() {
+    let s = Server::start_with(&["--ws-subscriptions-max", "3"]);
+    market(&s, 1);
+    let mut ws = connect(&s, None);
+    for (msg, code) in [
+        ("not json", "MALFORMED_JSON"),
+        ("{}", "MALFORMED_JSON"),
+        (r#"{"method": "DANCE", "id": 1}"#, "UNKNOWN_METHOD"),
+        (r#"{"method": "SUBSCRIBE", "id": 2}"#, "MISSING_PARAMS"),
+        (
+            r#"{"method": "SUBSCRIBE", "params": ["NOPE@depth"], "id": 3}"#,
+            "INVALID_STREAM",
+        ),
+        (
+            r#"{"method": "SUBSCRIBE", "params": ["BASE-QUOTE@nothing"], "id": 4}"#,
+            "INVALID_STREAM",
+        ),
+        (
+            r#"{"method": "SUBSCRIBE", "params": ["BASE-QUOTE@candle_2h"], "id": 5}"#,
+            "INVALID_STREAM",
+        ),
+        (
+            r#"{"method": "SUBSCRIBE", "params": ["BASE-QUOTE"], "id": 6}"#,
+            "INVALID_STREAM",
+        ),
+        (
+            r#"{"method": "SUBSCRIBE", "params": ["BASE-QUOTE@depth", "BASE-QUOTE@trade", "BASE-QUOTE@ticker", "BASE-QUOTE@candle_1m"], "id": 7}"#,
+            "TOO_MANY_SUBSCRIPTIONS",
+        ),
+    ] {
+        ws.send(Message::text(msg)).unwrap();
+        let r = reply(&mut ws);
+        assert_eq!(r["error"]["code"], code, "{msg}: {r}");
+    }
+    ws.send(Message::binary(vec![1, 2, 3])).unwrap();
+    assert_eq!(reply(&mut ws)["error"]["code"], "UNSUPPORTED");
+    // Oversized frames are refused by the protocol layer without taking the server down.
+    send(
+        &mut ws,
+        json!({"method": "SUBSCRIBE", "params": ["BASE-QUOTE@depth", "BASE-QUOTE@candle_1h"], "id": 8}),
+    );
+    assert_eq!(reply(&mut ws), json!({"result": null, "id": 8}));
+    send(&mut ws, json!({"method": "LIST_SUBSCRIPTIONS", "id": 9}));
+    assert_eq!(
+        reply(&mut ws)["result"],
+        json!(["BASE-QUOTE@candle_1h", "BASE-QUOTE@depth"])
+    );
+    send(
+        &mut ws,
+        json!({"method": "UNSUBSCRIBE", "params": ["BASE-QUOTE@depth"], "id": 10}),
+    );
+    assert_eq!(reply(&mut ws)["result"], Value::Null);
+    let mut big = connect(&s, None);
+    let _ = big.send(Message::text("x".repeat(100_000)));
+    let _ = big.read(); // closed or errored; either way the server lives on
+    assert_eq!(s.get("/health", None).status(), 200);
+}
+
+#[test]
+fn connections_per_client_are_capped() {
+    let s = Server::start_with(&["--ws-connections-per-client", "2"]);
+    let _a = connect(&s, None);
+    let _b = connect(&s, None);
+    let url = s.url.replace("http://", "ws://") + "/ws";
+    match tungstenite::connect(url) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 429),
+        other => panic!("third connection was not refused: {:?}", other.map(|_| ())),
+    }
+}

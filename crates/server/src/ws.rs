@@ -1,0 +1,508 @@
+//! WebSocket streams at `/ws`: public market streams per symbol and a private user stream.
+//!
+//! Protocol (JSON text frames, Binance-style):
+//! - `{"method": "SUBSCRIBE", "params": ["BTC-USDT@depth", "BTC-USDT@trade"], "id": 1}`;
+//!   `UNSUBSCRIBE` likewise; `LIST_SUBSCRIPTIONS`. Answers: `{"result": …, "id": 1}` or
+//!   `{"error": {"code": "…", "msg": "…"}, "id": 1}`. A bad message gets an error, never a
+//!   dropped connection.
+//! - Streams: `SYM@depth` (diffs with `first_update_id`/`last_update_id`; sync a local book
+//!   from `GET /api/v1/markets/SYM/depth` plus the buffered diffs), `SYM@trade` (the trades of
+//!   one commit, as an array), `SYM@ticker` (at most once a second per symbol, on trades),
+//!   `SYM@candle_1m` … `SYM@candle_1d`, and `user` (needs `X-User-Id` on the upgrade request:
+//!   `ORDER_UPDATE` and `BALANCE_UPDATE` events of that user only).
+//! - Messages: `{"stream": "...", "data": ...}`.
+//!
+//! Fan-out never waits on a client: each message is serialized once and offered to every
+//! subscriber's bounded send buffer with `try_send`; a connection whose buffer is full is
+//! marked slow and closed with code 1008 and the reason, and the others go on.
+
+use crate::api::{balance_json, order_view, ActingUser};
+use crate::listener::PeerAddr;
+use crate::market_api::{candle_json, level_json, ticker_json, trade_json, Scales};
+use crate::problem::Problem;
+use crate::AppState;
+use agora_exchange::market::{candle_of, CommitObserver, Committed, MarketData};
+use agora_exchange::RefData;
+use agora_market::{DepthDiff, Interval};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+#[derive(Clone, Copy, Debug)]
+pub struct WsLimits {
+    pub subscriptions_max: usize,
+    pub connections_per_client_max: usize,
+    /// Messages queued for one connection before it counts as a slow consumer.
+    pub send_buffer_messages: usize,
+    pub message_bytes_max: usize,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        WsLimits {
+            subscriptions_max: 64,
+            connections_per_client_max: 100,
+            send_buffer_messages: 1_024,
+            message_bytes_max: 4_096,
+        }
+    }
+}
+
+/// Tickers are pushed at most this often per symbol.
+const TICKER_PERIOD_MS: i64 = 1_000;
+/// How long a slow consumer gets to take its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Messages written per flush.
+const WRITE_BATCH_MAX: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum StreamKey {
+    Depth(u32),
+    Trades(u32),
+    Ticker(u32),
+    Candles(u32, Interval),
+    User(u64),
+}
+
+struct Conn {
+    tx: mpsc::Sender<Utf8Bytes>,
+    slow: AtomicBool,
+    kick: Notify,
+}
+
+/// The connections subscribed to one stream, by connection id.
+type Subscribers = Vec<(u64, Arc<Conn>)>;
+
+/// Subscriptions of every connection, and the fan-out of each commit to them.
+pub struct Hub {
+    limits: WsLimits,
+    subs: RwLock<FxHashMap<StreamKey, Subscribers>>,
+    clients: Mutex<FxHashMap<String, usize>>,
+    next_conn: AtomicU64,
+    ticker_sent_ms: Mutex<FxHashMap<u32, i64>>,
+}
+
+impl Hub {
+    pub fn new(limits: WsLimits) -> Hub {
+        assert!(limits.send_buffer_messages > 0 && limits.subscriptions_max > 0);
+        Hub {
+            limits,
+            subs: RwLock::default(),
+            clients: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            ticker_sent_ms: Mutex::default(),
+        }
+    }
+
+    /// Offers a message to every subscriber of `key`; serializes only if there is one.
+    fn publish(&self, key: StreamKey, make: impl FnOnce() -> Value) {
+        let subs = self.subs.read().expect("lock");
+        let Some(list) = subs.get(&key).filter(|l| !l.is_empty()) else {
+            return;
+        };
+        let message = Utf8Bytes::from(make().to_string());
+        for (_, conn) in list {
+            if conn.slow.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = conn.tx.try_send(message.clone()) {
+                conn.slow.store(true, Ordering::Relaxed);
+                conn.kick.notify_one();
+            }
+        }
+    }
+
+    fn subscribe(&self, id: u64, conn: &Arc<Conn>, key: StreamKey) {
+        let mut subs = self.subs.write().expect("lock");
+        let list = subs.entry(key).or_default();
+        if !list.iter().any(|(c, _)| *c == id) {
+            list.push((id, conn.clone()));
+        }
+    }
+
+    fn unsubscribe(&self, id: u64, key: StreamKey) {
+        let mut subs = self.subs.write().expect("lock");
+        if let Some(list) = subs.get_mut(&key) {
+            list.retain(|(c, _)| *c != id);
+            if list.is_empty() {
+                subs.remove(&key);
+            }
+        }
+    }
+
+    /// Counts a connection against its client's limit; `None` if the client is at it.
+    fn admit(self: &Arc<Self>, client: String) -> Option<ClientSlot> {
+        let mut clients = self.clients.lock().expect("lock");
+        let n = clients.entry(client.clone()).or_default();
+        if *n >= self.limits.connections_per_client_max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            hub: self.clone(),
+            client,
+        })
+    }
+}
+
+/// A client's connection slot, given back when the connection ends.
+struct ClientSlot {
+    hub: Arc<Hub>,
+    client: String,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut clients = self.hub.clients.lock().expect("lock");
+        if let Some(n) = clients.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                clients.remove(&self.client);
+            }
+        }
+    }
+}
+
+fn stream_message(stream: &str, data: Value) -> Value {
+    json!({ "stream": stream, "data": data })
+}
+
+fn depth_json(diff: &DepthDiff, sc: Scales) -> Value {
+    let side = |s: agora_engine::Side| {
+        diff.changes
+            .iter()
+            .filter(|c| c.side == s)
+            .map(|c| level_json(c.price, c.qty, sc))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "first_update_id": diff.first_update_id,
+        "last_update_id": diff.last_update_id,
+        "bids": side(agora_engine::Side::Buy),
+        "asks": side(agora_engine::Side::Sell),
+    })
+}
+
+impl CommitObserver for Hub {
+    fn committed(
+        &self,
+        batch: &Committed,
+        diffs: &[(u32, DepthDiff)],
+        market: &MarketData,
+        r: &RefData,
+    ) {
+        let named = |id: u32| {
+            r.symbols
+                .get(&id)
+                .map(|s| (s.name.as_str(), Scales::of(r, s)))
+        };
+        for (symbol, diff) in diffs {
+            if let Some((name, sc)) = named(*symbol) {
+                self.publish(StreamKey::Depth(*symbol), || {
+                    stream_message(&format!("{name}@depth"), depth_json(diff, sc))
+                });
+            }
+        }
+        let mut traded: Vec<u32> = batch.trades.iter().map(|t| t.symbol).collect();
+        traded.dedup();
+        for &symbol in &traded {
+            let Some((name, sc)) = named(symbol) else {
+                continue;
+            };
+            self.publish(StreamKey::Trades(symbol), || {
+                let trades: Vec<Value> = batch
+                    .trades
+                    .iter()
+                    .filter(|t| t.symbol == symbol)
+                    .map(|t| trade_json(t, &sc))
+                    .collect();
+                stream_message(&format!("{name}@trade"), Value::Array(trades))
+            });
+            let now = agora_store::sqlite::now_ms();
+            let due = {
+                let mut sent = self.ticker_sent_ms.lock().expect("lock");
+                let last = sent.entry(symbol).or_insert(i64::MIN / 2);
+                let due = now - *last >= TICKER_PERIOD_MS;
+                if due {
+                    *last = now;
+                }
+                due
+            };
+            if due {
+                self.publish(StreamKey::Ticker(symbol), || {
+                    let m = market.symbol(symbol);
+                    let guard = m.as_ref().map(|m| m.read().expect("lock"));
+                    stream_message(
+                        &format!("{name}@ticker"),
+                        ticker_json(name, guard.as_deref(), sc, now),
+                    )
+                });
+            }
+        }
+        for row in &batch.candles {
+            let Some((name, sc)) = named(row.symbol) else {
+                continue;
+            };
+            let (interval, candle) = candle_of(row);
+            self.publish(StreamKey::Candles(row.symbol, interval), || {
+                stream_message(
+                    &format!("{name}@candle_{}", interval.as_str()),
+                    candle_json(&candle, interval, sc),
+                )
+            });
+        }
+        for o in &batch.orders {
+            self.publish(StreamKey::User(o.user), || {
+                let mut data = serde_json::to_value(order_view(o, r)).unwrap_or(Value::Null);
+                data["event"] = json!("ORDER_UPDATE");
+                stream_message("user", data)
+            });
+        }
+        for b in &batch.balances {
+            self.publish(StreamKey::User(b.user), || {
+                let mut data = balance_json(b, r);
+                data["event"] = json!("BALANCE_UPDATE");
+                stream_message("user", data)
+            });
+        }
+    }
+}
+
+/// `GET /ws`: upgrades to a WebSocket. `X-User-Id` is optional; it enables the user stream.
+pub async fn ws_handler(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let user = if headers.contains_key("x-user-id") {
+        match ActingUser::from_headers(&headers, &state) {
+            Ok(ActingUser(u)) => Some(u),
+            Err(problem) => return problem.into_response(),
+        }
+    } else {
+        None
+    };
+    let hub = state.hub.clone();
+    let client = match user {
+        Some(u) => format!("user:{u}"),
+        None => format!("ip:{}", peer.ip()),
+    };
+    let Some(slot) = hub.admit(client) else {
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_CONNECTIONS",
+            format!(
+                "at most {} WebSocket connections per client",
+                hub.limits.connections_per_client_max
+            ),
+        )
+        .into_response();
+    };
+    ws.max_message_size(hub.limits.message_bytes_max)
+        .max_frame_size(hub.limits.message_bytes_max)
+        .on_upgrade(move |socket| connection(socket, state, user, slot))
+}
+
+#[derive(Deserialize)]
+struct Command {
+    method: String,
+    #[serde(default)]
+    params: Vec<String>,
+    #[serde(default)]
+    id: Value,
+}
+
+fn error(code: &str, msg: impl Into<String>, id: Value) -> Value {
+    json!({ "error": { "code": code, "msg": msg.into() }, "id": id })
+}
+
+fn parse_stream(name: &str, r: &RefData, user: Option<u64>) -> Result<StreamKey, Value> {
+    if name == "user" {
+        return user
+            .map(StreamKey::User)
+            .ok_or_else(|| json!("the user stream needs X-User-Id on the WebSocket request"));
+    }
+    let (symbol, kind) = name.split_once('@').ok_or_else(|| {
+        json!(format!(
+            "{name:?} is not SYMBOL@depth|trade|ticker|candle_<interval> or user"
+        ))
+    })?;
+    let id = r
+        .symbol_by_name
+        .get(symbol)
+        .copied()
+        .ok_or_else(|| json!(format!("no symbol {symbol:?}")))?;
+    match kind {
+        "depth" => Ok(StreamKey::Depth(id)),
+        "trade" => Ok(StreamKey::Trades(id)),
+        "ticker" => Ok(StreamKey::Ticker(id)),
+        _ => kind
+            .strip_prefix("candle_")
+            .and_then(Interval::parse)
+            .map(|i| StreamKey::Candles(id, i))
+            .ok_or_else(|| json!(format!("no stream kind {kind:?}"))),
+    }
+}
+
+fn stream_name(key: StreamKey, r: &RefData) -> String {
+    let name = |id: u32| {
+        r.symbols
+            .get(&id)
+            .map_or("?", |s| s.name.as_str())
+            .to_string()
+    };
+    match key {
+        StreamKey::Depth(s) => format!("{}@depth", name(s)),
+        StreamKey::Trades(s) => format!("{}@trade", name(s)),
+        StreamKey::Ticker(s) => format!("{}@ticker", name(s)),
+        StreamKey::Candles(s, i) => format!("{}@candle_{}", name(s), i.as_str()),
+        StreamKey::User(_) => "user".to_string(),
+    }
+}
+
+async fn connection(socket: WebSocket, state: AppState, user: Option<u64>, _slot: ClientSlot) {
+    let hub = state.hub.clone();
+    let id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel(hub.limits.send_buffer_messages);
+    let conn = Arc::new(Conn {
+        tx,
+        slow: AtomicBool::new(false),
+        kick: Notify::new(),
+    });
+    let (mut sink, mut incoming) = socket.split();
+    let mut mine: FxHashSet<StreamKey> = FxHashSet::default();
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.kick.notified() => {
+                let frame = CloseFrame { code: 1008, reason: "slow consumer: send buffer full".into() };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+                break;
+            }
+            out = rx.recv() => {
+                let Some(first) = out else { break };
+                let mut batch = vec![first];
+                while batch.len() < WRITE_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                let write = async {
+                    for m in batch {
+                        sink.feed(Message::Text(m)).await?;
+                    }
+                    sink.flush().await
+                };
+                // A client that stops reading stalls the write; the kick still wins.
+                let written = tokio::select! {
+                    r = write => r.is_ok(),
+                    _ = conn.kick.notified() => false,
+                };
+                if !written {
+                    break;
+                }
+            }
+            msg = incoming.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        let reply = error("UNSUPPORTED", "send JSON text frames", Value::Null);
+                        if sink.send(Message::Text(reply.to_string().into())).await.is_err() { break }
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => continue, // ping/pong are answered by the protocol layer
+                };
+                let reply = handle_command(&text, &state, &hub, id, &conn, user, &mut mine);
+                if sink.send(Message::Text(reply.to_string().into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    for key in mine {
+        hub.unsubscribe(id, key);
+    }
+}
+
+fn handle_command(
+    text: &str,
+    state: &AppState,
+    hub: &Hub,
+    id: u64,
+    conn: &Arc<Conn>,
+    user: Option<u64>,
+    mine: &mut FxHashSet<StreamKey>,
+) -> Value {
+    let command: Command = match serde_json::from_str(text) {
+        Ok(c) => c,
+        Err(e) => return error("MALFORMED_JSON", e.to_string(), Value::Null),
+    };
+    let r = state.exchange.refdata();
+    match command.method.as_str() {
+        "SUBSCRIBE" | "UNSUBSCRIBE" => {
+            if command.params.is_empty() {
+                return error(
+                    "MISSING_PARAMS",
+                    "params must name at least one stream",
+                    command.id,
+                );
+            }
+            let mut keys = Vec::new();
+            for name in &command.params {
+                match parse_stream(name, &r, user) {
+                    Ok(k) => keys.push(k),
+                    Err(why) => {
+                        return error("INVALID_STREAM", why.as_str().unwrap_or(""), command.id)
+                    }
+                }
+            }
+            if command.method == "SUBSCRIBE" {
+                let new: FxHashSet<StreamKey> =
+                    keys.iter().copied().filter(|k| !mine.contains(k)).collect();
+                if mine.len() + new.len() > hub.limits.subscriptions_max {
+                    return error(
+                        "TOO_MANY_SUBSCRIPTIONS",
+                        format!(
+                            "at most {} subscriptions per connection",
+                            hub.limits.subscriptions_max
+                        ),
+                        command.id,
+                    );
+                }
+                for k in new {
+                    hub.subscribe(id, conn, k);
+                    mine.insert(k);
+                }
+            } else {
+                for k in keys {
+                    if mine.remove(&k) {
+                        hub.unsubscribe(id, k);
+                    }
+                }
+            }
+            json!({ "result": null, "id": command.id })
+        }
+        "LIST_SUBSCRIPTIONS" => {
+            let mut names: Vec<String> = mine.iter().map(|k| stream_name(*k, &r)).collect();
+            names.sort();
+            json!({ "result": names, "id": command.id })
+        }
+        other => error(
+            "UNKNOWN_METHOD",
+            format!("{other:?}: use SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS"),
+            command.id,
+        ),
+    }
+}
