@@ -14,6 +14,7 @@
 //! or below each symbol's cursor), then every later outbox input is replayed. The engine is
 //! deterministic, so the replay yields the same trades with the same ids.
 
+pub mod bots;
 pub mod error;
 pub mod events;
 pub mod market;

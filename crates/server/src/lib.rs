@@ -110,14 +110,28 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Tests and scripts read this line to find a port chosen with `--listen ...:0`.
     println!("agora listening on http://{addr}");
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
-    if settings.demo {
-        let exchange = exchange.clone();
+    // Demo data, then bots, once the exchange is ready; the bots stop when this is dropped.
+    let bots: Arc<std::sync::Mutex<Option<agora_exchange::bots::Bots>>> = Arc::default();
+    if settings.demo || settings.bots.is_some() {
+        let (exchange, bots, settings) = (exchange.clone(), bots.clone(), settings.clone());
         tokio::spawn(async move {
             while !exchange.status().ready {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if let Err(e) = demo::seed(&exchange).await {
-                tracing::error!(error = %e, "demo seeding failed");
+            if settings.demo {
+                if let Err(e) = demo::seed(&exchange).await {
+                    tracing::error!(error = %e, "demo seeding failed");
+                }
+            }
+            if let Some(rate) = settings.bots {
+                let config = agora_exchange::bots::BotConfig {
+                    orders_per_s: rate,
+                    ..Default::default()
+                };
+                match agora_exchange::bots::start(&exchange, config).await {
+                    Ok(b) => *bots.lock().expect("lock") = Some(b),
+                    Err(e) => tracing::error!(error = %e, "bots did not start"),
+                }
             }
         });
     }
@@ -136,6 +150,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    bots.lock().expect("lock").take(); // no new bot orders while draining
     tracing::info!("http stopped; draining the exchange");
     exchange.shutdown().await;
     tracing::info!("stopped cleanly");

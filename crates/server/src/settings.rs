@@ -24,6 +24,17 @@ pub struct ServeArgs {
     #[arg(long, env = "AGORA_DEMO")]
     #[serde(default)]
     pub demo: bool,
+    /// Run the market-making and market-taking bots (on by default with --demo).
+    #[arg(long, env = "AGORA_BOTS")]
+    #[serde(default)]
+    pub bots: bool,
+    /// Never run the bots, even with --demo.
+    #[arg(long, env = "AGORA_NO_BOTS", conflicts_with = "bots")]
+    #[serde(default)]
+    pub no_bots: bool,
+    /// Bot orders per second per symbol [default: 8].
+    #[arg(long, env = "AGORA_BOT_RATE")]
+    pub bot_rate: Option<f64>,
     /// `full` fsyncs every group commit (survives power loss); `normal` survives a
     /// process crash only [default: full].
     #[arg(long, env = "AGORA_DURABILITY")]
@@ -75,6 +86,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub demo: bool,
+    /// Bot orders per second per symbol, if bots run.
+    pub bots: Option<f64>,
     pub durability: DurabilitySetting,
     pub engine_shards: u32,
     pub batch_max: usize,
@@ -146,6 +159,16 @@ impl ServeArgs {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("agora-data")),
             demo: self.demo || file.demo,
+            bots: {
+                let on = (self.bots || file.bots || self.demo || file.demo)
+                    && !(self.no_bots || file.no_bots);
+                let rate = self.bot_rate.or(file.bot_rate).unwrap_or(8.0);
+                anyhow::ensure!(
+                    rate > 0.0 && rate <= 10_000.0,
+                    "bot-rate must be above 0 and at most 10000"
+                );
+                on.then_some(rate)
+            },
             durability: self
                 .durability
                 .or(file.durability)
@@ -190,7 +213,14 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("agora-data"));
         assert_eq!(s.durability, DurabilitySetting::Full);
         assert_eq!((s.engine_shards, s.batch_max), (1, 4_096));
-        assert!(!s.demo && s.admin_token.is_none());
+        assert!(!s.demo && s.admin_token.is_none() && s.bots.is_none());
+        assert_eq!(resolve(&["--demo"]).unwrap().bots, Some(8.0));
+        assert_eq!(resolve(&["--demo", "--no-bots"]).unwrap().bots, None);
+        assert_eq!(
+            resolve(&["--bots", "--bot-rate", "2.5"]).unwrap().bots,
+            Some(2.5)
+        );
+        assert!(resolve(&["--bots", "--bot-rate", "0"]).is_err());
     }
 
     #[test]
