@@ -9,10 +9,15 @@ use std::time::{Duration, Instant};
 fn demo_bots_make_a_live_market_that_reconciles() {
     let s = Server::start_with(&["--demo", "--bot-rate", "20"]);
     let deadline = Instant::now() + Duration::from_secs(20);
+    // The demo is seeded just after the server turns ready: a market may not exist yet.
     let traded = |sym: &str| {
-        s.json(&format!("/api/v1/markets/{sym}/ticker"), None)["trades"]
+        let r = s.get(&format!("/api/v1/markets/{sym}/ticker"), None);
+        if !r.status().is_success() {
+            return 0;
+        }
+        r.json::<serde_json::Value>().unwrap()["trades"]
             .as_u64()
-            .unwrap()
+            .unwrap_or(0)
     };
     loop {
         let counts: Vec<u64> = ["005930-KRW", "BTC-USDT", "ETH-USDT"]
