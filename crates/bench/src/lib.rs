@@ -46,6 +46,13 @@ pub struct BenchArgs {
     pub settle_sample_every: u64,
     #[arg(long, env = "AGORA_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// WebSocket clients subscribed to every bench symbol's trade stream, measuring the delay
+    /// from a trade's settlement to its delivery.
+    #[arg(long, default_value_t = 0)]
+    pub ws_subscribers: usize,
+    /// Clients reading REST depth in a loop while the flow runs.
+    #[arg(long, default_value_t = 0)]
+    pub depth_readers: usize,
     /// Print the result as one JSON object as well.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +71,11 @@ struct Shared {
     accept_us: Mutex<Histogram<u64>>,
     settle_us: Mutex<Histogram<u64>>,
     pollers: Arc<tokio::sync::Semaphore>,
+    delivery_us: Mutex<Histogram<u64>>,
+    deliveries: AtomicU64,
+    ws_failed: AtomicU64,
+    depth_us: Mutex<Histogram<u64>>,
+    depth_reads: AtomicU64,
 }
 
 struct Setup {
@@ -83,7 +95,7 @@ impl Drop for Spawned {
     }
 }
 
-async fn spawn_server(durability: &str) -> anyhow::Result<(Spawned, String)> {
+async fn spawn_server(durability: &str, ws_clients: usize) -> anyhow::Result<(Spawned, String)> {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir()?;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
@@ -94,6 +106,8 @@ async fn spawn_server(durability: &str) -> anyhow::Result<(Spawned, String)> {
             "--durability",
             durability,
         ])
+        .arg("--ws-connections-per-client")
+        .arg((ws_clients + 16).to_string())
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
@@ -345,6 +359,89 @@ async fn worker(
     }
 }
 
+/// A WebSocket client on every bench symbol's trade stream: records, for each trade it
+/// receives, the time from the trade's settlement (`time_ms`) to now.
+async fn subscriber(url: String, setup: Arc<Setup>, shared: Arc<Shared>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws_url = url.replacen("http://", "ws://", 1) + "/ws";
+    // A small read buffer: tungstenite zero-fills it up to capacity on every read.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 * 1024);
+    let Ok((mut ws, _)) =
+        tokio_tungstenite::connect_async_with_config(ws_url, Some(config), false).await
+    else {
+        shared.ws_failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let streams: Vec<String> = setup.symbols.iter().map(|s| format!("{s}@trade")).collect();
+    let sub = json!({"method": "SUBSCRIBE", "params": streams, "id": 1}).to_string();
+    if ws.send(Message::text(sub)).await.is_err() {
+        shared.ws_failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    #[derive(serde::Deserialize)]
+    struct Trade {
+        time_ms: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Frame {
+        data: Option<Vec<Trade>>,
+    }
+    let mut frames = 0u64;
+    while let Some(Ok(msg)) = ws.next().await {
+        let Message::Text(text) = msg else { continue };
+        // Parse one frame in eight: on one machine the subscribers' parsing competes with the
+        // server they measure. The sample is unbiased (every eighth frame, whatever it holds).
+        frames += 1;
+        if frames % 8 != 1 {
+            continue;
+        }
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let Ok(Frame { data: Some(trades) }) = serde_json::from_str::<Frame>(&text) else {
+            continue;
+        };
+        let mut h = shared.delivery_us.lock().expect("lock");
+        for t in &trades {
+            let _ = h.record((now_us - t.time_ms * 1000).max(1) as u64);
+        }
+        shared
+            .deliveries
+            .fetch_add(trades.len() as u64, Ordering::Relaxed); // sampled
+    }
+    shared.ws_failed.fetch_add(1, Ordering::Relaxed); // closed before the end
+}
+
+/// Reads REST depth of the bench symbols in a loop until the flow stops.
+async fn depth_reader(api: Arc<Api>, setup: Arc<Setup>, shared: Arc<Shared>, i: usize) {
+    let mut n = i;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let symbol = &setup.symbols[n % setup.symbols.len()];
+        n += 1;
+        let started = Instant::now();
+        let ok = api
+            .http
+            .get(format!(
+                "{}/api/v1/markets/{symbol}/depth?limit=20",
+                api.url
+            ))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ok {
+            let _ = shared
+                .depth_us
+                .lock()
+                .expect("lock")
+                .record(started.elapsed().as_micros().max(1) as u64);
+            shared.depth_reads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -371,7 +468,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "settle-sample-every must be at least 1"
     );
     let (_server, url) = if args.spawn {
-        let (s, url) = spawn_server(&args.durability).await?;
+        let (s, url) = spawn_server(&args.durability, args.ws_subscribers).await?;
         (Some(s), url)
     } else {
         (None, args.url.trim_end_matches('/').to_string())
@@ -399,7 +496,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         accept_us: Mutex::new(histogram()),
         settle_us: Mutex::new(histogram()),
         pollers: Arc::new(tokio::sync::Semaphore::new(64)),
+        delivery_us: Mutex::new(histogram()),
+        deliveries: AtomicU64::new(0),
+        ws_failed: AtomicU64::new(0),
+        depth_us: Mutex::new(histogram()),
+        depth_reads: AtomicU64::new(0),
     });
+    let mut subscribers = Vec::new();
+    for _ in 0..args.ws_subscribers {
+        subscribers.push(tokio::spawn(subscriber(
+            api.url.clone(),
+            setup.clone(),
+            shared.clone(),
+        )));
+        tokio::time::sleep(Duration::from_millis(1)).await; // do not stampede the accept queue
+    }
+    let readers: Vec<_> = (0..args.depth_readers)
+        .map(|i| tokio::spawn(depth_reader(api.clone(), setup.clone(), shared.clone(), i)))
+        .collect();
     let started = Instant::now();
     let workers: Vec<_> = (0..args.clients)
         .map(|i| {
@@ -425,7 +539,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     shared.stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
-    for w in workers {
+    for w in workers.into_iter().chain(readers) {
         let _ = w.await;
     }
     bar.finish();
@@ -439,6 +553,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let _ = shared.pollers.acquire_many(64).await; // sampled orders finish polling
+    tokio::time::sleep(Duration::from_millis(200)).await; // last deliveries arrive
+    subscribers.iter().for_each(|s| s.abort());
     let trades = status["trades"].as_u64().unwrap_or(0) - trades_before;
     let accepted = shared.accepted.load(Ordering::Relaxed);
     let accept = shared.accept_us.lock().expect("lock").clone();
@@ -457,6 +573,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "accept_ms": {"p50": ms(&accept, 0.5), "p99": ms(&accept, 0.99), "p999": ms(&accept, 0.999), "max": accept.max() as f64 / 1000.0},
         "accept_to_settled_ms": {"samples": settle.len(), "p50": ms(&settle, 0.5), "p99": ms(&settle, 0.99), "p999": ms(&settle, 0.999), "max": settle.max() as f64 / 1000.0},
     });
+    let delivery = shared.delivery_us.lock().expect("lock").clone();
+    let depth = shared.depth_us.lock().expect("lock").clone();
     println!(
         "agora bench: {} clients, {} users, {} symbols, {:.1} s",
         args.clients, args.users, args.symbols, elapsed
@@ -494,6 +612,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         settle.max() as f64 / 1000.0,
         settle.len()
     );
+    if args.ws_subscribers > 0 {
+        println!(
+            "  ws trade delivery ms p50 {:>7.2}  p99 {:>7.2}  p99.9 {:>7.2}  max {:>7.2}  ({} subscribers, {} trade deliveries, {} failed)",
+            ms(&delivery, 0.5), ms(&delivery, 0.99), ms(&delivery, 0.999), delivery.max() as f64 / 1000.0,
+            args.ws_subscribers, shared.deliveries.load(Ordering::Relaxed), shared.ws_failed.load(Ordering::Relaxed)
+        );
+    }
+    if args.depth_readers > 0 {
+        let reads = shared.depth_reads.load(Ordering::Relaxed);
+        println!(
+            "  depth reads          {:>10}  ({:.0}/s)  latency ms p50 {:.2}  p99 {:.2}",
+            reads,
+            reads as f64 / elapsed,
+            ms(&depth, 0.5),
+            ms(&depth, 0.99)
+        );
+    }
     if args.json {
         println!("{result}");
     }

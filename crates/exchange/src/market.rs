@@ -209,7 +209,13 @@ pub trait CommitObserver: Send + Sync {
         market: &MarketData,
         refdata: &crate::RefData,
     );
+
+    /// Called when no commit has arrived for `IDLE_TICK` (a chance to flush what waits).
+    fn idle(&self, _market: &MarketData, _refdata: &crate::RefData) {}
 }
+
+/// How long the market thread waits for a commit before telling the observer it is idle.
+pub const IDLE_TICK: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The market thread: applies committed batches in order until the sequencer hangs up.
 pub(crate) fn run(
@@ -218,11 +224,22 @@ pub(crate) fn run(
     shared: Arc<crate::Shared>,
     observer: Option<Arc<dyn CommitObserver>>,
 ) {
-    while let Ok(batch) = feed.recv() {
-        let diffs = market.apply(&batch);
-        if let Some(observer) = &observer {
-            let refdata = shared.refdata.read().expect("lock").clone();
-            observer.committed(&batch, &diffs, &market, &refdata);
+    loop {
+        match feed.recv_timeout(IDLE_TICK) {
+            Ok(batch) => {
+                let diffs = market.apply(&batch);
+                if let Some(observer) = &observer {
+                    let refdata = shared.refdata.read().expect("lock").clone();
+                    observer.committed(&batch, &diffs, &market, &refdata);
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if let Some(observer) = &observer {
+                    let refdata = shared.refdata.read().expect("lock").clone();
+                    observer.idle(&market, &refdata);
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
     }
 }
