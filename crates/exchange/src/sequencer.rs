@@ -479,8 +479,10 @@ impl<S: Store> Sequencer<S> {
         self.shared
             .settled
             .fetch_add(d.settled_inputs, Ordering::AcqRel);
-        d.replies.into_iter().for_each(|r| r());
+        // Publish before replying: once a caller holds its 202, its input already counts as
+        // in flight, so "nothing pending" can never be observed before it is settled.
         self.publish(outbox);
+        d.replies.into_iter().for_each(|r| r());
         if !committed.is_empty() && self.feed.send(committed).is_err() {
             fatal("feeding the market read model", "market thread gone");
         }
