@@ -181,12 +181,7 @@ impl MarketData {
                 diffs.push((*symbol, diff));
             }
         }
-        for t in &batch.trades {
-            self.symbol_or_new(t.symbol)
-                .write()
-                .expect("lock")
-                .push_trade(t.clone());
-        }
+        // Candles before trades: a reader who sees a trade also sees the candle holding it.
         for row in &batch.candles {
             let (interval, candle) = candle_of(row);
             self.symbol_or_new(row.symbol)
@@ -194,6 +189,12 @@ impl MarketData {
                 .expect("lock")
                 .series_mut(interval)
                 .upsert(candle);
+        }
+        for t in &batch.trades {
+            self.symbol_or_new(t.symbol)
+                .write()
+                .expect("lock")
+                .push_trade(t.clone());
         }
         diffs
     }
