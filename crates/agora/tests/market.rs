@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -52,33 +51,6 @@ fn rest_levels(s: &Server) -> Levels {
     (side("bids"), side("asks"))
 }
 
-fn random_flow(s: &Server, users: &[u64], n: usize, seed: u64) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut open: Vec<(u64, u64)> = Vec::new();
-    for _ in 0..n {
-        let user = users[rng.random_range(0..users.len())];
-        if rng.random_range(0..10) < 2 && !open.is_empty() {
-            let (u, id) = open.swap_remove(rng.random_range(0..open.len()));
-            s.delete(&format!("/api/v1/orders/{id}"), u);
-            continue;
-        }
-        let side = if rng.random_bool(0.5) { "BUY" } else { "SELL" };
-        let tif = if rng.random_bool(0.8) { "GTC" } else { "IOC" };
-        let price = format!(
-            "{}.{:02}",
-            rng.random_range(9..11),
-            rng.random_range(0..100)
-        );
-        let (code, o) = place(
-            s,
-            user,
-            limit(side, &price, &rng.random_range(1..40).to_string(), tif),
-        );
-        assert_eq!(code, 202, "{o}");
-        open.push((user, o["order_id"].as_u64().unwrap()));
-    }
-}
-
 /// Waits until the read model has caught up with settlement (it is fed after each commit).
 fn wait_depth_matches(s: &Server) {
     s.quiesce();
@@ -100,14 +72,14 @@ fn wait_depth_matches(s: &Server) {
 fn depth_equals_the_engine_book_after_random_flow_and_after_restart() {
     let mut s = Server::start();
     let users = market(&s, 6);
-    random_flow(&s, &users, 400, 5);
+    random_flow(&s, &users, 400, 5, 0.2);
     wait_depth_matches(&s);
     let before = s.json("/api/v1/markets/BASE-QUOTE/depth?limit=5000", None);
     assert!(before["last_update_id"].as_u64().unwrap() > 0);
     s.restart();
     wait_depth_matches(&s);
     // More flow after the restart keeps them equal.
-    random_flow(&s, &users, 100, 6);
+    random_flow(&s, &users, 100, 6, 0.2);
     wait_depth_matches(&s);
     s.assert_invariants();
 }

@@ -2,7 +2,6 @@
 
 mod common;
 use common::*;
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::net::TcpStream;
 use std::sync::mpsc;
@@ -70,32 +69,6 @@ fn reader(
     (rx, h)
 }
 
-fn flow(s: &Server, users: &[u64], n: usize, seed: u64) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut open = Vec::new();
-    for _ in 0..n {
-        let user = users[rng.random_range(0..users.len())];
-        if rng.random_range(0..10) < 2 && !open.is_empty() {
-            let (u, id): (u64, u64) = open.swap_remove(rng.random_range(0..open.len()));
-            s.delete(&format!("/api/v1/orders/{id}"), u);
-            continue;
-        }
-        let side = if rng.random_bool(0.5) { "BUY" } else { "SELL" };
-        let price = format!(
-            "{}.{:02}",
-            rng.random_range(9..11),
-            rng.random_range(0..100)
-        );
-        let (code, o) = place(
-            s,
-            user,
-            limit(side, &price, &rng.random_range(1..30).to_string(), "GTC"),
-        );
-        assert_eq!(code, 202, "{o}");
-        open.push((user, o["order_id"].as_u64().unwrap()));
-    }
-}
-
 fn levels(v: &Value) -> Vec<(String, String)> {
     v.as_array()
         .unwrap()
@@ -115,7 +88,7 @@ fn a_client_syncing_snapshot_and_diffs_ends_with_the_rest_book() {
     use std::collections::BTreeMap;
     let s = Server::start();
     let users = market(&s, 4);
-    flow(&s, &users, 100, 1); // a book exists before the client arrives
+    random_flow(&s, &users, 100, 1, 0.0); // a book exists before the client arrives
     let mut ws = connect(&s, None);
     send(
         &mut ws,
@@ -124,9 +97,9 @@ fn a_client_syncing_snapshot_and_diffs_ends_with_the_rest_book() {
     assert_eq!(reply(&mut ws), json!({"result": null, "id": 1}));
     let (rx, _h) = reader(ws);
     // Diffs are buffered from here; the snapshot comes after subscribing (Binance's steps).
-    flow(&s, &users, 50, 2);
+    random_flow(&s, &users, 50, 2, 0.0);
     let snap = s.json("/api/v1/markets/BASE-QUOTE/depth?limit=5000", None);
-    flow(&s, &users, 200, 3);
+    random_flow(&s, &users, 200, 3, 0.0);
     s.quiesce();
     // Key prices by their decimal text with fixed scale, so string order is numeric order.
     let key = |p: &str| format!("{p:0>12}");
@@ -278,11 +251,11 @@ fn a_slow_client_is_cut_off_while_a_fast_one_keeps_receiving() {
     subscribe(&mut fast);
     let (rx, _h) = reader(fast);
     // The slow client never reads while the market moves.
-    flow(&s, &users, 1_500, 4);
+    random_flow(&s, &users, 1_500, 4, 0.0);
     s.quiesce();
     let fast_before = rx.try_iter().count();
     assert!(fast_before > 0);
-    flow(&s, &users, 50, 5);
+    random_flow(&s, &users, 50, 5, 0.0);
     s.quiesce();
     let deadline = Instant::now() + Duration::from_secs(10);
     while rx.try_iter().count() == 0 {

@@ -257,3 +257,34 @@ pub fn wait_status(s: &Server, user: u64, id: u64, want: &[&str]) -> Value {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// A random flow of limit orders (a share of them IOC) and cancels of earlier ones, around
+/// 10.00 on BASE-QUOTE, from random users; every order must be accepted.
+pub fn random_flow(s: &Server, users: &[u64], n: usize, seed: u64, ioc_share: f64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut open: Vec<(u64, u64)> = Vec::new();
+    for _ in 0..n {
+        let user = users[rng.random_range(0..users.len())];
+        if rng.random_range(0..10) < 2 && !open.is_empty() {
+            let (u, id) = open.swap_remove(rng.random_range(0..open.len()));
+            s.delete(&format!("/api/v1/orders/{id}"), u);
+            continue;
+        }
+        let side = if rng.random_bool(0.5) { "BUY" } else { "SELL" };
+        let tif = if rng.random_bool(ioc_share) {
+            "IOC"
+        } else {
+            "GTC"
+        };
+        let price = format!(
+            "{}.{:02}",
+            rng.random_range(9..11),
+            rng.random_range(0..100)
+        );
+        let qty = rng.random_range(1..40).to_string();
+        let (code, o) = place(s, user, limit(side, &price, &qty, tif));
+        assert_eq!(code, 202, "{o}");
+        open.push((user, o["order_id"].as_u64().unwrap()));
+    }
+}
