@@ -36,19 +36,7 @@ fn engine_levels(s: &Server) -> Levels {
 
 fn rest_levels(s: &Server) -> Levels {
     let d = s.json("/api/v1/markets/BASE-QUOTE/depth?limit=5000", None);
-    let side = |k: &str| {
-        d[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                (
-                    l[0].as_str().unwrap().to_string(),
-                    l[1].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
-    (side("bids"), side("asks"))
+    (levels(&d["bids"]), levels(&d["asks"]))
 }
 
 /// Waits until the read model has caught up with settlement (it is fed after each commit).

@@ -69,19 +69,6 @@ fn reader(
     (rx, h)
 }
 
-fn levels(v: &Value) -> Vec<(String, String)> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l[0].as_str().unwrap().to_string(),
-                l[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// A local book kept from a REST snapshot plus WebSocket diffs ends equal to REST depth.
 #[test]
 fn a_client_syncing_snapshot_and_diffs_ends_with_the_rest_book() {

@@ -288,3 +288,17 @@ pub fn random_flow(s: &Server, users: &[u64], n: usize, seed: u64, ioc_share: f6
         open.push((user, o["order_id"].as_u64().unwrap()));
     }
 }
+
+/// Depth levels as the API prints them (`[["price", "qty"], …]`) → (price, qty) strings.
+pub fn levels(v: &serde_json::Value) -> Vec<(String, String)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l[0].as_str().unwrap().to_string(),
+                l[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
