@@ -336,3 +336,25 @@ fn a_halted_symbol_refuses_new_orders_but_lets_users_cancel() {
     assert_eq!(code, 409);
     s.assert_invariants();
 }
+
+/// A buy that fills part below its limit and rests holds exactly limit × remaining: the
+/// price improvement comes back at the fill, not when the order ends.
+#[test]
+fn a_resting_buy_gets_its_price_improvement_back_at_once() {
+    let s = Server::start();
+    let u = market(&s, 2);
+    place(&s, u[0], limit("SELL", "5.00", "2", "GTC"));
+    let (_, buy) = place(&s, u[1], limit("BUY", "6.00", "5", "GTC"));
+    let buy = wait_status(
+        &s,
+        u[1],
+        buy["order_id"].as_u64().unwrap(),
+        &["PARTIALLY_FILLED"],
+    );
+    assert_eq!(buy["held"], "18.00"); // 3 left × 6.00; 2 × (6.00 − 5.00) released
+    assert_eq!(
+        s.balance(u[1], "QUOTE"),
+        ("999972.00".into(), "18.00".into())
+    );
+    s.assert_invariants();
+}

@@ -446,6 +446,7 @@ impl Exchange {
         let compare_books = quiescent_before && self.status().pending_inputs == 0;
         Ok(reconcile::check(
             &audit,
+            &self.refdata(),
             if compare_books {
                 Some(&books[..])
             } else {

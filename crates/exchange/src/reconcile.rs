@@ -25,7 +25,11 @@ pub struct Report {
 /// Problems reported at most; beyond that the report says how many were cut.
 const PROBLEMS_MAX: usize = 100;
 
-pub fn check(audit: &AuditSnapshot, books: Option<&[(u32, BookSnapshot)]>) -> Report {
+pub fn check(
+    audit: &AuditSnapshot,
+    refdata: &crate::RefData,
+    books: Option<&[(u32, BookSnapshot)]>,
+) -> Report {
     let mut problems = Vec::new();
     let mut problem = |p: String| problems.push(p);
 
@@ -79,16 +83,28 @@ pub fn check(audit: &AuditSnapshot, books: Option<&[(u32, BookSnapshot)]>) -> Re
     let mut holds: FxHashMap<(u64, u32), i64> = FxHashMap::default();
     for o in &audit.open_orders {
         *holds.entry((o.user, o.hold_asset)).or_default() += o.held;
-        if let (OrderType::Limit, Some(quantity)) = (o.order_type, o.quantity) {
-            if o.filled_qty >= quantity {
+        if let (OrderType::Limit, Some(price), Some(quantity)) = (o.order_type, o.price, o.quantity)
+        {
+            let remaining = quantity - o.filled_qty;
+            if remaining <= 0 {
                 problem(format!("open order {} is fully filled", o.id));
             }
-            if o.side == Side::Sell && o.held != quantity - o.filled_qty {
+            // A resting sell holds its unfilled quantity; a resting buy exactly its limit
+            // price times that (price improvement is released at each fill).
+            let want = match (o.side, refdata.symbols.get(&o.symbol)) {
+                (Side::Sell, _) => Some(remaining),
+                (Side::Buy, Some(symbol)) => {
+                    Some(refdata.book_spec(symbol).notional(price, remaining))
+                }
+                (Side::Buy, None) => {
+                    problem(format!("order {} is on unknown symbol {}", o.id, o.symbol));
+                    None
+                }
+            };
+            if let Some(want) = want.filter(|w| *w != o.held) {
                 problem(format!(
-                    "sell order {} holds {} for {} unfilled",
-                    o.id,
-                    o.held,
-                    quantity - o.filled_qty
+                    "{:?} order {} holds {} but its unfilled part needs {}",
+                    o.side, o.id, o.held, want
                 ));
             }
         }
@@ -181,6 +197,11 @@ pub fn offline(data_dir: &std::path::Path) -> Result<Report, agora_store::StoreE
         &data_dir.join("agora.db"),
         agora_store::sqlite::Durability::Full,
     )?;
+    let mut store = store;
+    let refdata = crate::RefData::new(
+        agora_store::Store::load_assets(&mut store)?,
+        agora_store::Store::load_symbols(&mut store)?,
+    );
     let audit = store.reader(1)?.audit()?;
-    Ok(check(&audit, None))
+    Ok(check(&audit, &refdata, None))
 }
