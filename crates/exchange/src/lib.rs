@@ -159,7 +159,7 @@ impl Exchange {
             users: RwLock::new(store.load_users()?.into_iter().map(|u| u.id).collect()),
             published: AtomicU64::new(0),
             settled: AtomicU64::new(0),
-            trades: AtomicU64::new(store.load_counters()?.max_trade_seq as u64),
+            trades: AtomicU64::new(0), // set by the sequencer from its counters
             replayed_at_start: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         });

@@ -192,6 +192,9 @@ impl<S: Store> Sequencer<S> {
             .map(|v| ((v.account, v.asset), v.amount))
             .collect();
         let next = store.load_counters()?;
+        shared
+            .trades
+            .store(next.max_trade_seq as u64, Ordering::Release);
         let relay_position = store.load_relay_position()?;
         let mut candles = FxHashMap::default();
         let mut last_trade_ms = FxHashMap::default();
