@@ -37,6 +37,12 @@ pub struct BenchArgs {
     /// Concurrent clients (each keeps one request in flight).
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
+    /// Requests (orders and cancels) per second across all clients, sent on a fixed
+    /// schedule (open loop). 0: every client sends its next request as soon as the last one
+    /// is answered (closed loop, the server's saturation throughput). Latency at a given load
+    /// is measured with a rate; at saturation every queue is full and latency says little.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     #[arg(long, default_value_t = 200)]
     pub users: usize,
     #[arg(long, default_value_t = 4)]
@@ -61,6 +67,30 @@ pub struct BenchArgs {
 /// Latencies are recorded in microseconds, up to 60 s, 3 significant digits.
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The open-loop schedule: request `k` is due `k / rate` seconds after the start, whichever
+/// client sends it. A client behind schedule sends at once.
+struct Pacer {
+    started: tokio::time::Instant,
+    interval_ns: u64,
+    next: AtomicU64,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Option<Pacer> {
+        (rate > 0).then(|| Pacer {
+            started: tokio::time::Instant::now(),
+            interval_ns: 1_000_000_000 / rate,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    async fn wait(&self) {
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        let due = self.started + Duration::from_nanos(k.saturating_mul(self.interval_ns));
+        tokio::time::sleep_until(due).await;
+    }
 }
 
 struct Shared {
@@ -228,6 +258,7 @@ async fn worker(
     api: Arc<Api>,
     setup: Arc<Setup>,
     shared: Arc<Shared>,
+    pacer: Arc<Option<Pacer>>,
     seed: u64,
     sample_every: u64,
 ) {
@@ -235,6 +266,9 @@ async fn worker(
     let mut resting: Vec<(u64, u64)> = Vec::new(); // (user, order)
     let mut iocs = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
+        if let Some(pacer) = pacer.as_ref() {
+            pacer.wait().await;
+        }
         let roll: u32 = rng.random_range(0..100);
         if roll < 20 && !resting.is_empty() {
             let (user, order) = resting.swap_remove(rng.random_range(0..resting.len()));
@@ -365,9 +399,10 @@ async fn subscriber(url: String, setup: Arc<Setup>, shared: Arc<Shared>) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let ws_url = url.replacen("http://", "ws://", 1) + "/ws";
-    // A small read buffer: tungstenite zero-fills it up to capacity on every read.
+    // A small read chunk: tungstenite zero-fills that many bytes on every read attempt.
+    // A tick's frames are a few KiB; a longer frame is still read whole.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(16 * 1024);
+        .read_buffer_size(4 * 1024);
     let Ok((mut ws, _)) =
         tokio_tungstenite::connect_async_with_config(ws_url, Some(config), false).await
     else {
@@ -463,6 +498,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.duration_secs >= 1 && args.duration_secs <= 3_600,
         "duration must be 1-3600 s"
     );
+    anyhow::ensure!(args.rate <= 1_000_000, "rate must be at most 1000000/s");
     anyhow::ensure!(
         args.settle_sample_every >= 1,
         "settle-sample-every must be at least 1"
@@ -514,6 +550,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let readers: Vec<_> = (0..args.depth_readers)
         .map(|i| tokio::spawn(depth_reader(api.clone(), setup.clone(), shared.clone(), i)))
         .collect();
+    // The schedule starts with the flow, after the subscribers are connected.
+    let pacer = Arc::new(Pacer::new(args.rate));
     let started = Instant::now();
     let workers: Vec<_> = (0..args.clients)
         .map(|i| {
@@ -521,6 +559,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 api.clone(),
                 setup.clone(),
                 shared.clone(),
+                pacer.clone(),
                 i as u64 + 1,
                 args.settle_sample_every,
             ))

@@ -133,10 +133,10 @@ impl ServeArgs {
                 .ws_connections_per_client
                 .or(file.ws_connections_per_client)
                 .unwrap_or(defaults.connections_per_client_max),
-            send_buffer_messages: self
+            send_buffer_batches: self
                 .ws_send_buffer
                 .or(file.ws_send_buffer)
-                .unwrap_or(defaults.send_buffer_messages),
+                .unwrap_or(defaults.send_buffer_batches),
             subscriptions_max: self
                 .ws_subscriptions_max
                 .or(file.ws_subscriptions_max)
@@ -145,7 +145,7 @@ impl ServeArgs {
         };
         anyhow::ensure!(
             ws_limits.connections_per_client_max >= 1
-                && (1..=1_000_000).contains(&ws_limits.send_buffer_messages)
+                && (1..=1_000_000).contains(&ws_limits.send_buffer_batches)
                 && (1..=1_024).contains(&ws_limits.subscriptions_max),
             "ws limits: connections per client >= 1, send buffer 1-1000000, subscriptions 1-1024"
         );

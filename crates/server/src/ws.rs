@@ -7,14 +7,15 @@
 //!   dropped connection.
 //! - Streams: `SYM@depth` (diffs with `first_update_id`/`last_update_id`; sync a local book
 //!   from `GET /api/v1/markets/SYM/depth` plus the buffered diffs), `SYM@trade` (trades as
-//!   an array, gathered for up to 10 ms), `SYM@ticker` (at most once a second per symbol, on trades),
+//!   an array, gathered while the previous batch is being written, at most 10 ms), `SYM@ticker` (at most once a second per symbol, on trades),
 //!   `SYM@candle_1m` … `SYM@candle_1d`, and `user` (needs `X-User-Id` on the upgrade request:
 //!   `ORDER_UPDATE` and `BALANCE_UPDATE` events of that user only).
 //! - Messages: `{"stream": "...", "data": ...}`.
 //!
-//! Fan-out never waits on a client: each message is serialized once and offered to every
-//! subscriber's bounded send buffer with `try_send`; a connection whose buffer is full is
-//! marked slow and closed with code 1008 and the reason, and the others go on.
+//! Fan-out never waits on a client: each message is serialized once; everything one commit
+//! (or one trade flush tick) brings a connection is offered to its bounded send buffer as one
+//! batch with `try_send`, which its writer sends with one write. A connection whose buffer is
+//! full is marked slow and closed with code 1008 and the reason, and the others go on.
 
 use crate::api::{balance_json, order_view, ActingUser};
 use crate::listener::PeerAddr;
@@ -29,11 +30,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -42,8 +43,9 @@ use tokio::sync::{mpsc, Notify};
 pub struct WsLimits {
     pub subscriptions_max: usize,
     pub connections_per_client_max: usize,
-    /// Messages queued for one connection before it counts as a slow consumer.
-    pub send_buffer_messages: usize,
+    /// Batches (what one commit or trade flush brings a connection) queued for one
+    /// connection before it counts as a slow consumer.
+    pub send_buffer_batches: usize,
     pub message_bytes_max: usize,
 }
 
@@ -52,7 +54,7 @@ impl Default for WsLimits {
         WsLimits {
             subscriptions_max: 64,
             connections_per_client_max: 100,
-            send_buffer_messages: 1_024,
+            send_buffer_batches: 1_024,
             message_bytes_max: 4_096,
         }
     }
@@ -60,15 +62,22 @@ impl Default for WsLimits {
 
 /// Tickers are pushed at most this often per symbol.
 const TICKER_PERIOD_MS: i64 = 1_000;
-/// Trades of a symbol are gathered this long into one message: fan-out costs per message,
-/// so this bounds messages per symbol per second whatever the commit rate.
-const TRADE_FLUSH_MS: i64 = 10;
+/// Trades are sent at most this often (all symbols at once). Fan-out costs per connection and
+/// batch — a wake-up and a write on each side of every connection — not per trade, so this
+/// bounds its cost whatever the trade rate; a trade after a quiet spell goes out at once.
+const TRADE_FLUSH_INTERVAL_MS: i64 = 20;
+/// A flush also waits until the previous one has been written to every connection (so
+/// batches grow instead of queueing when the machine is busy), but never longer than this
+/// after it: a connection slow to take its batch, not yet cut off, must not hold up others.
+const TRADE_FLUSH_WAIT_MAX_MS: i64 = 2 * TRADE_FLUSH_INTERVAL_MS;
 /// Trades gathered per symbol at most before a flush regardless of time.
 const TRADE_BATCH_MAX: usize = 1_000;
+/// Bytes read from a client per read attempt (see `ws_handler`).
+const READ_CHUNK_BYTES: usize = 512;
 /// How long a slow consumer gets to take its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Messages written per flush.
-const WRITE_BATCH_MAX: usize = 64;
+/// Frames written per flush of the socket.
+const WRITE_FRAMES_MAX: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum StreamKey {
@@ -80,28 +89,101 @@ enum StreamKey {
 }
 
 struct Conn {
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Vec<Utf8Bytes>>,
     slow: AtomicBool,
     kick: Notify,
 }
 
+/// Whether gathered trades go out now: `since_ms` after the last flush, `written` if every
+/// connection has written what it was given, with `longest` trades waiting for one symbol.
+fn trade_flush_due(since_ms: i64, written: bool, longest: usize) -> bool {
+    longest > 0
+        && ((written && since_ms >= TRADE_FLUSH_INTERVAL_MS)
+            || since_ms >= TRADE_FLUSH_WAIT_MAX_MS
+            || longest >= TRADE_BATCH_MAX)
+}
+
+/// Trades waiting to be sent, per symbol, and when trades were last sent.
+#[derive(Default)]
+struct PendingTrades {
+    by_symbol: FxHashMap<u32, Vec<TradeRow>>,
+    flushed_ms: i64,
+}
+
 /// The connections subscribed to one stream, by connection id.
 type Subscribers = Vec<(u64, Arc<Conn>)>;
+type SubscriptionMap = FxHashMap<StreamKey, Subscribers>;
+
+/// The frames of one commit or flush tick, gathered per connection so that each connection
+/// gets one batch (one wake-up, one write) whatever the number of its streams that moved.
+struct Outbox<'a> {
+    subs: &'a SubscriptionMap,
+    in_flight: &'a AtomicUsize,
+    per_conn: FxHashMap<u64, (&'a Conn, Vec<Utf8Bytes>)>,
+}
+
+impl<'a> Outbox<'a> {
+    fn new(hub: &'a Hub, subs: &'a SubscriptionMap) -> Self {
+        Outbox {
+            subs,
+            in_flight: &hub.in_flight,
+            per_conn: FxHashMap::default(),
+        }
+    }
+
+    fn has_subscribers(&self, key: StreamKey) -> bool {
+        self.subs.get(&key).is_some_and(|l| !l.is_empty())
+    }
+
+    /// Adds a message for every subscriber of `key`; serializes only if there is one.
+    fn add(&mut self, key: StreamKey, make: impl FnOnce() -> Value) {
+        let Some(list) = self.subs.get(&key).filter(|l| !l.is_empty()) else {
+            return;
+        };
+        let message = Utf8Bytes::from(make().to_string());
+        for (id, conn) in list {
+            if conn.slow.load(Ordering::Relaxed) {
+                continue;
+            }
+            self.per_conn
+                .entry(*id)
+                .or_insert_with(|| (conn, Vec::new()))
+                .1
+                .push(message.clone());
+        }
+    }
+
+    /// Offers each connection its batch; a full buffer marks it slow and kicks it.
+    fn send(self) {
+        for (conn, frames) in self.per_conn.into_values() {
+            // Counted before the send: the writer may take and uncount it at once.
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = conn.tx.try_send(frames) {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                if let mpsc::error::TrySendError::Full(_) = e {
+                    conn.slow.store(true, Ordering::Relaxed);
+                    conn.kick.notify_one();
+                }
+            }
+        }
+    }
+}
 
 /// Subscriptions of every connection, and the fan-out of each commit to them.
 pub struct Hub {
     limits: WsLimits,
-    subs: RwLock<FxHashMap<StreamKey, Subscribers>>,
+    subs: RwLock<SubscriptionMap>,
     clients: Mutex<FxHashMap<String, usize>>,
     next_conn: AtomicU64,
     ticker_sent_ms: Mutex<FxHashMap<u32, i64>>,
-    /// Trades waiting to be sent, per symbol, with when the oldest arrived.
-    pending_trades: Mutex<FxHashMap<u32, (i64, Vec<TradeRow>)>>,
+    pending_trades: Mutex<PendingTrades>,
+    /// Batches offered to connections and not yet written (or dropped with the connection).
+    in_flight: AtomicUsize,
 }
 
 impl Hub {
     pub fn new(limits: WsLimits) -> Hub {
-        assert!(limits.send_buffer_messages > 0 && limits.subscriptions_max > 0);
+        assert!(limits.send_buffer_batches > 0 && limits.subscriptions_max > 0);
         Hub {
             limits,
             subs: RwLock::default(),
@@ -109,57 +191,33 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             ticker_sent_ms: Mutex::default(),
             pending_trades: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
-    /// Sends the gathered trades of every symbol once the oldest of them waited
-    /// `TRADE_FLUSH_MS` (at once, with `all`).
-    fn flush_trades(&self, r: &RefData, now: i64, all: bool) {
+    /// Sends the gathered trades of every symbol when a flush is due (see
+    /// `TRADE_FLUSH_INTERVAL_MS`): one shared tick for all symbols, so a subscriber of several
+    /// gets their frames in one batch and one write.
+    fn flush_trades(&self, out: &mut Outbox, r: &RefData, now: i64) {
         let due: Vec<(u32, Vec<TradeRow>)> = {
             let mut pending = self.pending_trades.lock().expect("lock");
-            // One shared tick for every symbol: a subscriber of several symbols then gets
-            // their frames together, and its writer sends them in one write.
-            let due = all
-                || pending.values().any(|(since, list)| {
-                    now - since >= TRADE_FLUSH_MS || list.len() >= TRADE_BATCH_MAX
-                });
-            let symbols: Vec<u32> = if due {
-                pending.keys().copied().collect()
-            } else {
-                Vec::new()
-            };
-            symbols
-                .into_iter()
-                .filter_map(|s| pending.remove(&s).map(|(_, list)| (s, list)))
-                .collect()
+            let longest = pending.by_symbol.values().map(Vec::len).max().unwrap_or(0);
+            let written = self.in_flight.load(Ordering::Relaxed) == 0;
+            if !trade_flush_due(now - pending.flushed_ms, written, longest) {
+                return;
+            }
+            pending.flushed_ms = now;
+            pending.by_symbol.drain().collect()
         };
         for (symbol, trades) in due {
             let Some(sym) = r.symbols.get(&symbol) else {
                 continue;
             };
             let sc = Scales::of(r, sym);
-            self.publish(StreamKey::Trades(symbol), || {
+            out.add(StreamKey::Trades(symbol), || {
                 let list: Vec<Value> = trades.iter().map(|t| trade_json(t, &sc)).collect();
                 stream_message(&format!("{}@trade", sym.name), Value::Array(list))
             });
-        }
-    }
-
-    /// Offers a message to every subscriber of `key`; serializes only if there is one.
-    fn publish(&self, key: StreamKey, make: impl FnOnce() -> Value) {
-        let subs = self.subs.read().expect("lock");
-        let Some(list) = subs.get(&key).filter(|l| !l.is_empty()) else {
-            return;
-        };
-        let message = Utf8Bytes::from(make().to_string());
-        for (_, conn) in list {
-            if conn.slow.load(Ordering::Relaxed) {
-                continue;
-            }
-            if let Err(mpsc::error::TrySendError::Full(_)) = conn.tx.try_send(message.clone()) {
-                conn.slow.store(true, Ordering::Relaxed);
-                conn.kick.notify_one();
-            }
         }
     }
 
@@ -234,19 +292,12 @@ fn depth_json(diff: &DepthDiff, sc: Scales) -> Value {
     })
 }
 
-impl Hub {
-    fn has_subscribers(&self, key: StreamKey) -> bool {
-        self.subs
-            .read()
-            .expect("lock")
-            .get(&key)
-            .is_some_and(|l| !l.is_empty())
-    }
-}
-
 impl CommitObserver for Hub {
     fn idle(&self, _market: &MarketData, r: &RefData) {
-        self.flush_trades(r, agora_store::sqlite::now_ms(), true);
+        let subs = self.subs.read().expect("lock");
+        let mut out = Outbox::new(self, &subs);
+        self.flush_trades(&mut out, r, agora_store::sqlite::now_ms());
+        out.send();
     }
 
     fn committed(
@@ -261,9 +312,11 @@ impl CommitObserver for Hub {
                 .get(&id)
                 .map(|s| (s.name.as_str(), Scales::of(r, s)))
         };
+        let subs = self.subs.read().expect("lock");
+        let mut out = Outbox::new(self, &subs);
         for (symbol, diff) in diffs {
             if let Some((name, sc)) = named(*symbol) {
-                self.publish(StreamKey::Depth(*symbol), || {
+                out.add(StreamKey::Depth(*symbol), || {
                     stream_message(&format!("{name}@depth"), depth_json(diff, sc))
                 });
             }
@@ -275,11 +328,12 @@ impl CommitObserver for Hub {
                 continue;
             };
             let now = agora_store::sqlite::now_ms();
-            if self.has_subscribers(StreamKey::Trades(symbol)) {
+            if out.has_subscribers(StreamKey::Trades(symbol)) {
                 let mut pending = self.pending_trades.lock().expect("lock");
-                let entry = pending.entry(symbol).or_insert_with(|| (now, Vec::new()));
-                entry
-                    .1
+                pending
+                    .by_symbol
+                    .entry(symbol)
+                    .or_default()
                     .extend(batch.trades.iter().filter(|t| t.symbol == symbol).cloned());
             }
             let due = {
@@ -292,7 +346,7 @@ impl CommitObserver for Hub {
                 due
             };
             if due {
-                self.publish(StreamKey::Ticker(symbol), || {
+                out.add(StreamKey::Ticker(symbol), || {
                     let m = market.symbol(symbol);
                     let guard = m.as_ref().map(|m| m.read().expect("lock"));
                     stream_message(
@@ -302,13 +356,13 @@ impl CommitObserver for Hub {
                 });
             }
         }
-        self.flush_trades(r, agora_store::sqlite::now_ms(), false);
+        self.flush_trades(&mut out, r, agora_store::sqlite::now_ms());
         for row in &batch.candles {
             let Some((name, sc)) = named(row.symbol) else {
                 continue;
             };
             let (interval, candle) = candle_of(row);
-            self.publish(StreamKey::Candles(row.symbol, interval), || {
+            out.add(StreamKey::Candles(row.symbol, interval), || {
                 stream_message(
                     &format!("{name}@candle_{}", interval.as_str()),
                     candle_json(&candle, interval, sc),
@@ -316,19 +370,20 @@ impl CommitObserver for Hub {
             });
         }
         for o in &batch.orders {
-            self.publish(StreamKey::User(o.user), || {
+            out.add(StreamKey::User(o.user), || {
                 let mut data = serde_json::to_value(order_view(o, r)).unwrap_or(Value::Null);
                 data["event"] = json!("ORDER_UPDATE");
                 stream_message("user", data)
             });
         }
         for b in &batch.balances {
-            self.publish(StreamKey::User(b.user), || {
+            out.add(StreamKey::User(b.user), || {
                 let mut data = balance_json(b, r);
                 data["event"] = json!("BALANCE_UPDATE");
                 stream_message("user", data)
             });
         }
+        out.send();
     }
 }
 
@@ -363,12 +418,13 @@ pub async fn ws_handler(
         )
         .into_response();
     };
-    // tungstenite zero-fills its read buffer up to capacity on every read attempt, and the
+    // tungstenite zero-fills up to `read_buffer_size` bytes on every read attempt, and the
     // connection's read half is polled each time the task wakes to write: a 128 KiB default
-    // made memset 38% of the CPU under 1,000 subscribers. Client messages are small.
+    // made memset 38% of the CPU under 1,000 subscribers. Client messages are small and rare,
+    // and a longer one is still read whole (the buffer grows to the frame's length).
     ws.max_message_size(hub.limits.message_bytes_max)
         .max_frame_size(hub.limits.message_bytes_max)
-        .read_buffer_size(2 * hub.limits.message_bytes_max)
+        .read_buffer_size(READ_CHUNK_BYTES)
         .on_upgrade(move |socket| connection(socket, state, user, slot))
 }
 
@@ -429,62 +485,65 @@ fn stream_name(key: StreamKey, r: &RefData) -> String {
     }
 }
 
-async fn connection(socket: WebSocket, state: AppState, user: Option<u64>, _slot: ClientSlot) {
+async fn connection(mut socket: WebSocket, state: AppState, user: Option<u64>, _slot: ClientSlot) {
     let hub = state.hub.clone();
     let id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel(hub.limits.send_buffer_messages);
+    let (tx, mut rx) = mpsc::channel(hub.limits.send_buffer_batches);
     let conn = Arc::new(Conn {
         tx,
         slow: AtomicBool::new(false),
         kick: Notify::new(),
     });
-    let (mut sink, mut incoming) = socket.split();
     let mut mine: FxHashSet<StreamKey> = FxHashSet::default();
     loop {
         tokio::select! {
             biased;
             _ = conn.kick.notified() => {
                 let frame = CloseFrame { code: 1008, reason: "slow consumer: send buffer full".into() };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
                 break;
             }
             out = rx.recv() => {
-                let Some(first) = out else { break };
-                let mut batch = vec![first];
-                while batch.len() < WRITE_BATCH_MAX {
+                let Some(mut batch) = out else { break };
+                let mut taken = 1;
+                while batch.len() < WRITE_FRAMES_MAX {
                     match rx.try_recv() {
-                        Ok(m) => batch.push(m),
+                        Ok(more) => {
+                            batch.extend(more);
+                            taken += 1;
+                        }
                         Err(_) => break,
                     }
                 }
                 let write = async {
                     for m in batch {
-                        sink.feed(Message::Text(m)).await?;
+                        socket.feed(Message::Text(m)).await?;
                     }
-                    sink.flush().await
+                    socket.flush().await
                 };
                 // A client that stops reading stalls the write; the kick still wins.
                 let written = tokio::select! {
                     r = write => r.is_ok(),
                     _ = conn.kick.notified() => false,
                 };
+                hub.in_flight.fetch_sub(taken, Ordering::Relaxed);
                 if !written {
                     break;
                 }
             }
-            msg = incoming.next() => {
+            msg = socket.recv() => {
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_))) => {
                         let reply = error("UNSUPPORTED", "send JSON text frames", Value::Null);
-                        if sink.send(Message::Text(reply.to_string().into())).await.is_err() { break }
+                        if socket.send(Message::Text(reply.to_string().into())).await.is_err() { break }
                         continue;
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => continue, // ping/pong are answered by the protocol layer
                 };
                 let reply = handle_command(&text, &state, &hub, id, &conn, user, &mut mine);
-                if sink.send(Message::Text(reply.to_string().into())).await.is_err() {
+                if socket.send(Message::Text(reply.to_string().into())).await.is_err() {
                     break;
                 }
             }
@@ -493,6 +552,14 @@ async fn connection(socket: WebSocket, state: AppState, user: Option<u64>, _slot
     for key in mine {
         hub.unsubscribe(id, key);
     }
+    // No fan-out reaches this connection any more (it left every subscription under the
+    // write lock); what it never wrote is no longer in flight.
+    rx.close();
+    let mut dropped = 0;
+    while rx.try_recv().is_ok() {
+        dropped += 1;
+    }
+    hub.in_flight.fetch_sub(dropped, Ordering::Relaxed);
 }
 
 fn handle_command(
@@ -563,5 +630,27 @@ fn handle_command(
             format!("{other:?}: use SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS"),
             command.id,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trades_go_out_at_once_after_a_quiet_spell_and_at_most_every_interval_under_load() {
+        // Nothing waiting: nothing to send.
+        assert!(!trade_flush_due(i64::MAX / 2, true, 0));
+        // A trade after a quiet spell goes out at once.
+        assert!(trade_flush_due(10 * TRADE_FLUSH_INTERVAL_MS, true, 1));
+        // Under load, not again before the interval…
+        assert!(!trade_flush_due(TRADE_FLUSH_INTERVAL_MS - 1, true, 5));
+        assert!(trade_flush_due(TRADE_FLUSH_INTERVAL_MS, true, 5));
+        // …and not before the previous batch is written, up to the longest wait.
+        assert!(!trade_flush_due(TRADE_FLUSH_INTERVAL_MS, false, 5));
+        assert!(!trade_flush_due(TRADE_FLUSH_WAIT_MAX_MS - 1, false, 5));
+        assert!(trade_flush_due(TRADE_FLUSH_WAIT_MAX_MS, false, 5));
+        // A full batch goes out regardless.
+        assert!(trade_flush_due(0, false, TRADE_BATCH_MAX));
     }
 }
