@@ -598,8 +598,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let accepted = shared.accepted.load(Ordering::Relaxed);
     let accept = shared.accept_us.lock().expect("lock").clone();
     let settle = shared.settle_us.lock().expect("lock").clone();
+    let delivery = shared.delivery_us.lock().expect("lock").clone();
+    let depth = shared.depth_us.lock().expect("lock").clone();
+    let depth_reads = shared.depth_reads.load(Ordering::Relaxed);
     let result = json!({
         "duration_s": elapsed,
+        "rate_per_s": args.rate,
         "clients": args.clients,
         "users": args.users,
         "symbols": args.symbols,
@@ -611,9 +615,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "trades_per_s": trades as f64 / elapsed,
         "accept_ms": {"p50": ms(&accept, 0.5), "p99": ms(&accept, 0.99), "p999": ms(&accept, 0.999), "max": accept.max() as f64 / 1000.0},
         "accept_to_settled_ms": {"samples": settle.len(), "p50": ms(&settle, 0.5), "p99": ms(&settle, 0.99), "p999": ms(&settle, 0.999), "max": settle.max() as f64 / 1000.0},
+        "ws_subscribers": args.ws_subscribers,
+        "ws_failed": shared.ws_failed.load(Ordering::Relaxed),
+        "ws_delivery_ms": {"samples": delivery.len(), "p50": ms(&delivery, 0.5), "p99": ms(&delivery, 0.99), "p999": ms(&delivery, 0.999), "max": delivery.max() as f64 / 1000.0},
+        "depth_reads_per_s": depth_reads as f64 / elapsed,
+        "depth_ms": {"p50": ms(&depth, 0.5), "p99": ms(&depth, 0.99)},
     });
-    let delivery = shared.delivery_us.lock().expect("lock").clone();
-    let depth = shared.depth_us.lock().expect("lock").clone();
     println!(
         "agora bench: {} clients, {} users, {} symbols, {:.1} s",
         args.clients, args.users, args.symbols, elapsed
@@ -659,7 +666,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     if args.depth_readers > 0 {
-        let reads = shared.depth_reads.load(Ordering::Relaxed);
+        let reads = depth_reads;
         println!(
             "  depth reads          {:>10}  ({:.0}/s)  latency ms p50 {:.2}  p99 {:.2}",
             reads,

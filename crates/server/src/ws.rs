@@ -7,7 +7,7 @@
 //!   dropped connection.
 //! - Streams: `SYM@depth` (diffs with `first_update_id`/`last_update_id`; sync a local book
 //!   from `GET /api/v1/markets/SYM/depth` plus the buffered diffs), `SYM@trade` (trades as
-//!   an array, gathered while the previous batch is being written, at most 10 ms), `SYM@ticker` (at most once a second per symbol, on trades),
+//!   an array, gathered for up to 20 ms; see `TRADE_FLUSH_INTERVAL_MS`), `SYM@ticker` (at most once a second per symbol, on trades),
 //!   `SYM@candle_1m` … `SYM@candle_1d`, and `user` (needs `X-User-Id` on the upgrade request:
 //!   `ORDER_UPDATE` and `BALANCE_UPDATE` events of that user only).
 //! - Messages: `{"stream": "...", "data": ...}`.
