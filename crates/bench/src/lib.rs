@@ -29,35 +29,35 @@ pub struct BenchArgs {
     #[arg(long)]
     pub spawn: bool,
     /// With --spawn: the durability of the spawned server (full or normal).
-    #[arg(long, default_value = "full")]
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     pub durability: String,
     /// How long to run the flow.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub duration_secs: u64,
     /// Concurrent clients (each keeps one request in flight).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub clients: usize,
     /// Requests (orders and cancels) per second across all clients, sent on a fixed
     /// schedule (open loop). 0: every client sends its next request as soon as the last one
     /// is answered (closed loop, the server's saturation throughput). Latency at a given load
     /// is measured with a rate; at saturation every queue is full and latency says little.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub rate: u64,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub users: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000))]
     pub symbols: usize,
     /// One in this many IOC orders is followed to settlement.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub settle_sample_every: u64,
     #[arg(long, env = "AGORA_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// WebSocket clients subscribed to every bench symbol's trade stream, measuring the delay
     /// from a trade's settlement to its delivery.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub ws_subscribers: usize,
     /// Clients reading REST depth in a loop while the flow runs.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub depth_readers: usize,
     /// Print the result as one JSON object as well.
     #[arg(long)]
@@ -482,27 +482,6 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.clients >= 1 && args.clients <= 10_000,
-        "clients must be 1-10000"
-    );
-    anyhow::ensure!(
-        args.users >= 1 && args.users <= 100_000,
-        "users must be 1-100000"
-    );
-    anyhow::ensure!(
-        args.symbols >= 1 && args.symbols <= 1_000,
-        "symbols must be 1-1000"
-    );
-    anyhow::ensure!(
-        args.duration_secs >= 1 && args.duration_secs <= 3_600,
-        "duration must be 1-3600 s"
-    );
-    anyhow::ensure!(args.rate <= 1_000_000, "rate must be at most 1000000/s");
-    anyhow::ensure!(
-        args.settle_sample_every >= 1,
-        "settle-sample-every must be at least 1"
-    );
     let (_server, url) = if args.spawn {
         let (s, url) = spawn_server(&args.durability, args.ws_subscribers).await?;
         (Some(s), url)
