@@ -41,3 +41,31 @@ fn demo_bots_make_a_live_market_that_reconciles() {
     assert_eq!(report["ok"], true, "{report:#}");
     assert!(report["open_orders"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn fast_bots_keep_their_quotes_bounded_and_the_ledger_reconciles() {
+    // Mostly quotes, at a rate where many orders are in flight at once: without the
+    // cancels of the oldest quotes the book would grow by ~450 orders per symbol per second.
+    let s = Server::start_with(&["--demo", "--bot-rate", "500", "--bot-taker-share", "0.1"]);
+    let trades = || {
+        s.json("/api/v1/admin/status", None)["trades"]
+            .as_u64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while trades() < 100 {
+        assert!(Instant::now() < deadline, "bots did not trade");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Reconciliation while they trade: ledger checks every time, books only when it can
+    // tell that nothing moved while it read (a race here reports books that differ).
+    for _ in 0..40 {
+        let report = s.json("/api/v1/admin/reconcile", None);
+        assert_eq!(report["ok"], true, "{report:#}");
+        // Per symbol: 40 quotes kept (BotConfig::maker_orders_max) plus at most 32 requests
+        // in flight; plus the demo's 30-order starting book.
+        let open = report["open_orders"].as_u64().unwrap();
+        assert!(open <= 3 * (40 + 32) + 30, "{open} open orders");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

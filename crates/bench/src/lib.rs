@@ -34,9 +34,16 @@ pub struct BenchArgs {
     /// How long to run the flow.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub duration_secs: u64,
-    /// Concurrent clients (each keeps one request in flight).
-    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    /// Concurrent clients (each keeps one request in flight). 0 only with --bots: the bots
+    /// alone make the trades.
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub clients: usize,
+    /// With --spawn: the spawned server runs the demo market with its bots at this many
+    /// orders per second per symbol, and the WebSocket subscribers follow the demo symbols
+    /// too. The bots' orders take the exchange's order path below HTTP, so the two cores are
+    /// spent on the fan-out under test rather than on HTTP order clients.
+    #[arg(long, requires = "spawn", value_parser = bot_rate)]
+    pub bots: Option<f64>,
     /// Requests (orders and cancels) per second across all clients, sent on a fixed
     /// schedule (open loop). 0: every client sends its next request as soon as the last one
     /// is answered (closed loop, the server's saturation throughput). Latency at a given load
@@ -62,6 +69,13 @@ pub struct BenchArgs {
     /// Print the result as one JSON object as well.
     #[arg(long)]
     pub json: bool,
+}
+
+fn bot_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 10_000.0 => Ok(r),
+        _ => Err("a number above 0 and at most 10000".into()),
+    }
 }
 
 /// Latencies are recorded in microseconds, up to 60 s, 3 significant digits.
@@ -111,6 +125,8 @@ struct Shared {
 struct Setup {
     symbols: Vec<String>,
     users: Vec<u64>,
+    /// Symbols the subscribers follow: the bench's own, and with --bots the demo's.
+    streamed: Vec<String>,
 }
 
 /// A spawned server, killed when dropped.
@@ -125,19 +141,18 @@ impl Drop for Spawned {
     }
 }
 
-async fn spawn_server(durability: &str, ws_clients: usize) -> anyhow::Result<(Spawned, String)> {
+async fn spawn_server(args: &BenchArgs) -> anyhow::Result<(Spawned, String)> {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir()?;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--durability",
-            durability,
-        ])
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.arg("serve");
+    if let Some(rate) = args.bots {
+        command.args(["--demo", "--bot-rate", &rate.to_string()]);
+    }
+    let mut child = command
+        .args(["--listen", "127.0.0.1:0", "--durability", &args.durability])
         .arg("--ws-connections-per-client")
-        .arg((ws_clients + 16).to_string())
+        .arg((args.ws_subscribers + 16).to_string())
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
@@ -241,7 +256,41 @@ async fn setup(api: &Api, args: &BenchArgs) -> anyhow::Result<Setup> {
         }
         users.push(id);
     }
-    Ok(Setup { symbols, users })
+    let mut streamed = symbols.clone();
+    if args.bots.is_some() {
+        streamed = bot_symbols(api, deadline).await?;
+    }
+    Ok(Setup {
+        symbols,
+        users,
+        streamed,
+    })
+}
+
+/// Waits until the spawned server's demo bots trade, then lists every symbol (demo and
+/// bench) for the subscribers.
+async fn bot_symbols(api: &Api, deadline: Instant) -> anyhow::Result<Vec<String>> {
+    while api.status().await?["trades"].as_u64().unwrap_or(0) == 0 {
+        if Instant::now() > deadline {
+            bail!("the demo bots did not trade");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let markets: Value = api
+        .http
+        .get(format!("{}/api/v1/markets", api.url))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let names = markets["markets"]
+        .as_array()
+        .context("markets")?
+        .iter()
+        .filter_map(|m| m["symbol"].as_str().map(str::to_string))
+        .collect();
+    Ok(names)
 }
 
 /// The two fields of an order reply the generator reads.
@@ -409,7 +458,11 @@ async fn subscriber(url: String, setup: Arc<Setup>, shared: Arc<Shared>) {
         shared.ws_failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let streams: Vec<String> = setup.symbols.iter().map(|s| format!("{s}@trade")).collect();
+    let streams: Vec<String> = setup
+        .streamed
+        .iter()
+        .map(|s| format!("{s}@trade"))
+        .collect();
     let sub = json!({"method": "SUBSCRIBE", "params": streams, "id": 1}).to_string();
     if ws.send(Message::text(sub)).await.is_err() {
         shared.ws_failed.fetch_add(1, Ordering::Relaxed);
@@ -482,8 +535,11 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.clients == 0 && args.bots.is_none() {
+        bail!("--clients 0 needs --bots: nothing would trade");
+    }
     let (_server, url) = if args.spawn {
-        let (s, url) = spawn_server(&args.durability, args.ws_subscribers).await?;
+        let (s, url) = spawn_server(&args).await?;
         (Some(s), url)
     } else {
         (None, args.url.trim_end_matches('/').to_string())
@@ -584,6 +640,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "duration_s": elapsed,
         "rate_per_s": args.rate,
         "clients": args.clients,
+        "bot_orders_per_s_per_symbol": args.bots,
         "users": args.users,
         "symbols": args.symbols,
         "orders_accepted": accepted,
@@ -604,6 +661,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "agora bench: {} clients, {} users, {} symbols, {:.1} s",
         args.clients, args.users, args.symbols, elapsed
     );
+    if let Some(rate) = args.bots {
+        println!(
+            "  demo bots            {rate} orders/s on each of {} demo symbols",
+            setup.streamed.len() - setup.symbols.len()
+        );
+    }
     println!(
         "  orders accepted      {:>10}  ({:.0}/s)",
         accepted,

@@ -30,8 +30,12 @@ pub struct BotConfig {
     pub level_spacing_bps: i64,
     /// Open maker orders kept per symbol at most.
     pub maker_orders_max: usize,
-    /// Chance that a tick sends a taker order.
+    /// Chance that an order is a taker order.
     pub taker_probability: f64,
+    /// Orders (and cancels) per symbol awaiting the sequencer at once. One at a time makes
+    /// every order its own small commit; a few in flight share commits, so a high
+    /// `orders_per_s` costs far less.
+    pub in_flight_max: usize,
     pub seed: u64,
 }
 
@@ -44,6 +48,7 @@ impl Default for BotConfig {
             level_spacing_bps: 5,
             maker_orders_max: 40,
             taker_probability: 0.3,
+            in_flight_max: 32,
             seed: 0xB075,
         }
     }
@@ -81,6 +86,7 @@ impl Drop for Bots {
 /// has a reference price: the last trade, else the middle of the book.
 pub async fn start(exchange: &Exchange, config: BotConfig) -> crate::ExchangeResult<Bots> {
     assert!(config.orders_per_s > 0.0 && config.levels > 0 && config.level_spacing_bps > 0);
+    assert!(config.in_flight_max > 0 && (0.0..=1.0).contains(&config.taker_probability));
     let mut users = Vec::new();
     for name in [MAKER, TAKER] {
         let user = match exchange.user_by_name(name).await? {
@@ -136,6 +142,15 @@ fn reference_price(exchange: &Exchange, symbol: &SymbolRow) -> Option<i64> {
     }
 }
 
+/// The most often a bot task wakes; at a higher order rate each wake-up sends several orders.
+const WAKE_INTERVAL_MIN: Duration = Duration::from_millis(10);
+
+/// What a finished bot request tells its symbol's task.
+enum Outcome {
+    Quoted(u64),
+    Done,
+}
+
 async fn run_symbol(
     exchange: Exchange,
     config: BotConfig,
@@ -151,83 +166,127 @@ async fn run_symbol(
     let base_unit = units::unit(base_scale) as i128;
     let tick = symbol.tick_size;
     let mut price_ticks = (reference / tick).max(1);
-    let period = Duration::from_secs_f64(1.0 / config.orders_per_s);
+    let order_period_s = 1.0 / config.orders_per_s;
     let mut quotes: VecDeque<u64> = VecDeque::new();
-    let mut interval = tokio::time::interval(period);
+    let mut in_flight: tokio::task::JoinSet<Outcome> = tokio::task::JoinSet::new();
+    let mut interval =
+        tokio::time::interval(Duration::from_secs_f64(order_period_s).max(WAKE_INTERVAL_MIN));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Orders due but not yet sent: the rate holds whatever the wake-up interval.
+    let mut due = 0.0f64;
+    let mut last_wake = tokio::time::Instant::now();
     // Smallest quantity (in lots) whose value clears the minimum notional at `price`.
     let lots_min = |price: i64| -> i64 {
         let lot_value = (price as i128 * symbol.lot_size as i128 / base_unit).max(1);
         ((symbol.min_notional as i128 + lot_value - 1) / lot_value).max(1) as i64
     };
+    let order = |side: Side, price: i64, lots: i64, tif: TimeInForce| OrderRequest {
+        symbol: symbol.name.clone(),
+        side,
+        order_type: OrderType::Limit,
+        price: Some(units::format(price, quote_scale)),
+        quantity: Some(units::format(lots * symbol.lot_size, base_scale)),
+        quote_quantity: None,
+        time_in_force: Some(tif),
+        client_order_id: None,
+    };
     while !stop.load(Ordering::Relaxed) {
-        interval.tick().await;
-        price_ticks = walk(
-            price_ticks,
-            config.volatility,
-            period.as_secs_f64(),
-            normal(&mut rng),
-        );
-        let mid = price_ticks * tick;
-        let step = (mid as i128 * config.level_spacing_bps as i128 / 10_000 / tick as i128).max(1)
-            as i64
-            * tick;
-        let order = |side: Side, price: i64, lots: i64, tif: TimeInForce| OrderRequest {
-            symbol: symbol.name.clone(),
-            side,
-            order_type: OrderType::Limit,
-            price: Some(units::format(price, quote_scale)),
-            quantity: Some(units::format(lots * symbol.lot_size, base_scale)),
-            quote_quantity: None,
-            time_in_force: Some(tif),
-            client_order_id: None,
+        let outcome = tokio::select! {
+            _ = interval.tick() => None,
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => Some(done),
         };
-        if rng.random_bool(config.taker_probability) {
-            // Cross toward the reference: buy when asks sit below it, sell otherwise.
-            let best_ask = exchange
-                .market()
-                .symbol(symbol.id)
-                .and_then(|m| m.read().expect("lock").depth.best_ask());
-            let side = match best_ask {
-                Some((ask, _)) if ask <= mid => Side::Buy,
-                _ if rng.random_bool(0.5) => Side::Buy,
-                _ => Side::Sell,
-            };
-            let price = match side {
-                Side::Buy => mid + step,
-                Side::Sell => (mid - step).max(tick),
-            };
-            let lots = lots_min(price) * rng.random_range(1..=40);
-            if let Err(e) = exchange
-                .place_order(taker, &order(side, price, lots, TimeInForce::Ioc))
-                .await
-            {
-                tracing::debug!(symbol = %symbol.name, error = %e, "taker order refused");
+        if let Some(done) = outcome {
+            if let Ok(Outcome::Quoted(id)) = done {
+                quotes.push_back(id);
+                // Oldest quotes cancelled to stay within the bound (they may have filled).
+                while quotes.len() > config.maker_orders_max {
+                    let oldest = quotes.pop_front().expect("non-empty");
+                    let exchange = exchange.clone();
+                    in_flight.spawn(async move {
+                        let _ = exchange.cancel_order(maker, oldest).await;
+                        Outcome::Done
+                    });
+                }
             }
             continue;
         }
-        // Maker: one new quote per tick at a random level, oldest quotes cancelled.
-        let level = rng.random_range(1..=config.levels as i64);
-        let side = if rng.random_bool(0.5) {
-            Side::Buy
-        } else {
-            Side::Sell
-        };
-        let price = match side {
-            Side::Buy => (mid - level * step).max(tick),
-            Side::Sell => mid + level * step,
-        };
-        let lots = lots_min(price) * rng.random_range(1..=20);
-        match exchange
-            .place_order(maker, &order(side, price, lots, TimeInForce::Gtc))
-            .await
-        {
-            Ok(placed) => quotes.push_back(placed.order.id),
-            Err(e) => tracing::debug!(symbol = %symbol.name, error = %e, "maker order refused"),
-        }
-        while quotes.len() > config.maker_orders_max {
-            let oldest = quotes.pop_front().expect("non-empty");
-            let _ = exchange.cancel_order(maker, oldest).await; // may have filled already
+        let now = tokio::time::Instant::now();
+        due = (due + (now - last_wake).as_secs_f64() * config.orders_per_s).min(
+            // A stalled exchange does not leave a burst owed.
+            config.in_flight_max as f64,
+        );
+        last_wake = now;
+        while due >= 1.0 && in_flight.len() < config.in_flight_max {
+            due -= 1.0;
+            price_ticks = walk(
+                price_ticks,
+                config.volatility,
+                order_period_s,
+                normal(&mut rng),
+            );
+            let mid = price_ticks * tick;
+            let step = (mid as i128 * config.level_spacing_bps as i128 / 10_000 / tick as i128)
+                .max(1) as i64
+                * tick;
+            let exchange = exchange.clone();
+            let name = symbol.name.clone();
+            if rng.random_bool(config.taker_probability) {
+                // Cross toward the reference: buy when asks sit below it, sell otherwise.
+                let best_ask = exchange
+                    .market()
+                    .symbol(symbol.id)
+                    .and_then(|m| m.read().expect("lock").depth.best_ask());
+                let side = match best_ask {
+                    Some((ask, _)) if ask <= mid => Side::Buy,
+                    _ if rng.random_bool(0.5) => Side::Buy,
+                    _ => Side::Sell,
+                };
+                // Reaching a random depth: most takers lift the top of the book, some sweep.
+                let reach = rng.random_range(1..=config.levels as i64);
+                let price = match side {
+                    Side::Buy => mid + reach * step,
+                    Side::Sell => (mid - reach * step).max(tick),
+                };
+                let request = order(
+                    side,
+                    price,
+                    lots_min(price) * rng.random_range(1..=40),
+                    TimeInForce::Ioc,
+                );
+                in_flight.spawn(async move {
+                    if let Err(e) = exchange.place_order(taker, &request).await {
+                        tracing::debug!(symbol = %name, error = %e, "taker order refused");
+                    }
+                    Outcome::Done
+                });
+                continue;
+            }
+            // Maker: one new quote at a random level.
+            let level = rng.random_range(1..=config.levels as i64);
+            let side = if rng.random_bool(0.5) {
+                Side::Buy
+            } else {
+                Side::Sell
+            };
+            let price = match side {
+                Side::Buy => (mid - level * step).max(tick),
+                Side::Sell => mid + level * step,
+            };
+            let request = order(
+                side,
+                price,
+                lots_min(price) * rng.random_range(1..=20),
+                TimeInForce::Gtc,
+            );
+            in_flight.spawn(async move {
+                match exchange.place_order(maker, &request).await {
+                    Ok(placed) => Outcome::Quoted(placed.order.id),
+                    Err(e) => {
+                        tracing::debug!(symbol = %name, error = %e, "maker order refused");
+                        Outcome::Done
+                    }
+                }
+            });
         }
     }
 }

@@ -75,7 +75,8 @@ impl Config {
 pub(crate) struct Shared {
     pub refdata: RwLock<Arc<RefData>>,
     pub users: RwLock<FxHashSet<u64>>,
-    /// Book inputs handed to the log, and consumed by the engine and settled.
+    /// Book inputs counted in flight (from just before their commit), and those consumed by
+    /// the engine and settled. Both only grow.
     pub published: AtomicU64,
     pub settled: AtomicU64,
     /// Trades committed since the store was created.
@@ -429,7 +430,17 @@ impl Exchange {
     /// Checks every ledger and order invariant against the store; when no input is in
     /// flight, also checks that each engine book equals the open orders in the store.
     pub async fn reconcile(&self) -> ExchangeResult<reconcile::Report> {
-        let quiescent_before = self.status().pending_inputs == 0;
+        // Both counters only grow, so equal pairs before and after the reads mean that no
+        // input was committed, matched or settled in between.
+        let counters = || {
+            let s = &self.inner.shared;
+            (
+                s.published.load(Ordering::Acquire),
+                s.settled.load(Ordering::Acquire),
+            )
+        };
+        let before = counters();
+        let quiescent_before = before.0 == before.1;
         let audit = self.read(|r| r.audit()).await?;
         let mut books = Vec::new();
         if quiescent_before {
@@ -443,7 +454,7 @@ impl Exchange {
             }
         }
         // Only compare books if nothing moved while we read.
-        let compare_books = quiescent_before && self.status().pending_inputs == 0;
+        let compare_books = quiescent_before && counters() == before;
         Ok(reconcile::check(
             &audit,
             &self.refdata(),

@@ -333,6 +333,7 @@ impl<S: Store> Sequencer<S> {
             let Some(last) = rows.last() else { break };
             from = last.seq;
             relayed += rows.len();
+            count_in_flight(&self.shared, &rows);
             self.publish(rows);
             while let Ok(o) = outputs.try_recv() {
                 self.apply_engine_output(o);
@@ -361,6 +362,7 @@ impl<S: Store> Sequencer<S> {
         }
     }
 
+    /// Hands book inputs to the log; `count_in_flight` has counted them.
     fn publish(&mut self, rows: Vec<OutboxRow>) {
         let partitions = self.log.partitions();
         let mut by_partition: FxHashMap<u32, Vec<Record>> = FxHashMap::default();
@@ -384,9 +386,6 @@ impl<S: Store> Sequencer<S> {
         let mut partitions: Vec<_> = by_partition.into_iter().collect();
         partitions.sort_by_key(|(p, _)| *p);
         for (partition, records) in partitions {
-            self.shared
-                .published
-                .fetch_add(records.len() as u64, Ordering::AcqRel);
             if self.log.append(partition, records).is_err() {
                 fatal("publishing to the event log", "log closed");
             }
@@ -458,6 +457,7 @@ impl<S: Store> Sequencer<S> {
             d.replies.into_iter().for_each(|r| r());
             return;
         }
+        count_in_flight(&self.shared, &w.outbox);
         let mut attempt = 0;
         while let Err(e) = self.store.commit(w) {
             attempt += 1;
@@ -482,8 +482,8 @@ impl<S: Store> Sequencer<S> {
         self.shared
             .settled
             .fetch_add(d.settled_inputs, Ordering::AcqRel);
-        // Publish before replying: once a caller holds its 202, its input already counts as
-        // in flight, so "nothing pending" can never be observed before it is settled.
+        // Publish before replying (the inputs have counted as in flight since before the
+        // commit): once a caller holds its 202, the engine has its input.
         self.publish(outbox);
         d.replies.into_iter().for_each(|r| r());
         if !committed.is_empty() && self.feed.send(committed).is_err() {
@@ -1060,4 +1060,14 @@ fn refuse(request: Request) {
         Request::SetSymbolStatus { reply, .. } => drop(reply.send(Err(e()))),
         Request::Shutdown { reply } => drop(reply.send(())),
     }
+}
+
+/// Counts book inputs as in flight. Called before they are committed, so that no input is
+/// ever in the store (an open order, say) while "nothing pending" can be observed.
+fn count_in_flight(shared: &Shared, rows: &[OutboxRow]) {
+    let inputs = rows
+        .iter()
+        .filter(|r| r.aggregate_type == BOOK_AGGREGATE)
+        .count();
+    shared.published.fetch_add(inputs as u64, Ordering::AcqRel);
 }

@@ -123,11 +123,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                     tracing::error!(error = %e, "demo seeding failed");
                 }
             }
-            if let Some(rate) = settings.bots {
-                let config = agora_exchange::bots::BotConfig {
-                    orders_per_s: rate,
-                    ..Default::default()
-                };
+            if let Some(config) = settings.bots {
                 match agora_exchange::bots::start(&exchange, config).await {
                     Ok(b) => *bots.lock().expect("lock") = Some(b),
                     Err(e) => tracing::error!(error = %e, "bots did not start"),

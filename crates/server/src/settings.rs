@@ -35,6 +35,14 @@ pub struct ServeArgs {
     /// Bot orders per second per symbol [default: 8].
     #[arg(long, env = "AGORA_BOT_RATE")]
     pub bot_rate: Option<f64>,
+    /// Share of bot orders that take liquidity (IOC across the spread); the rest quote
+    /// [default: 0.3].
+    #[arg(long, env = "AGORA_BOT_TAKER_SHARE")]
+    pub bot_taker_share: Option<f64>,
+    /// Volatility of the bots' reference price per square-root second, as a fraction
+    /// (0.001 = 0.1%/√s) [default: 0.0008].
+    #[arg(long, env = "AGORA_BOT_VOLATILITY")]
+    pub bot_volatility: Option<f64>,
     /// `full` fsyncs every group commit (survives power loss); `normal` survives a
     /// process crash only [default: full].
     #[arg(long, env = "AGORA_DURABILITY")]
@@ -86,8 +94,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub demo: bool,
-    /// Bot orders per second per symbol, if bots run.
-    pub bots: Option<f64>,
+    /// The bots' configuration, if bots run.
+    pub bots: Option<agora_exchange::bots::BotConfig>,
     pub durability: DurabilitySetting,
     pub engine_shards: u32,
     pub batch_max: usize,
@@ -162,12 +170,35 @@ impl ServeArgs {
             bots: {
                 let on = (self.bots || file.bots || self.demo || file.demo)
                     && !(self.no_bots || file.no_bots);
-                let rate = self.bot_rate.or(file.bot_rate).unwrap_or(8.0);
+                let defaults = agora_exchange::bots::BotConfig::default();
+                let config = agora_exchange::bots::BotConfig {
+                    orders_per_s: self
+                        .bot_rate
+                        .or(file.bot_rate)
+                        .unwrap_or(defaults.orders_per_s),
+                    taker_probability: self
+                        .bot_taker_share
+                        .or(file.bot_taker_share)
+                        .unwrap_or(defaults.taker_probability),
+                    volatility: self
+                        .bot_volatility
+                        .or(file.bot_volatility)
+                        .unwrap_or(defaults.volatility),
+                    ..defaults
+                };
                 anyhow::ensure!(
-                    rate > 0.0 && rate <= 10_000.0,
+                    config.orders_per_s > 0.0 && config.orders_per_s <= 10_000.0,
                     "bot-rate must be above 0 and at most 10000"
                 );
-                on.then_some(rate)
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&config.taker_probability),
+                    "bot-taker-share must be between 0 and 1"
+                );
+                anyhow::ensure!(
+                    (0.0..=0.1).contains(&config.volatility),
+                    "bot-volatility must be between 0 and 0.1"
+                );
+                on.then_some(config)
             },
             durability: self
                 .durability
@@ -214,13 +245,24 @@ mod tests {
         assert_eq!(s.durability, DurabilitySetting::Full);
         assert_eq!((s.engine_shards, s.batch_max), (1, 4_096));
         assert!(!s.demo && s.admin_token.is_none() && s.bots.is_none());
-        assert_eq!(resolve(&["--demo"]).unwrap().bots, Some(8.0));
-        assert_eq!(resolve(&["--demo", "--no-bots"]).unwrap().bots, None);
-        assert_eq!(
-            resolve(&["--bots", "--bot-rate", "2.5"]).unwrap().bots,
-            Some(2.5)
-        );
+        let rate = |args: &[&str]| resolve(args).unwrap().bots.map(|b| b.orders_per_s);
+        assert_eq!(rate(&["--demo"]), Some(8.0));
+        assert_eq!(rate(&["--demo", "--no-bots"]), None);
+        assert_eq!(rate(&["--bots", "--bot-rate", "2.5"]), Some(2.5));
+        let bots = resolve(&[
+            "--bots",
+            "--bot-taker-share",
+            "0.6",
+            "--bot-volatility",
+            "0.002",
+        ])
+        .unwrap()
+        .bots
+        .unwrap();
+        assert_eq!((bots.taker_probability, bots.volatility), (0.6, 0.002));
         assert!(resolve(&["--bots", "--bot-rate", "0"]).is_err());
+        assert!(resolve(&["--bots", "--bot-taker-share", "1.5"]).is_err());
+        assert!(resolve(&["--bots", "--bot-volatility", "-0.1"]).is_err());
     }
 
     #[test]
