@@ -224,6 +224,10 @@ async fn setup(api: &Api, args: &BenchArgs) -> anyhow::Result<Setup> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    if args.bots.is_some() {
+        // The demo seeds only an empty store: let it go first.
+        wait_for_trades(api, deadline).await?;
+    }
     let tag: u32 = rand::rng().random_range(0..1_000_000);
     let (base, quote) = (format!("BB{tag}"), format!("BQ{tag}"));
     for code in [&base, &quote] {
@@ -258,7 +262,7 @@ async fn setup(api: &Api, args: &BenchArgs) -> anyhow::Result<Setup> {
     }
     let mut streamed = symbols.clone();
     if args.bots.is_some() {
-        streamed = bot_symbols(api, deadline).await?;
+        streamed = all_symbols(api).await?;
     }
     Ok(Setup {
         symbols,
@@ -267,15 +271,19 @@ async fn setup(api: &Api, args: &BenchArgs) -> anyhow::Result<Setup> {
     })
 }
 
-/// Waits until the spawned server's demo bots trade, then lists every symbol (demo and
-/// bench) for the subscribers.
-async fn bot_symbols(api: &Api, deadline: Instant) -> anyhow::Result<Vec<String>> {
+/// Waits until the spawned server's demo bots trade.
+async fn wait_for_trades(api: &Api, deadline: Instant) -> anyhow::Result<()> {
     while api.status().await?["trades"].as_u64().unwrap_or(0) == 0 {
         if Instant::now() > deadline {
             bail!("the demo bots did not trade");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+/// Every symbol's name (with --bots: the demo's and the bench's).
+async fn all_symbols(api: &Api) -> anyhow::Result<Vec<String>> {
     let markets: Value = api
         .http
         .get(format!("{}/api/v1/markets", api.url))
