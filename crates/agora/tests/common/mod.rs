@@ -108,8 +108,13 @@ impl Server {
     }
 
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// SIGKILL, then up again with these flags.
+    pub fn restart_with(&mut self, args: &[&str]) {
         self.kill9();
-        self.boot(&[]);
+        self.boot(args);
     }
 
     pub fn data_dir(&self) -> &Path {
