@@ -228,9 +228,8 @@ async fn run_symbol(
             let step = (mid as i128 * config.level_spacing_bps as i128 / 10_000 / tick as i128)
                 .max(1) as i64
                 * tick;
-            let exchange = exchange.clone();
-            let name = symbol.name.clone();
-            if rng.random_bool(config.taker_probability) {
+            // (user, whether the order is a quote to keep track of, the order)
+            let (user, quote, request) = if rng.random_bool(config.taker_probability) {
                 // Cross toward the reference: buy when asks sit below it, sell otherwise.
                 let best_ask = exchange
                     .market()
@@ -247,42 +246,30 @@ async fn run_symbol(
                     Side::Buy => mid + reach * step,
                     Side::Sell => (mid - reach * step).max(tick),
                 };
-                let request = order(
-                    side,
-                    price,
-                    lots_min(price) * rng.random_range(1..=40),
-                    TimeInForce::Ioc,
-                );
-                in_flight.spawn(async move {
-                    if let Err(e) = exchange.place_order(taker, &request).await {
-                        tracing::debug!(symbol = %name, error = %e, "taker order refused");
-                    }
-                    Outcome::Done
-                });
-                continue;
-            }
-            // Maker: one new quote at a random level.
-            let level = rng.random_range(1..=config.levels as i64);
-            let side = if rng.random_bool(0.5) {
-                Side::Buy
+                let lots = lots_min(price) * rng.random_range(1..=40);
+                (taker, false, order(side, price, lots, TimeInForce::Ioc))
             } else {
-                Side::Sell
+                // Maker: one new quote at a random level.
+                let level = rng.random_range(1..=config.levels as i64);
+                let side = if rng.random_bool(0.5) {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
+                let price = match side {
+                    Side::Buy => (mid - level * step).max(tick),
+                    Side::Sell => mid + level * step,
+                };
+                let lots = lots_min(price) * rng.random_range(1..=20);
+                (maker, true, order(side, price, lots, TimeInForce::Gtc))
             };
-            let price = match side {
-                Side::Buy => (mid - level * step).max(tick),
-                Side::Sell => mid + level * step,
-            };
-            let request = order(
-                side,
-                price,
-                lots_min(price) * rng.random_range(1..=20),
-                TimeInForce::Gtc,
-            );
+            let exchange = exchange.clone();
             in_flight.spawn(async move {
-                match exchange.place_order(maker, &request).await {
-                    Ok(placed) => Outcome::Quoted(placed.order.id),
+                match exchange.place_order(user, &request).await {
+                    Ok(placed) if quote => Outcome::Quoted(placed.order.id),
+                    Ok(_) => Outcome::Done,
                     Err(e) => {
-                        tracing::debug!(symbol = %name, error = %e, "maker order refused");
+                        tracing::debug!(symbol = %request.symbol, user, error = %e, "bot order refused");
                         Outcome::Done
                     }
                 }
