@@ -260,10 +260,10 @@ async fn setup(api: &Api, args: &BenchArgs) -> anyhow::Result<Setup> {
         }
         users.push(id);
     }
-    let mut streamed = symbols.clone();
-    if args.bots.is_some() {
-        streamed = all_symbols(api).await?;
-    }
+    let streamed = match args.bots {
+        Some(_) => all_symbols(api).await?,
+        None => symbols.clone(),
+    };
     Ok(Setup {
         symbols,
         users,
