@@ -13,7 +13,9 @@
 //!
 //! Run: `cargo bench -p agora-engine --bench exchange_core_flow` (optionally `-- --ops N`).
 
-use agora_engine::{Book, BookSpec, Command, Event, NewOrder, OrderKind, Side, TimeInForce};
+use agora_engine::{
+    Book, BookSpec, Command, Event, NewOrder, OrderKind, SelfTradePrevention, Side, TimeInForce,
+};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use std::hint::black_box;
@@ -230,6 +232,7 @@ fn place(id: u64, side: Side, price: i64, qty: i64, tif: TimeInForce) -> Command
         user: id % 1000,
         side,
         kind: OrderKind::Limit { price, qty, tif },
+        stp: SelfTradePrevention::None,
     })
 }
 

@@ -67,12 +67,32 @@ pub enum OrderKind {
     MarketQuote { budget: i64 },
 }
 
+/// What happens when an order would trade against a resting order of the same user
+/// (Binance's `selfTradePreventionMode`; the taker's mode decides). A prevented match is
+/// not a trade: the order(s) it names leave the book as [`DoneReason::ExpiredInMatch`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SelfTradePrevention {
+    /// Self-trades happen (they are balanced: the user pays fees on both sides).
+    #[default]
+    None,
+    /// The taker's unfilled rest expires; the resting order stays.
+    ExpireTaker,
+    /// The resting order expires; the taker goes on matching the next one.
+    ExpireMaker,
+    /// Both expire.
+    ExpireBoth,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewOrder {
     pub id: OrderId,
     pub user: UserId,
     pub side: Side,
     pub kind: OrderKind,
+    /// Absent in inputs written before self-trade prevention existed: those self-traded.
+    #[serde(default)]
+    pub stp: SelfTradePrevention,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +108,8 @@ pub enum DoneReason {
     Canceled,
     /// IOC/market remainder, or a FOK that could not fill completely.
     Expired,
+    /// Expired by self-trade prevention (Binance's `EXPIRED_IN_MATCH`).
+    ExpiredInMatch,
     /// The engine refused the command (duplicate id, malformed quantity).
     Rejected,
 }
@@ -166,7 +188,9 @@ struct Node {
 struct Level {
     head: u32,
     tail: u32,
-    total: Qty,
+    /// Sum of the resting quantities. Wide: every order fits an i64, but many orders at one
+    /// price need not (a buy's quantity is bounded by its quote hold, not by base supply).
+    total: i128,
     count: u32,
 }
 
@@ -184,7 +208,8 @@ pub struct RestingOrder {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LevelView {
     pub price: Price,
-    pub qty: Qty,
+    /// Wide for the same reason as the level's total.
+    pub qty: i128,
     pub orders: u32,
 }
 
@@ -263,32 +288,27 @@ impl Book {
             OrderKind::Market { qty } => qty > 0,
             OrderKind::MarketQuote { budget } => budget > 0 && order.side == Side::Buy,
         };
+        let done = |reason, remaining| Event::Done {
+            order: order.id,
+            reason,
+            remaining,
+        };
         if !well_formed || self.index.contains_key(&order.id) {
-            out.push(Event::Done {
-                order: order.id,
-                reason: DoneReason::Rejected,
-                remaining: 0,
-            });
+            out.push(done(DoneReason::Rejected, 0));
             return;
         }
         match order.kind {
             OrderKind::Limit { price, qty, tif } => {
-                if tif == TimeInForce::Fok && !self.can_fill(order.side, price, qty) {
-                    out.push(Event::Done {
-                        order: order.id,
-                        reason: DoneReason::Expired,
-                        remaining: qty,
-                    });
+                if tif == TimeInForce::Fok && !self.can_fill(&order, price, qty) {
+                    out.push(done(DoneReason::Expired, qty));
                     return;
                 }
                 let mut taker = Taker::new(order, Some(price), qty, None);
                 self.match_taker(&mut taker, out);
                 if taker.remaining == 0 {
-                    out.push(Event::Done {
-                        order: order.id,
-                        reason: DoneReason::Filled,
-                        remaining: 0,
-                    });
+                    out.push(done(DoneReason::Filled, 0));
+                } else if taker.prevented {
+                    out.push(done(DoneReason::ExpiredInMatch, taker.remaining));
                 } else if tif == TimeInForce::Gtc {
                     self.rest(order.id, order.user, order.side, price, taker.remaining);
                     out.push(Event::Rested {
@@ -298,11 +318,7 @@ impl Book {
                         remaining: taker.remaining,
                     });
                 } else {
-                    out.push(Event::Done {
-                        order: order.id,
-                        reason: DoneReason::Expired,
-                        remaining: taker.remaining,
-                    });
+                    out.push(done(DoneReason::Expired, taker.remaining));
                 }
             }
             OrderKind::Market { qty } => {
@@ -310,45 +326,69 @@ impl Book {
                 self.match_taker(&mut taker, out);
                 let reason = if taker.remaining == 0 {
                     DoneReason::Filled
+                } else if taker.prevented {
+                    DoneReason::ExpiredInMatch
                 } else {
                     DoneReason::Expired
                 };
-                out.push(Event::Done {
-                    order: order.id,
-                    reason,
-                    remaining: taker.remaining,
-                });
+                out.push(done(reason, taker.remaining));
             }
             OrderKind::MarketQuote { budget } => {
                 let mut taker = Taker::new(order, None, Qty::MAX, Some(budget));
                 self.match_taker(&mut taker, out);
-                // Filled when the budget cannot buy another lot at the price it stopped at;
-                // expired when the book ran dry first or nothing filled at all.
-                let reason = if taker.filled > 0 && taker.budget_exhausted {
+                let reason = if taker.prevented {
+                    DoneReason::ExpiredInMatch
+                } else if self.budget_spent(&taker) {
                     DoneReason::Filled
                 } else {
                     DoneReason::Expired
                 };
-                out.push(Event::Done {
-                    order: order.id,
-                    reason,
-                    remaining: 0,
-                });
+                out.push(done(reason, 0));
             }
         }
     }
 
-    /// FOK pre-check: is there enough crossing quantity for all of `qty`?
-    fn can_fill(&self, side: Side, limit: Price, qty: Qty) -> bool {
-        let mut available: Qty = 0;
-        let mut add = |level: &Level| {
-            available = available.saturating_add(level.total);
-            available >= qty
+    /// A quote-budget order is FILLED when it traded and what is left of its budget cannot
+    /// buy one more lot at the price where matching stopped: the best ask still in the book,
+    /// or, if it emptied the book, the price of its last fill. Otherwise (nothing traded, or
+    /// the book ran dry while the budget could still buy) it EXPIRED.
+    fn budget_spent(&self, taker: &Taker) -> bool {
+        let Some(budget) = taker.budget else {
+            return false;
         };
-        match side {
-            Side::Buy => self.asks.range(..=limit).any(|(_, level)| add(level)),
-            Side::Sell => self.bids.range(limit..).rev().any(|(_, level)| add(level)),
-        }
+        let stop_price = self.best_ask().or(taker.last_price);
+        taker.filled > 0 && stop_price.is_some_and(|p| self.spec.affordable_qty(budget, p) == 0)
+    }
+
+    /// FOK pre-check: would matching now fill all of `qty`? Self-trade prevention counts: a
+    /// resting order of the same user is skipped (EXPIRE_MAKER) or ends the match
+    /// (EXPIRE_TAKER, EXPIRE_BOTH), exactly as `match_taker` will treat it.
+    fn can_fill(&self, order: &NewOrder, limit: Price, qty: Qty) -> bool {
+        let want = qty as i128;
+        let mut available: i128 = 0;
+        // Some(answer) once the scan can stop, None to go on to the next level.
+        let mut scan = |level: &Level| -> Option<bool> {
+            if order.stp == SelfTradePrevention::None {
+                available += level.total;
+            } else {
+                let mut slot = level.head;
+                while slot != NIL {
+                    let node = &self.nodes[slot as usize];
+                    if node.user != order.user {
+                        available += node.remaining as i128;
+                    } else if order.stp != SelfTradePrevention::ExpireMaker {
+                        return Some(available >= want);
+                    }
+                    slot = node.next;
+                }
+            }
+            (available >= want).then_some(true)
+        };
+        let answer = match order.side {
+            Side::Buy => self.asks.range(..=limit).find_map(|(_, l)| scan(l)),
+            Side::Sell => self.bids.range(limit..).rev().find_map(|(_, l)| scan(l)),
+        };
+        answer.unwrap_or(false)
     }
 
     fn match_taker(&mut self, taker: &mut Taker, out: &mut Vec<Event>) {
@@ -365,7 +405,9 @@ impl Book {
             Side::Buy => asks,
             Side::Sell => bids,
         };
-        while taker.remaining > 0 {
+        let stp = taker.order.stp;
+        let mut stop = false;
+        while taker.remaining > 0 && !stop {
             let entry = match taker.order.side {
                 Side::Buy => levels.first_entry(),
                 Side::Sell => levels.last_entry(),
@@ -383,22 +425,41 @@ impl Book {
             let level = entry.get_mut();
             while taker.remaining > 0 && level.head != NIL {
                 let slot = level.head;
-                let maker = &mut nodes[slot as usize];
+                let maker = nodes[slot as usize];
                 let mut fill = taker.remaining.min(maker.remaining);
                 if let Some(budget) = taker.budget {
                     fill = fill.min(spec.affordable_qty(budget, level_price));
                     if fill == 0 {
-                        taker.budget_exhausted = true;
-                        return;
+                        stop = true; // the budget cannot buy a lot at this price
+                        break;
                     }
-                    let notional = spec.notional(level_price, fill);
-                    taker.budget = Some(budget - notional);
+                }
+                if maker.user == taker.order.user && stp != SelfTradePrevention::None {
+                    if stp != SelfTradePrevention::ExpireTaker {
+                        level.total -= maker.remaining as i128;
+                        unlink_head(level, nodes, free, index);
+                        out.push(Event::Done {
+                            order: maker.id,
+                            reason: DoneReason::ExpiredInMatch,
+                            remaining: maker.remaining,
+                        });
+                    }
+                    if stp != SelfTradePrevention::ExpireMaker {
+                        taker.prevented = true;
+                        stop = true;
+                        break;
+                    }
+                    continue;
                 }
                 debug_assert!(fill > 0);
-                maker.remaining -= fill;
+                if let Some(budget) = taker.budget.as_mut() {
+                    *budget -= spec.notional(level_price, fill);
+                }
+                nodes[slot as usize].remaining -= fill;
                 taker.remaining -= fill;
                 taker.filled += fill;
-                level.total -= fill;
+                taker.last_price = Some(level_price);
+                level.total -= fill as i128;
                 let trade_id = *next_trade_id;
                 *next_trade_id += 1;
                 out.push(Event::Trade {
@@ -411,19 +472,10 @@ impl Book {
                     maker_user: maker.user,
                     taker_side: taker.order.side,
                 });
-                if maker.remaining == 0 {
-                    let maker_id = maker.id;
-                    level.head = maker.next;
-                    if level.head == NIL {
-                        level.tail = NIL;
-                    } else {
-                        nodes[level.head as usize].prev = NIL;
-                    }
-                    level.count -= 1;
-                    index.remove(&maker_id);
-                    free.push(slot);
+                if fill == maker.remaining {
+                    unlink_head(level, nodes, free, index);
                     out.push(Event::Done {
-                        order: maker_id,
+                        order: maker.id,
                         reason: DoneReason::Filled,
                         remaining: 0,
                     });
@@ -432,17 +484,6 @@ impl Book {
             if level.head == NIL {
                 debug_assert!(level.total == 0 && level.count == 0);
                 entry.remove();
-            }
-        }
-        if let Some(budget) = taker.budget {
-            // The loop also ends when the book runs dry; the budget is exhausted only if
-            // not even one lot at the best remaining price is affordable.
-            let best = match taker.order.side {
-                Side::Buy => levels.keys().next().copied(),
-                Side::Sell => levels.keys().next_back().copied(),
-            };
-            if let Some(price) = best {
-                taker.budget_exhausted |= spec.affordable_qty(budget, price) == 0;
             }
         }
     }
@@ -478,7 +519,7 @@ impl Book {
                 v.insert(Level {
                     head: slot,
                     tail: slot,
-                    total: qty,
+                    total: qty as i128,
                     count: 1,
                 });
             }
@@ -488,7 +529,7 @@ impl Book {
                 self.nodes[tail as usize].next = slot;
                 self.nodes[slot as usize].prev = tail;
                 level.tail = slot;
-                level.total += qty;
+                level.total += qty as i128;
                 level.count += 1;
             }
         }
@@ -519,7 +560,7 @@ impl Book {
         } else {
             self.nodes[node.next as usize].prev = node.prev;
         }
-        level.total -= node.remaining;
+        level.total -= node.remaining as i128;
         level.count -= 1;
         if level.count == 0 {
             debug_assert!(level.total == 0);
@@ -595,7 +636,7 @@ impl Book {
                     assert_eq!(n.prev, prev);
                     assert!(n.remaining > 0);
                     assert_eq!(self.index.get(&n.id), Some(&slot));
-                    total += n.remaining;
+                    total += n.remaining as i128;
                     count += 1;
                     prev = slot;
                     slot = n.next;
@@ -619,8 +660,11 @@ struct Taker {
     limit: Option<Price>,
     remaining: Qty,
     filled: Qty,
+    /// What is left of a quote-budget order's budget.
     budget: Option<i64>,
-    budget_exhausted: bool,
+    last_price: Option<Price>,
+    /// Self-trade prevention ended the match (EXPIRE_TAKER or EXPIRE_BOTH).
+    prevented: bool,
 }
 
 impl Taker {
@@ -631,9 +675,31 @@ impl Taker {
             remaining: qty,
             filled: 0,
             budget,
-            budget_exhausted: false,
+            last_price: None,
+            prevented: false,
         }
     }
+}
+
+/// Takes the first order off a level's FIFO list and frees its slot (the caller adjusts the
+/// level's total).
+fn unlink_head(
+    level: &mut Level,
+    nodes: &mut [Node],
+    free: &mut Vec<u32>,
+    index: &mut FxHashMap<OrderId, u32>,
+) {
+    let slot = level.head;
+    let node = nodes[slot as usize];
+    level.head = node.next;
+    if level.head == NIL {
+        level.tail = NIL;
+    } else {
+        nodes[level.head as usize].prev = NIL;
+    }
+    level.count -= 1;
+    index.remove(&node.id);
+    free.push(slot);
 }
 
 #[cfg(test)]
@@ -651,6 +717,7 @@ mod tests {
             user: id * 10,
             side,
             kind: OrderKind::Limit { price, qty, tif },
+            stp: SelfTradePrevention::None,
         })
     }
 
@@ -764,6 +831,7 @@ mod tests {
                 user: 30,
                 side: Side::Buy,
                 kind: OrderKind::MarketQuote { budget: 15 },
+                stp: SelfTradePrevention::None,
             }),
         );
         let spent: i64 = out
@@ -782,6 +850,152 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_budget_spent_exactly_on_the_last_order_of_the_book_is_filled() {
+        // Base scale 4 (lot 0.0013 = 13), quote scale 2: sell 0.013 @ 100.00, buy for 1.30.
+        let spec = BookSpec {
+            base_unit: 10_000,
+            lot_size: 13,
+        };
+        let mut book = Book::new(spec);
+        run(&mut book, limit(1, Side::Sell, 10_000, 130, TimeInForce::Gtc));
+        let out = run(
+            &mut book,
+            Command::Place(NewOrder {
+                id: 2,
+                user: 20,
+                side: Side::Buy,
+                kind: OrderKind::MarketQuote { budget: 130 },
+                stp: SelfTradePrevention::None,
+            }),
+        );
+        assert_eq!(
+            out.last(),
+            Some(&Event::Done {
+                order: 2,
+                reason: DoneReason::Filled,
+                remaining: 0
+            })
+        );
+        assert!(book.is_empty());
+        // With budget left for another lot at the last price, an emptied book means EXPIRED.
+        run(&mut book, limit(3, Side::Sell, 10_000, 13, TimeInForce::Gtc));
+        let out = run(
+            &mut book,
+            Command::Place(NewOrder {
+                id: 4,
+                user: 40,
+                side: Side::Buy,
+                kind: OrderKind::MarketQuote { budget: 26 },
+                stp: SelfTradePrevention::None,
+            }),
+        );
+        assert_eq!(
+            out.last(),
+            Some(&Event::Done {
+                order: 4,
+                reason: DoneReason::Expired,
+                remaining: 0
+            })
+        );
+    }
+
+    /// A book with a resting sell of user 7 between two of user 8, and user 7 buying through
+    /// all three under `stp`: returns the events and the ids left resting.
+    fn self_cross(stp: SelfTradePrevention, tif: TimeInForce) -> (Vec<Event>, Vec<OrderId>) {
+        let mut book = Book::new(SPEC);
+        let sell = |id, user| {
+            Command::Place(NewOrder {
+                id,
+                user,
+                side: Side::Sell,
+                kind: OrderKind::Limit {
+                    price: 100,
+                    qty: 2,
+                    tif: TimeInForce::Gtc,
+                },
+                stp: SelfTradePrevention::None,
+            })
+        };
+        run(&mut book, sell(1, 8));
+        run(&mut book, sell(2, 7));
+        run(&mut book, sell(3, 8));
+        let out = run(
+            &mut book,
+            Command::Place(NewOrder {
+                id: 4,
+                user: 7,
+                side: Side::Buy,
+                kind: OrderKind::Limit {
+                    price: 100,
+                    qty: 4,
+                    tif,
+                },
+                stp,
+            }),
+        );
+        (out, book.resting().iter().map(|o| o.id).collect())
+    }
+
+    fn trades_with(out: &[Event]) -> Vec<OrderId> {
+        out.iter()
+            .filter_map(|e| match e {
+                Event::Trade { maker, .. } => Some(*maker),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn done(out: &[Event], id: OrderId) -> Option<(DoneReason, Qty)> {
+        out.iter().find_map(|e| match *e {
+            Event::Done {
+                order,
+                reason,
+                remaining,
+            } if order == id => Some((reason, remaining)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn self_trade_prevention_follows_the_takers_mode() {
+        use SelfTradePrevention::*;
+        // NONE: trades with its own order like any other.
+        let (out, left) = self_cross(None, TimeInForce::Gtc);
+        assert_eq!(trades_with(&out), vec![1, 2]);
+        assert_eq!(left, vec![3]);
+        // EXPIRE_TAKER: stops at its own order, which stays; the rest expires, never rests.
+        let (out, left) = self_cross(ExpireTaker, TimeInForce::Gtc);
+        assert_eq!(trades_with(&out), vec![1]);
+        assert_eq!(done(&out, 4), Some((DoneReason::ExpiredInMatch, 2)));
+        assert_eq!(left, vec![2, 3]);
+        // EXPIRE_MAKER: its own order expires, matching goes on to the next.
+        let (out, left) = self_cross(ExpireMaker, TimeInForce::Gtc);
+        assert_eq!(trades_with(&out), vec![1, 3]);
+        assert_eq!(done(&out, 2), Some((DoneReason::ExpiredInMatch, 2)));
+        assert_eq!(done(&out, 4), Some((DoneReason::Filled, 0)));
+        assert!(left.is_empty());
+        // EXPIRE_BOTH: both expire.
+        let (out, left) = self_cross(ExpireBoth, TimeInForce::Gtc);
+        assert_eq!(trades_with(&out), vec![1]);
+        assert_eq!(done(&out, 2), Some((DoneReason::ExpiredInMatch, 2)));
+        assert_eq!(done(&out, 4), Some((DoneReason::ExpiredInMatch, 2)));
+        assert_eq!(left, vec![3]);
+    }
+
+    #[test]
+    fn a_fok_counts_only_what_self_trade_prevention_lets_it_fill() {
+        use SelfTradePrevention::*;
+        // 4 of the 6 resting are others': EXPIRE_MAKER skips the own order and fills.
+        let (out, _) = self_cross(ExpireMaker, TimeInForce::Fok);
+        assert_eq!(done(&out, 4), Some((DoneReason::Filled, 0)));
+        // EXPIRE_TAKER would stop after 2: the FOK expires and changes nothing.
+        let (out, left) = self_cross(ExpireTaker, TimeInForce::Fok);
+        assert_eq!(out.len(), 1);
+        assert_eq!(done(&out, 4), Some((DoneReason::Expired, 4)));
+        assert_eq!(left, vec![1, 2, 3]);
     }
 
     #[test]

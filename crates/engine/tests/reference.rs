@@ -82,25 +82,13 @@ impl Reference {
         }
         let (limit, mut remaining, mut budget) = match order.kind {
             OrderKind::Limit { price, qty, tif } => {
-                if tif == TimeInForce::Fok {
-                    let crossing: Qty = self
-                        .resting
-                        .iter()
-                        .filter(|(_, o)| o.side == order.side.opposite())
-                        .filter(|(_, o)| match order.side {
-                            Side::Buy => o.price <= price,
-                            Side::Sell => o.price >= price,
-                        })
-                        .map(|(_, o)| o.remaining)
-                        .sum();
-                    if crossing < qty {
-                        out.push(Event::Done {
-                            order: order.id,
-                            reason: DoneReason::Expired,
-                            remaining: qty,
-                        });
-                        return;
-                    }
+                if tif == TimeInForce::Fok && !self.fok_can_fill(&order, price, qty) {
+                    out.push(Event::Done {
+                        order: order.id,
+                        reason: DoneReason::Expired,
+                        remaining: qty,
+                    });
+                    return;
                 }
                 (Some(price), qty, None)
             }
@@ -108,7 +96,8 @@ impl Reference {
             OrderKind::MarketQuote { budget } => (None, Qty::MAX, Some(budget)),
         };
         let mut filled = 0;
-        let mut exhausted = false;
+        let mut last_price = None;
+        let mut prevented = false;
         while remaining > 0 {
             let Some(i) = self.best_maker(order.side, limit) else {
                 break;
@@ -116,16 +105,32 @@ impl Reference {
             let maker = self.resting[i].1;
             let mut fill = remaining.min(maker.remaining);
             if let Some(b) = budget {
-                let afford = (b as i128 * self.spec.base_unit as i128 / maker.price as i128) as i64;
-                fill = fill.min(afford - afford % self.spec.lot_size);
+                fill = fill.min(self.affordable(b, maker.price));
                 if fill == 0 {
-                    exhausted = true;
                     break;
                 }
+            }
+            if maker.user == order.user && order.stp != SelfTradePrevention::None {
+                if order.stp != SelfTradePrevention::ExpireTaker {
+                    self.resting.remove(i);
+                    out.push(Event::Done {
+                        order: maker.id,
+                        reason: DoneReason::ExpiredInMatch,
+                        remaining: maker.remaining,
+                    });
+                }
+                if order.stp != SelfTradePrevention::ExpireMaker {
+                    prevented = true;
+                    break;
+                }
+                continue;
+            }
+            if let Some(b) = budget {
                 budget = Some(b - self.spec.notional(maker.price, fill));
             }
             remaining -= fill;
             filled += fill;
+            last_price = Some(maker.price);
             self.resting[i].1.remaining -= fill;
             self.next_trade_id += 1;
             out.push(Event::Trade {
@@ -147,6 +152,11 @@ impl Reference {
                 });
             }
         }
+        let expired = if prevented {
+            DoneReason::ExpiredInMatch
+        } else {
+            DoneReason::Expired
+        };
         match order.kind {
             OrderKind::Limit { price, tif, .. } => {
                 if remaining == 0 {
@@ -155,7 +165,7 @@ impl Reference {
                         reason: DoneReason::Filled,
                         remaining: 0,
                     });
-                } else if tif == TimeInForce::Gtc {
+                } else if tif == TimeInForce::Gtc && !prevented {
                     self.arrivals += 1;
                     self.resting.push((
                         self.arrivals,
@@ -176,7 +186,7 @@ impl Reference {
                 } else {
                     out.push(Event::Done {
                         order: order.id,
-                        reason: DoneReason::Expired,
+                        reason: expired,
                         remaining,
                     });
                 }
@@ -186,21 +196,25 @@ impl Reference {
                 reason: if remaining == 0 {
                     DoneReason::Filled
                 } else {
-                    DoneReason::Expired
+                    expired
                 },
                 remaining,
             }),
             OrderKind::MarketQuote { .. } => {
-                if !exhausted {
-                    if let (Some(b), Some(i)) = (budget, self.best_maker(order.side, None)) {
-                        exhausted = (b as i128 * self.spec.base_unit as i128
-                            / self.resting[i].1.price as i128)
-                            < self.spec.lot_size as i128;
-                    }
-                }
+                // Filled: it traded, and the rest of the budget cannot buy a lot where the
+                // match stopped (the best ask left, or the last fill's price).
+                let stop_price = self
+                    .best_maker(Side::Buy, None)
+                    .map(|i| self.resting[i].1.price)
+                    .or(last_price);
+                let spent = filled > 0
+                    && stop_price
+                        .is_some_and(|p| self.affordable(budget.unwrap_or(0), p) == 0);
                 out.push(Event::Done {
                     order: order.id,
-                    reason: if filled > 0 && exhausted {
+                    reason: if prevented {
+                        DoneReason::ExpiredInMatch
+                    } else if spent {
                         DoneReason::Filled
                     } else {
                         DoneReason::Expired
@@ -209,6 +223,42 @@ impl Reference {
                 });
             }
         }
+    }
+
+    /// Whole lots a budget buys at a price.
+    fn affordable(&self, budget: i64, price: Price) -> Qty {
+        let q = (budget as i128 * self.spec.base_unit as i128 / price as i128).min(i64::MAX as i128)
+            as i64;
+        q - q % self.spec.lot_size
+    }
+
+    /// Crossing makers in priority order, counted until self-trade prevention would stop
+    /// the match; a maker of the same user under EXPIRE_MAKER is skipped.
+    fn fok_can_fill(&self, order: &NewOrder, price: Price, qty: Qty) -> bool {
+        let mut makers: Vec<&(u64, RestingOrder)> = self
+            .resting
+            .iter()
+            .filter(|(_, o)| o.side == order.side.opposite())
+            .filter(|(_, o)| match order.side {
+                Side::Buy => o.price <= price,
+                Side::Sell => o.price >= price,
+            })
+            .collect();
+        makers.sort_by_key(|(seq, o)| match order.side {
+            Side::Buy => (o.price, *seq),
+            Side::Sell => (-o.price, *seq),
+        });
+        let mut crossing: i128 = 0;
+        for (_, o) in makers {
+            if o.user == order.user && order.stp != SelfTradePrevention::None {
+                if order.stp == SelfTradePrevention::ExpireMaker {
+                    continue;
+                }
+                break;
+            }
+            crossing += o.remaining as i128;
+        }
+        crossing >= qty as i128
     }
 
     /// Bids best-first, then asks best-first, FIFO within a level.
@@ -241,24 +291,61 @@ fn tif() -> impl Strategy<Value = TimeInForce> {
     ]
 }
 
+fn stp() -> impl Strategy<Value = SelfTradePrevention> {
+    prop_oneof![
+        3 => Just(SelfTradePrevention::None),
+        1 => Just(SelfTradePrevention::ExpireTaker),
+        1 => Just(SelfTradePrevention::ExpireMaker),
+        1 => Just(SelfTradePrevention::ExpireBoth)
+    ]
+}
+
 /// An abstract step; order ids are assigned sequentially and cancels pick an earlier id, so
-/// cancels hit live, filled and unknown orders alike.
+/// cancels hit live, filled and unknown orders alike. Orders come from 7 users, so
+/// self-trade prevention is exercised often.
 #[derive(Clone, Debug)]
 enum Step {
-    Limit(Side, Price, Qty, TimeInForce),
-    Market(Side, Qty),
-    MarketQuote(i64),
+    Limit(Side, Price, Qty, TimeInForce, SelfTradePrevention),
+    Market(Side, Qty, SelfTradePrevention),
+    MarketQuote(i64, SelfTradePrevention),
     Cancel(usize),
     Duplicate(usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        10 => (side(), 90i64..110, 1i64..20, tif()).prop_map(|(s, p, q, t)| Step::Limit(s, p, q, t)),
-        1 => (side(), 1i64..40).prop_map(|(s, q)| Step::Market(s, q)),
-        1 => (1i64..5000).prop_map(Step::MarketQuote),
+        10 => (side(), 90i64..110, 1i64..20, tif(), stp())
+            .prop_map(|(s, p, q, t, m)| Step::Limit(s, p, q, t, m)),
+        1 => (side(), 1i64..40, stp()).prop_map(|(s, q, m)| Step::Market(s, q, m)),
+        1 => (1i64..5000, stp()).prop_map(|(b, m)| Step::MarketQuote(b, m)),
         4 => any::<usize>().prop_map(Step::Cancel),
         1 => any::<usize>().prop_map(Step::Duplicate),
+    ]
+}
+
+/// Extreme sizes: base scale 18, lot 1, prices of a few minor units and quantities near
+/// i64::MAX, so that one price level holds far more than an i64 (buys are bounded by their
+/// quote hold, not by base supply). Quantities are in lots, and lots are 1 here.
+const EXTREME: BookSpec = BookSpec {
+    base_unit: 1_000_000_000_000_000_000,
+    lot_size: 1,
+};
+
+fn extreme_step() -> impl Strategy<Value = Step> {
+    let qty = prop_oneof![
+        Just(i64::MAX),
+        Just(i64::MAX / 2 + 1),
+        Just(5_000_000_000_000_000_000i64),
+        1i64..1_000,
+        (1i64..=i64::MAX),
+    ];
+    prop_oneof![
+        10 => (side(), 1i64..4, qty.clone(), tif(), stp())
+            .prop_map(|(s, p, q, t, m)| Step::Limit(s, p, q, t, m)),
+        2 => (side(), qty, stp()).prop_map(|(s, q, m)| Step::Market(s, q, m)),
+        1 => (prop_oneof![1i64..100, Just(i64::MAX)], stp())
+            .prop_map(|(b, m)| Step::MarketQuote(b, m)),
+        3 => any::<usize>().prop_map(Step::Cancel),
     ]
 }
 
@@ -267,19 +354,30 @@ fn to_commands(steps: &[Step], lot: Qty) -> Vec<Command> {
     let mut next_id = 0u64;
     let mut cmds = Vec::new();
     for s in steps {
-        let mut place = |side, kind| {
+        let mut place = |side, kind, stp| {
             next_id += 1;
             Command::Place(NewOrder {
                 id: next_id,
                 user: next_id % 7,
                 side,
                 kind,
+                stp,
             })
         };
         let cmd = match *s {
-            Step::Limit(side, price, qty, tif) => place(side, OrderKind::Limit { price, qty, tif }),
-            Step::Market(side, qty) => place(side, OrderKind::Market { qty: qty * lot }),
-            Step::MarketQuote(budget) => place(Side::Buy, OrderKind::MarketQuote { budget }),
+            Step::Limit(side, price, qty, tif, stp) => {
+                place(side, OrderKind::Limit { price, qty, tif }, stp)
+            }
+            Step::Market(side, qty, stp) => place(
+                side,
+                OrderKind::Market {
+                    qty: qty.saturating_mul(lot),
+                },
+                stp,
+            ),
+            Step::MarketQuote(budget, stp) => {
+                place(Side::Buy, OrderKind::MarketQuote { budget }, stp)
+            }
             Step::Cancel(pick) => Command::Cancel {
                 id: (pick as u64) % (next_id + 2), // sometimes an id never used
             },
@@ -292,12 +390,36 @@ fn to_commands(steps: &[Step], lot: Qty) -> Vec<Command> {
                     qty: lot,
                     tif: TimeInForce::Gtc,
                 },
+                stp: SelfTradePrevention::None,
             }),
             Step::Duplicate(_) => continue,
         };
         cmds.push(cmd);
     }
     cmds
+}
+
+/// Aggregated levels of the reference book, summed wide: (bids best first, asks best first).
+fn reference_levels(reference: &Reference) -> (Vec<(Price, i128)>, Vec<(Price, i128)>) {
+    let mut bids: Vec<(Price, i128)> = Vec::new();
+    let mut asks: Vec<(Price, i128)> = Vec::new();
+    for o in reference.resting() {
+        let levels = match o.side {
+            Side::Buy => &mut bids,
+            Side::Sell => &mut asks,
+        };
+        match levels.last_mut() {
+            Some((p, q)) if *p == o.price => *q += o.remaining as i128,
+            _ => levels.push((o.price, o.remaining as i128)),
+        }
+    }
+    (bids, asks)
+}
+
+fn engine_levels(book: &Book) -> (Vec<(Price, i128)>, Vec<(Price, i128)>) {
+    let (bids, asks) = book.depth(usize::MAX);
+    let flat = |v: Vec<LevelView>| v.into_iter().map(|l| (l.price, l.qty)).collect();
+    (flat(bids), flat(asks))
 }
 
 proptest! {
@@ -316,6 +438,26 @@ proptest! {
             book.check_invariants();
         }
         prop_assert_eq!(book.resting(), reference.resting());
+        prop_assert_eq!(engine_levels(&book), reference_levels(&reference));
+    }
+
+    /// Level totals far beyond i64 (many huge orders at a price of 1 minor unit): the engine
+    /// still agrees with the reference, its depth sums are exact, and a FOK sees all of it.
+    #[test]
+    fn engine_matches_reference_at_extreme_sizes(
+        steps in prop::collection::vec(extreme_step(), 1..120),
+    ) {
+        let cmds = to_commands(&steps, EXTREME.lot_size);
+        let mut book = Book::new(EXTREME);
+        let mut reference = Reference::new(EXTREME);
+        for cmd in &cmds {
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            book.execute(cmd, &mut got);
+            reference.execute(cmd, &mut want);
+            prop_assert_eq!(&got, &want, "after {:?}", cmd);
+            book.check_invariants();
+            prop_assert_eq!(engine_levels(&book), reference_levels(&reference));
+        }
     }
 
     /// Invariant 6: replaying the same inputs gives the same outputs, and a book restored

@@ -189,6 +189,7 @@ async fn run_symbol(
         quote_quantity: None,
         time_in_force: Some(tif),
         client_order_id: None,
+        self_trade_prevention_mode: None,
     };
     while !stop.load(Ordering::Relaxed) {
         let outcome = tokio::select! {

@@ -25,7 +25,7 @@ pub mod settlement;
 pub mod shard;
 
 pub use error::{ErrorClass, ExchangeError, ExchangeResult};
-pub use rules::{NewAsset, NewSymbol, OrderRequest, RefData};
+pub use rules::{NewAsset, NewSymbol, OrderRequest, RefData, SymbolUpdate};
 pub use sequencer::Placed;
 pub use shard::BookSnapshot;
 
@@ -305,13 +305,25 @@ impl Exchange {
     }
 
     pub async fn place_order(&self, user: u64, request: &OrderRequest) -> ExchangeResult<Placed> {
-        let order = rules::validate_order(request, &self.refdata())?;
+        let refdata = self.refdata();
+        let reference_price = match refdata.symbol_by_name.get(&request.symbol) {
+            Some(&id) => {
+                let base_unit = refdata.book_spec(&refdata.symbols[&id]).base_unit;
+                self.market()
+                    .reference_price(id, agora_store::sqlite::now_ms(), base_unit)
+            }
+            None => None,
+        };
+        let order = rules::validate_order(request, &refdata, reference_price)?;
         self.call(|reply| Request::PlaceOrder { user, order, reply })
             .await
     }
 
     /// Asks the engine to cancel; the hold is released when it confirms.
     pub async fn cancel_order(&self, user: u64, order: u64) -> ExchangeResult<OrderRow> {
+        if order > ORDER_ID_MAX {
+            return Err(order_not_found(order));
+        }
         self.call(|reply| Request::CancelOrder { user, order, reply })
             .await
     }
@@ -366,15 +378,21 @@ impl Exchange {
         self.read(move |r| r.user_by_name(&name)).await
     }
 
-    pub async fn set_symbol_status(
+    pub async fn update_symbol(
         &self,
         name: &str,
-        status: SymbolStatus,
+        update: SymbolUpdate,
     ) -> ExchangeResult<SymbolRow> {
         let symbol = self.refdata().symbol_by_name(name)?.id;
-        self.call(|reply| Request::SetSymbolStatus {
+        if update.status.is_none() && update.default_self_trade_prevention_mode.is_none() {
+            return Err(ExchangeError::invalid(
+                "EMPTY_UPDATE",
+                "give status, default_self_trade_prevention_mode or both",
+            ));
+        }
+        self.call(|reply| Request::UpdateSymbol {
             symbol,
-            status,
+            update,
             reply,
         })
         .await
@@ -382,13 +400,12 @@ impl Exchange {
 
     /// One of the user's orders; another user's order is reported as not found.
     pub async fn order(&self, user: u64, id: u64) -> ExchangeResult<OrderRow> {
+        if id > ORDER_ID_MAX {
+            return Err(order_not_found(id));
+        }
         match self.read(move |r| r.order(id)).await? {
             Some(o) if o.user == user => Ok(o),
-            _ => Err(ExchangeError::new(
-                ErrorClass::NotFound,
-                "ORDER_NOT_FOUND",
-                format!("no order {id}"),
-            )),
+            _ => Err(order_not_found(id)),
         }
     }
 
@@ -404,10 +421,10 @@ impl Exchange {
         &self,
         user: u64,
         symbol: Option<u32>,
-        before_seq: Option<i64>,
+        before_fill_id: Option<i64>,
         limit: usize,
-    ) -> ExchangeResult<Vec<TradeRow>> {
-        self.read(move |r| r.fills(user, symbol, before_seq, limit))
+    ) -> ExchangeResult<Vec<FillRow>> {
+        self.read(move |r| r.fills(user, symbol, before_fill_id, limit))
             .await
     }
 
@@ -491,6 +508,19 @@ impl Exchange {
         })
         .await;
     }
+}
+
+/// The largest order id there can be: the store keeps ids as signed 64-bit integers. An id
+/// beyond it names no order; checked here so that it never reaches the store (where the
+/// conversion would fail, and a failed read on the writer is fatal).
+pub const ORDER_ID_MAX: u64 = i64::MAX as u64;
+
+pub fn order_not_found(id: impl std::fmt::Display) -> ExchangeError {
+    ExchangeError::new(
+        ErrorClass::NotFound,
+        "ORDER_NOT_FOUND",
+        format!("no order {id}"),
+    )
 }
 
 /// Rebuilds each symbol's book from the orders the store says were resting when the

@@ -6,6 +6,7 @@
 //! so a market thread that falls behind slows the sequencer rather than losing data.
 
 use agora_engine::Event;
+use agora_market::candles::MINUTE_MS;
 use agora_market::{Candle, CandleSeries, DepthBook, DepthDiff, Interval};
 use agora_store::{BalanceRow, CandleRow, OrderRow, TradeRow};
 use rustc_hash::FxHashMap;
@@ -16,6 +17,8 @@ use std::sync::{Arc, RwLock};
 pub const RECENT_TRADES_MAX: usize = 1_000;
 /// Candles kept in memory per series; older ranges are read from the store.
 pub const CANDLES_KEPT: usize = 1_000;
+/// The window of the reference price (Binance's `avgPriceMins` default).
+pub const AVERAGE_PRICE_MINUTES: i64 = 5;
 /// Committed batches waiting for the market thread before the sequencer waits.
 pub const FEED_QUEUE_MAX: usize = 1_024;
 
@@ -153,6 +156,29 @@ impl MarketData {
                     .collect(),
             ),
         }
+    }
+
+    /// The price a MARKET SELL's notional is estimated at (Binance's `avgPrice`): the
+    /// volume-weighted average price of the last `AVERAGE_PRICE_MINUTES` one-minute buckets;
+    /// the last trade's price if nothing traded in them; the best bid if the symbol never
+    /// traded; none without a bid either. `base_unit` is 10^base scale.
+    pub fn reference_price(&self, symbol: u32, now_ms: i64, base_unit: i64) -> Option<i64> {
+        let m = self.symbol(symbol)?;
+        let m = m.read().expect("lock");
+        let minutes = m.series(Interval::M1);
+        let since = Interval::M1.bucket(now_ms) - (AVERAGE_PRICE_MINUTES - 1) * MINUTE_MS;
+        let (volume, quote) = minutes
+            .recent(since)
+            .fold((0i128, 0i128), |(v, q), c| {
+                (v + c.volume as i128, q + c.quote_volume as i128)
+            });
+        if volume > 0 {
+            return i64::try_from(quote * base_unit as i128 / volume).ok();
+        }
+        if let Some(last) = m.trades.back() {
+            return Some(last.price);
+        }
+        m.depth.best_bid().map(|(price, _)| price)
     }
 
     pub fn symbol(&self, id: u32) -> Option<Arc<RwLock<SymbolMarket>>> {

@@ -3,7 +3,7 @@
 //! scale and i64 range, and the hold an order needs is computed. Nothing here does IO.
 
 use crate::error::{ExchangeError, ExchangeResult};
-use agora_engine::{BookSpec, OrderKind, Side, TimeInForce};
+use agora_engine::{BookSpec, OrderKind, SelfTradePrevention, Side, TimeInForce};
 use agora_ledger::units::{self, DecimalError};
 use agora_store::{AssetRow, OrderType, SymbolRow, SymbolStatus};
 use rustc_hash::FxHashMap;
@@ -14,6 +14,18 @@ pub const CLIENT_ORDER_ID_LEN_MAX: usize = 64;
 pub const NAME_LEN_MAX: usize = 32;
 /// Fees above 10% are certainly a typo.
 pub const FEE_BPS_MAX: u32 = 1_000;
+/// Open orders one user may have on one symbol (Binance's MAX_NUM_ORDERS is 200); bounds
+/// the books and the sequencer's open-order set by a rule users can see.
+pub const OPEN_ORDERS_PER_USER_SYMBOL_MAX: u32 = 1_000;
+
+/// The largest `max_quantity` a symbol may have for lot `lot_size`: the largest multiple of
+/// the lot such that everything one user can have resting on one symbol
+/// (`OPEN_ORDERS_PER_USER_SYMBOL_MAX` orders) still sums within an i64. It is also the
+/// default. Level and book totals across users are summed wide (i128) regardless.
+pub fn max_quantity_cap(lot_size: i64) -> i64 {
+    let cap = i64::MAX / OPEN_ORDERS_PER_USER_SYMBOL_MAX as i64;
+    cap - cap % lot_size
+}
 
 /// Assets and symbols, indexed. Replaced wholesale (copy-on-write) when one is added.
 #[derive(Clone, Debug, Default)]
@@ -163,6 +175,23 @@ pub struct NewSymbol {
     pub taker_fee_bps: u32,
     #[serde(default)]
     pub status: Option<SymbolStatus>,
+    /// Largest quantity of one order (a multiple of the lot); default and upper bound
+    /// [`max_quantity_cap`].
+    #[serde(default)]
+    pub max_quantity: Option<String>,
+    /// What orders that do not choose a self-trade prevention mode get (default NONE).
+    #[serde(default)]
+    pub default_self_trade_prevention_mode: Option<SelfTradePrevention>,
+}
+
+/// What an operator may change on a listed symbol.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymbolUpdate {
+    #[serde(default)]
+    pub status: Option<SymbolStatus>,
+    #[serde(default)]
+    pub default_self_trade_prevention_mode: Option<SelfTradePrevention>,
 }
 
 /// Checks a symbol definition; `id` is filled in by the sequencer.
@@ -204,6 +233,23 @@ pub fn validate_symbol(req: &NewSymbol, refdata: &RefData) -> ExchangeResult<Sym
              (raise the quote asset's scale, the tick or the lot)",
         ));
     }
+    let cap = max_quantity_cap(lot_size);
+    let max_quantity = match &req.max_quantity {
+        None => cap,
+        Some(text) => {
+            let q = positive("max_quantity", text, base.scale)?;
+            if q % lot_size != 0 || q > cap {
+                return Err(ExchangeError::invalid(
+                    "INVALID_MAX_QUANTITY",
+                    format!(
+                        "max_quantity must be a multiple of the lot size and at most {}",
+                        units::format(cap, base.scale)
+                    ),
+                ));
+            }
+            q
+        }
+    };
     Ok(SymbolRow {
         id: 0,
         name: req.name.clone(),
@@ -215,6 +261,8 @@ pub fn validate_symbol(req: &NewSymbol, refdata: &RefData) -> ExchangeResult<Sym
         maker_fee_bps: req.maker_fee_bps,
         taker_fee_bps: req.taker_fee_bps,
         status: req.status.unwrap_or(SymbolStatus::Trading),
+        max_quantity,
+        default_stp: req.default_self_trade_prevention_mode.unwrap_or_default(),
     })
 }
 
@@ -236,6 +284,9 @@ pub struct OrderRequest {
     pub time_in_force: Option<TimeInForce>,
     #[serde(default)]
     pub client_order_id: Option<String>,
+    /// Binance's `selfTradePreventionMode`; the symbol's default when absent.
+    #[serde(default, alias = "selfTradePreventionMode")]
+    pub self_trade_prevention_mode: Option<SelfTradePrevention>,
 }
 
 /// An order that passed every static rule, in minor units, with its hold.
@@ -250,6 +301,7 @@ pub struct ValidOrder {
     pub quote_quantity: Option<i64>,
     pub client_order_id: Option<String>,
     pub kind: OrderKind,
+    pub stp: SelfTradePrevention,
     pub hold_asset: u32,
     pub hold_amount: i64,
 }
@@ -274,7 +326,14 @@ fn required<'a>(
     })
 }
 
-pub fn validate_order(req: &OrderRequest, refdata: &RefData) -> ExchangeResult<ValidOrder> {
+/// Checks an order against its symbol's rules. `reference_price` is the symbol's current
+/// reference price (see `MarketData::reference_price`), used for the minimum notional of a
+/// MARKET SELL, whose price is not known until it matches.
+pub fn validate_order(
+    req: &OrderRequest,
+    refdata: &RefData,
+    reference_price: Option<i64>,
+) -> ExchangeResult<ValidOrder> {
     let symbol = refdata.symbol_by_name(&req.symbol)?;
     if symbol.status != SymbolStatus::Trading {
         return Err(ExchangeError::new(
@@ -312,6 +371,15 @@ pub fn validate_order(req: &OrderRequest, refdata: &RefData) -> ExchangeResult<V
                 ),
             ));
         }
+        if q > symbol.max_quantity {
+            return Err(ExchangeError::invalid(
+                "QUANTITY_TOO_LARGE",
+                format!(
+                    "quantity must be at most {}",
+                    units::format(symbol.max_quantity, base_scale)
+                ),
+            ));
+        }
         Ok(q)
     };
     let min_notional = |notional: i128| -> ExchangeResult<()> {
@@ -342,6 +410,7 @@ pub fn validate_order(req: &OrderRequest, refdata: &RefData) -> ExchangeResult<V
         quote_quantity: None,
         client_order_id: req.client_order_id.clone(),
         kind: OrderKind::Market { qty: 0 },
+        stp: req.self_trade_prevention_mode.unwrap_or(symbol.default_stp),
         hold_asset: 0,
         hold_amount: 0,
     };
@@ -404,6 +473,23 @@ pub fn validate_order(req: &OrderRequest, refdata: &RefData) -> ExchangeResult<V
                 Side::Sell => {
                     absent("quote_quantity", &req.quote_quantity, "on a MARKET SELL")?;
                     let qty = quantity(required("quantity", &req.quantity, "on a MARKET SELL")?)?;
+                    // Binance's rule: a market order's notional is estimated at the symbol's
+                    // reference price. Without one (never traded, no bid) there is nothing
+                    // it could trade with, so there is nothing to estimate.
+                    if let Some(price) = reference_price {
+                        let estimate = price as i128 * qty as i128 / spec.base_unit as i128;
+                        if estimate < symbol.min_notional as i128 {
+                            return Err(ExchangeError::invalid(
+                                "NOTIONAL_TOO_SMALL",
+                                format!(
+                                    "order value must be at least {}; a MARKET SELL is valued \
+                                     at the reference price {}",
+                                    units::format(symbol.min_notional, quote_scale),
+                                    units::format(price, quote_scale)
+                                ),
+                            ));
+                        }
+                    }
                     order.quantity = Some(qty);
                     order.kind = OrderKind::Market { qty };
                     (order.hold_asset, order.hold_amount) = (symbol.base_asset, qty);
@@ -451,6 +537,8 @@ mod tests {
                 maker_fee_bps: 10,
                 taker_fee_bps: 20,
                 status: None,
+                max_quantity: None,
+                default_self_trade_prevention_mode: None,
             },
             &r,
         )
@@ -469,6 +557,7 @@ mod tests {
             quote_quantity: None,
             time_in_force: None,
             client_order_id: None,
+            self_trade_prevention_mode: None,
         }
     }
 
@@ -478,10 +567,10 @@ mod tests {
 
     #[test]
     fn limit_buy_holds_exact_notional() {
-        let o = validate_order(&limit(Side::Buy, "50000.01", "0.0003"), &refdata()).unwrap();
+        let o = validate_order(&limit(Side::Buy, "50000.01", "0.0003"), &refdata(), None).unwrap();
         assert_eq!(o.hold_asset, 2);
         assert_eq!(o.hold_amount, 15_000_003); // 15.000003 USDT at scale 6
-        let o = validate_order(&limit(Side::Sell, "50000", "0.0003"), &refdata()).unwrap();
+        let o = validate_order(&limit(Side::Sell, "50000", "0.0003"), &refdata(), None).unwrap();
         assert_eq!((o.hold_asset, o.hold_amount), (1, 30_000));
     }
 
@@ -489,61 +578,147 @@ mod tests {
     fn rejects_what_does_not_fit_the_rules() {
         let r = refdata();
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "50000.0000001", "1"), &r)),
+            code(validate_order(&limit(Side::Buy, "50000.0000001", "1"), &r, None)),
             "TOO_MANY_DECIMALS"
         );
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "50000.001", "1"), &r)),
+            code(validate_order(&limit(Side::Buy, "50000.001", "1"), &r, None)),
             "PRICE_OFF_TICK"
         );
         assert_eq!(
             code(validate_order(
                 &limit(Side::Buy, "50000", "0.000000001"),
-                &r
+                &r,
+                None
             )),
             "TOO_MANY_DECIMALS"
         );
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "0", "1"), &r)),
+            code(validate_order(&limit(Side::Buy, "0", "1"), &r, None)),
             "NOT_POSITIVE"
         );
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "-1", "1"), &r)),
+            code(validate_order(&limit(Side::Buy, "-1", "1"), &r, None)),
             "NEGATIVE_NUMBER"
         );
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "1e3", "1"), &r)),
+            code(validate_order(&limit(Side::Buy, "1e3", "1"), &r, None)),
             "INVALID_NUMBER"
         );
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "100", "0.00015"), &r)),
+            code(validate_order(&limit(Side::Buy, "100", "0.00015"), &r, None)),
             "QUANTITY_OFF_LOT"
         );
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "1", "0.0001"), &r)),
+            code(validate_order(&limit(Side::Buy, "1", "0.0001"), &r, None)),
             "NOTIONAL_TOO_SMALL"
         );
         assert_eq!(
             code(validate_order(
                 &limit(Side::Buy, "92233720368547", "92233720368"),
-                &r
+                &r,
+                None
             )),
             "OUT_OF_RANGE"
         );
         let mut unknown = limit(Side::Buy, "1", "1");
         unknown.symbol = "NOPE".into();
-        assert_eq!(code(validate_order(&unknown, &r)), "UNKNOWN_SYMBOL");
+        assert_eq!(code(validate_order(&unknown, &r, None)), "UNKNOWN_SYMBOL");
         let mut market = limit(Side::Buy, "1", "1");
         market.order_type = OrderType::Market;
-        assert_eq!(code(validate_order(&market, &r)), "UNEXPECTED_FIELD");
+        assert_eq!(code(validate_order(&market, &r, None)), "UNEXPECTED_FIELD");
         market.price = None;
-        assert_eq!(code(validate_order(&market, &r)), "UNEXPECTED_FIELD");
+        assert_eq!(code(validate_order(&market, &r, None)), "UNEXPECTED_FIELD");
         market.quantity = None;
-        assert_eq!(code(validate_order(&market, &r)), "MISSING_FIELD");
+        assert_eq!(code(validate_order(&market, &r, None)), "MISSING_FIELD");
         market.quote_quantity = Some("100".into());
         assert_eq!(
-            validate_order(&market, &r).unwrap().hold_amount,
+            validate_order(&market, &r, None).unwrap().hold_amount,
             100_000_000
+        );
+    }
+
+    #[test]
+    fn one_order_is_bounded_by_the_symbols_max_quantity() {
+        let r = refdata();
+        // BTC-USDT's lot is 0.0001 BTC = 10,000 minor units; the default is the cap.
+        assert_eq!(r.symbols[&1].max_quantity, max_quantity_cap(10_000));
+        assert_eq!(max_quantity_cap(10_000) % 10_000, 0);
+        // 1,000 orders of the largest size still sum within an i64.
+        let max = r.symbols[&1].max_quantity;
+        assert!(max as i128 * OPEN_ORDERS_PER_USER_SYMBOL_MAX as i128 <= i64::MAX as i128);
+        let too_big = units::format(max + 10_000, 8);
+        assert_eq!(
+            code(validate_order(&limit(Side::Sell, "1", &too_big), &r, None)),
+            "QUANTITY_TOO_LARGE"
+        );
+        let mut market = limit(Side::Sell, "1", &too_big);
+        (market.order_type, market.price) = (OrderType::Market, None);
+        assert_eq!(
+            code(validate_order(&market, &r, None)),
+            "QUANTITY_TOO_LARGE"
+        );
+        // A symbol may set a smaller maximum, a multiple of the lot and within the cap.
+        let mut s = NewSymbol {
+            name: "SMALL".into(),
+            base: "BTC".into(),
+            quote: "USDT".into(),
+            tick_size: "0.01".into(),
+            lot_size: "0.0001".into(),
+            min_notional: None,
+            maker_fee_bps: 0,
+            taker_fee_bps: 0,
+            status: None,
+            max_quantity: Some("2.5".into()),
+            default_self_trade_prevention_mode: None,
+        };
+        assert_eq!(validate_symbol(&s, &r).unwrap().max_quantity, 250_000_000);
+        s.max_quantity = Some("2.00005".into());
+        assert_eq!(
+            validate_symbol(&s, &r).unwrap_err().code,
+            "INVALID_MAX_QUANTITY"
+        );
+        s.max_quantity = Some("92233720368.5477".into());
+        assert_eq!(
+            validate_symbol(&s, &r).unwrap_err().code,
+            "INVALID_MAX_QUANTITY"
+        );
+    }
+
+    #[test]
+    fn a_market_sell_is_valued_at_the_reference_price() {
+        let r = refdata(); // minimum notional 5 USDT
+        let mut sell = limit(Side::Sell, "1", "0.0001");
+        (sell.order_type, sell.price) = (OrderType::Market, None);
+        // 0.0001 BTC at 40,000 is 4 USDT: too small; at 60,000 it is 6.
+        let at = |price: i64| validate_order(&sell, &r, Some(price * 1_000_000));
+        assert_eq!(at(40_000).unwrap_err().code, "NOTIONAL_TOO_SMALL");
+        assert!(at(40_000).unwrap_err().detail.contains("reference price 40000.000000"));
+        assert!(at(60_000).is_ok());
+        // No reference price: nothing to trade against, nothing to estimate.
+        assert!(validate_order(&sell, &r, None).is_ok());
+    }
+
+    #[test]
+    fn self_trade_prevention_defaults_to_the_symbols_mode() {
+        let mut r = refdata();
+        let mut symbol = r.symbols[&1].clone();
+        let order = limit(Side::Buy, "50000", "0.0003");
+        assert_eq!(
+            validate_order(&order, &r, None).unwrap().stp,
+            SelfTradePrevention::None
+        );
+        symbol.default_stp = SelfTradePrevention::ExpireMaker;
+        r.add_symbol(symbol);
+        assert_eq!(
+            validate_order(&order, &r, None).unwrap().stp,
+            SelfTradePrevention::ExpireMaker
+        );
+        let mut own = order.clone();
+        own.self_trade_prevention_mode = Some(SelfTradePrevention::ExpireBoth);
+        assert_eq!(
+            validate_order(&own, &r, None).unwrap().stp,
+            SelfTradePrevention::ExpireBoth
         );
     }
 
@@ -560,6 +735,8 @@ mod tests {
             maker_fee_bps: 0,
             taker_fee_bps: 0,
             status: None,
+            max_quantity: None,
+            default_self_trade_prevention_mode: None,
         };
         assert_eq!(
             validate_symbol(&s, &r).unwrap_err().code,

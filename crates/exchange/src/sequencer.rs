@@ -14,7 +14,9 @@
 use crate::error::{ErrorClass, ExchangeError, ExchangeResult};
 use crate::events::{BookInput, BOOK_AGGREGATE};
 use crate::market::{candle_of, candle_row, Committed};
-use crate::rules::{NewAsset, RefData, ValidOrder};
+use crate::rules::{
+    NewAsset, RefData, SymbolUpdate, ValidOrder, OPEN_ORDERS_PER_USER_SYMBOL_MAX,
+};
 use crate::settlement::settle_trade;
 use crate::Shared;
 use agora_bus::{partition_for, EventLog, Record};
@@ -30,10 +32,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub type Reply<T> = oneshot::Sender<ExchangeResult<T>>;
-
-/// Open orders one user may have on one symbol (Binance's MAX_NUM_ORDERS is 200); bounds
-/// the books and the sequencer's open-order set by a rule users can see.
-pub const OPEN_ORDERS_PER_USER_SYMBOL_MAX: u32 = 1_000;
 
 pub enum Request {
     PlaceOrder {
@@ -64,10 +62,11 @@ pub enum Request {
         symbol: SymbolRow,
         reply: Reply<SymbolRow>,
     },
-    /// Halt or resume trading: halted symbols refuse new orders; cancels still work.
-    SetSymbolStatus {
+    /// Halt or resume trading (halted symbols refuse new orders; cancels still work), or
+    /// change the default self-trade prevention mode.
+    UpdateSymbol {
         symbol: u32,
-        status: SymbolStatus,
+        update: SymbolUpdate,
         reply: Reply<SymbolRow>,
     },
     /// Stop taking requests, settle everything in flight, then exit.
@@ -528,12 +527,12 @@ impl<S: Store> Sequencer<S> {
                 let result = self.create_symbol(symbol);
                 self.reply_after_commit(reply, result);
             }
-            Request::SetSymbolStatus {
+            Request::UpdateSymbol {
                 symbol,
-                status,
+                update,
                 reply,
             } => {
-                let result = self.set_symbol_status(symbol, status);
+                let result = self.update_symbol(symbol, update);
                 self.reply_after_commit(reply, result);
             }
             Request::Shutdown { .. } => unreachable!("handled by the loop"),
@@ -727,6 +726,7 @@ impl<S: Store> Sequencer<S> {
                 user,
                 side: o.side,
                 kind: o.kind,
+                stp: o.stp,
             },
         });
         let now = now_ms();
@@ -741,6 +741,7 @@ impl<S: Store> Sequencer<S> {
             quantity: o.quantity,
             quote_quantity: o.quote_quantity,
             client_order_id: o.client_order_id.clone(),
+            stp: o.stp,
             status: OrderStatus::New,
             filled_qty: 0,
             filled_quote: 0,
@@ -766,13 +767,7 @@ impl<S: Store> Sequencer<S> {
 
     fn cancel(&mut self, user: u64, id: u64) -> ExchangeResult<OrderRow> {
         self.require_user(user)?;
-        let not_found = || {
-            ExchangeError::new(
-                ErrorClass::NotFound,
-                "ORDER_NOT_FOUND",
-                format!("no order {id}"),
-            )
-        };
+        let not_found = || crate::order_not_found(id);
         let Some(order) = self.open.get(&id) else {
             // Closed, someone else's, or never existed: only the owner learns which.
             let row = self
@@ -904,9 +899,12 @@ impl<S: Store> Sequencer<S> {
         Ok(symbol)
     }
 
-    fn set_symbol_status(&mut self, id: u32, status: SymbolStatus) -> ExchangeResult<SymbolRow> {
+    fn update_symbol(&mut self, id: u32, update: SymbolUpdate) -> ExchangeResult<SymbolRow> {
         let mut symbol = self.refdata.symbols[&id].clone();
-        symbol.status = status;
+        symbol.status = update.status.unwrap_or(symbol.status);
+        symbol.default_stp = update
+            .default_self_trade_prevention_mode
+            .unwrap_or(symbol.default_stp);
         self.refdata.add_symbol(symbol.clone());
         self.write.symbols.push(symbol.clone());
         self.share_refdata();
@@ -1026,6 +1024,7 @@ impl<S: Store> Sequencer<S> {
                         DoneReason::Filled => OrderStatus::Filled,
                         DoneReason::Canceled => OrderStatus::Canceled,
                         DoneReason::Expired => OrderStatus::Expired,
+                        DoneReason::ExpiredInMatch => OrderStatus::ExpiredInMatch,
                         DoneReason::Rejected => OrderStatus::Rejected,
                     };
                     self.dirty.orders.insert(order);
@@ -1057,7 +1056,7 @@ fn refuse(request: Request) {
         Request::CreateUser { reply, .. } => drop(reply.send(Err(e()))),
         Request::CreateAsset { reply, .. } => drop(reply.send(Err(e()))),
         Request::CreateSymbol { reply, .. } => drop(reply.send(Err(e()))),
-        Request::SetSymbolStatus { reply, .. } => drop(reply.send(Err(e()))),
+        Request::UpdateSymbol { reply, .. } => drop(reply.send(Err(e()))),
         Request::Shutdown { reply } => drop(reply.send(())),
     }
 }

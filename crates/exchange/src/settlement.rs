@@ -98,7 +98,7 @@ pub fn settle_trade(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agora_engine::TimeInForce;
+    use agora_engine::{SelfTradePrevention, TimeInForce};
     use agora_store::{OrderStatus, SymbolStatus};
 
     fn symbol() -> SymbolRow {
@@ -113,6 +113,8 @@ mod tests {
             maker_fee_bps: 10,
             taker_fee_bps: 20,
             status: SymbolStatus::Trading,
+            max_quantity: i64::MAX,
+            default_stp: SelfTradePrevention::None,
         }
     }
 
@@ -128,6 +130,7 @@ mod tests {
             quantity: Some(qty),
             quote_quantity: None,
             client_order_id: None,
+            stp: SelfTradePrevention::None,
             status: OrderStatus::New,
             filled_qty: 0,
             filled_quote: 0,

@@ -136,7 +136,7 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agora_engine::{Event, NewOrder, OrderKind, Side, TimeInForce};
+    use agora_engine::{Event, NewOrder, OrderKind, SelfTradePrevention, Side, TimeInForce};
 
     fn accepted(offset: i64, id: u64) -> Record {
         let input = BookInput::OrderAccepted {
@@ -150,6 +150,7 @@ mod tests {
                     qty: 1,
                     tif: TimeInForce::Gtc,
                 },
+                stp: SelfTradePrevention::None,
             },
         };
         Record {

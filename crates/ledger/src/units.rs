@@ -80,15 +80,17 @@ pub fn parse_non_negative(text: &str, scale: u32) -> Result<i64, DecimalError> {
     Ok(v)
 }
 
-/// Formats `12345` at `scale` 2 as `"123.45"`; always prints exactly `scale` decimals.
-pub fn format(value: i64, scale: u32) -> String {
+/// Formats `12345` at `scale` 2 as `"123.45"`; always prints exactly `scale` decimals. Takes
+/// wide values too (sums of many amounts, such as a price level's total quantity).
+pub fn format(value: impl Into<i128>, scale: u32) -> String {
     assert!(scale <= SCALE_MAX);
+    let value: i128 = value.into();
     let sign = if value < 0 { "-" } else { "" };
     let abs = value.unsigned_abs();
     if scale == 0 {
         return format!("{sign}{abs}");
     }
-    let u = unit(scale) as u64;
+    let u = unit(scale) as u128;
     format!(
         "{sign}{}.{:0width$}",
         abs / u,
@@ -138,6 +140,10 @@ mod tests {
         assert_eq!(format(-5, 3), "-0.005");
         assert_eq!(format(42, 0), "42");
         assert_eq!(format(i64::MIN, 0), "-9223372036854775808");
+        assert_eq!(
+            format(2 * i64::MAX as i128 + 2, 18),
+            "18.446744073709551616"
+        );
     }
 
     proptest! {

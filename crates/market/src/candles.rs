@@ -204,6 +204,17 @@ impl CandleSeries {
         self.candles.back()
     }
 
+    /// The kept candles whose bucket starts at or after `since_ms`, oldest first.
+    pub fn recent(&self, since_ms: i64) -> impl Iterator<Item = &Candle> {
+        let newer = self
+            .candles
+            .iter()
+            .rev()
+            .take_while(move |c| c.open_ms >= since_ms)
+            .count();
+        self.candles.iter().skip(self.candles.len() - newer)
+    }
+
     /// Earliest bucket this series can answer for completely.
     pub fn oldest_ms(&self) -> Option<i64> {
         self.candles.front().map(|c| c.open_ms)
@@ -212,15 +223,20 @@ impl CandleSeries {
     /// Buckets from `start_ms` to `end_ms` (inclusive bucket starts), at most `limit`, the
     /// most recent ones if the range holds more. Buckets without trades between two traded
     /// buckets, or after the last one up to `end_ms`, are filled flat at the previous close;
-    /// nothing is invented before the first trade.
+    /// nothing is invented before the first trade. The work is bounded by `limit` and the
+    /// candles kept, never by the width of the range.
     pub fn range(&self, start_ms: i64, end_ms: i64, limit: usize) -> Vec<Candle> {
         let step = self.interval.ms();
-        let (first_bucket, last_bucket) =
-            (self.interval.bucket(start_ms), self.interval.bucket(end_ms));
-        let mut out = Vec::new();
+        let last_bucket = self.interval.bucket(end_ms);
+        let first_bucket = self
+            .interval
+            .bucket(start_ms)
+            .max(first_of_last(last_bucket, step, limit));
         if last_bucket < first_bucket || limit == 0 {
-            return out;
+            return Vec::new();
         }
+        let buckets = ((last_bucket - first_bucket) / step + 1) as usize;
+        let mut out = Vec::with_capacity(buckets.min(limit));
         // The close of the last traded bucket before the range, if any.
         let mut previous = self
             .candles
@@ -254,6 +270,12 @@ impl CandleSeries {
         }
         out
     }
+}
+
+/// The first bucket start of the `limit` buckets that end with `last_bucket`.
+pub fn first_of_last(last_bucket: i64, step_ms: i64, limit: usize) -> i64 {
+    let span = (limit.max(1) as i64 - 1).saturating_mul(step_ms);
+    last_bucket.saturating_sub(span)
 }
 
 /// 24-hour rolling statistics.
@@ -457,6 +479,20 @@ mod tests {
         let s = series(Interval::M1, &[(T0, 300, 1), (T0 + 1, 299, 1)]);
         let t = ticker(&s, T0 + 2).unwrap();
         assert_eq!(t.change_bps, -33); // -0.333…%
+    }
+
+    #[test]
+    fn a_century_wide_range_costs_what_its_limit_asks_for() {
+        // 52 million one-minute buckets in the range; only the last three are built.
+        let s = series(Interval::M1, &[(T0, 100, 1)]);
+        let century = T0 + 100 * 365 * DAY_MS;
+        let c = s.range(T0, century, 3);
+        assert_eq!(
+            c.iter().map(|c| c.open_ms).collect::<Vec<_>>(),
+            vec![century - 2 * MINUTE_MS, century - MINUTE_MS, century]
+        );
+        assert!(c.iter().all(|c| c.close == 100 && c.volume == 0));
+        assert!(c.capacity() <= 3, "allocated for the range, not the limit");
     }
 
     #[test]

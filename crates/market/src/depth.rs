@@ -17,8 +17,12 @@ use std::collections::BTreeMap;
 pub struct LevelChange {
     pub side: Side,
     pub price: Price,
-    pub qty: Qty,
+    pub qty: LevelQty,
 }
+
+/// A price level's total quantity: wide, because many orders at one price can together hold
+/// more than an i64 (each order fits one; a buy is bounded by its quote hold, not by supply).
+pub type LevelQty = i128;
 
 /// The changes one batch of events made, with the update ids they cover.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -32,15 +36,15 @@ pub struct DepthDiff {
 pub struct DepthSnapshot {
     pub last_update_id: u64,
     /// Best first.
-    pub bids: Vec<(Price, Qty)>,
-    pub asks: Vec<(Price, Qty)>,
+    pub bids: Vec<(Price, LevelQty)>,
+    pub asks: Vec<(Price, LevelQty)>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct DepthBook {
     orders: FxHashMap<OrderId, (Side, Price, Qty)>,
-    bids: BTreeMap<Price, Qty>,
-    asks: BTreeMap<Price, Qty>,
+    bids: BTreeMap<Price, LevelQty>,
+    asks: BTreeMap<Price, LevelQty>,
     update_id: u64,
 }
 
@@ -58,30 +62,30 @@ impl DepthBook {
         self.update_id
     }
 
-    pub fn best_bid(&self) -> Option<(Price, Qty)> {
+    pub fn best_bid(&self) -> Option<(Price, LevelQty)> {
         self.bids.iter().next_back().map(|(p, q)| (*p, *q))
     }
 
-    pub fn best_ask(&self) -> Option<(Price, Qty)> {
+    pub fn best_ask(&self) -> Option<(Price, LevelQty)> {
         self.asks.iter().next().map(|(p, q)| (*p, *q))
     }
 
-    fn levels(&mut self, side: Side) -> &mut BTreeMap<Price, Qty> {
+    fn levels(&mut self, side: Side) -> &mut BTreeMap<Price, LevelQty> {
         match side {
             Side::Buy => &mut self.bids,
             Side::Sell => &mut self.asks,
         }
     }
 
-    fn add(&mut self, id: OrderId, side: Side, price: Price, qty: Qty) -> Qty {
+    fn add(&mut self, id: OrderId, side: Side, price: Price, qty: Qty) -> LevelQty {
         self.orders.insert(id, (side, price, qty));
         let level = self.levels(side).entry(price).or_default();
-        *level += qty;
+        *level += qty as LevelQty;
         *level
     }
 
     /// Takes `qty` off a resting order; returns the level's new total.
-    fn reduce(&mut self, id: OrderId, qty: Qty) -> Option<(Side, Price, Qty)> {
+    fn reduce(&mut self, id: OrderId, qty: Qty) -> Option<(Side, Price, LevelQty)> {
         let (side, price, remaining) = self.orders.get_mut(&id)?;
         let (side, price) = (*side, *price);
         *remaining -= qty;
@@ -90,11 +94,14 @@ impl DepthBook {
             self.orders.remove(&id);
         }
         let levels = self.levels(side);
+        // The mirror holds the order, so its level exists: every resting order's quantity
+        // was added to it, and wide sums cannot wrap.
         let level = levels
             .get_mut(&price)
             .expect("a resting order's level exists");
-        *level -= qty;
+        *level -= qty as LevelQty;
         let total = *level;
+        debug_assert!(total >= 0);
         if total <= 0 {
             levels.remove(&price);
         }
@@ -170,12 +177,12 @@ impl DepthBook {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocalBook {
     pub last_update_id: u64,
-    pub bids: BTreeMap<Price, Qty>,
-    pub asks: BTreeMap<Price, Qty>,
+    pub bids: BTreeMap<Price, LevelQty>,
+    pub asks: BTreeMap<Price, LevelQty>,
 }
 
 /// Bids and asks, each best first, as (price, qty).
-pub type Levels = (Vec<(Price, Qty)>, Vec<(Price, Qty)>);
+pub type Levels = (Vec<(Price, LevelQty)>, Vec<(Price, LevelQty)>);
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct GapError {
@@ -232,7 +239,7 @@ impl LocalBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agora_engine::{Book, BookSpec, Command, NewOrder, OrderKind, TimeInForce};
+    use agora_engine::{Book, BookSpec, Command, NewOrder, OrderKind, SelfTradePrevention, TimeInForce};
     use proptest::prelude::*;
 
     fn place(id: u64, side: Side, price: i64, qty: i64, tif: TimeInForce) -> Command {
@@ -241,7 +248,58 @@ mod tests {
             user: id % 5,
             side,
             kind: OrderKind::Limit { price, qty, tif },
+            stp: SelfTradePrevention::None,
         })
+    }
+
+    /// Runs a flow of (buy?, price, qty, kind) through an engine book and the depth mirror
+    /// fed by its events, with a client syncing from a snapshot taken after step
+    /// `snapshot_at`; the mirror, the client and the engine must end with the same levels.
+    fn check_depth_flow(
+        spec: BookSpec,
+        flow: &[(bool, i64, i64, u8)],
+        snapshot_at: usize,
+    ) -> Result<(), TestCaseError> {
+        let mut engine = Book::new(spec);
+        let mut depth = DepthBook::default();
+        let mut client: Option<LocalBook> = None;
+        let mut buffered = Vec::new();
+        for (i, &(buy, price, qty, kind)) in flow.iter().enumerate() {
+            let id = i as u64 + 1;
+            let side = if buy { Side::Buy } else { Side::Sell };
+            let cmd = match kind {
+                0..=5 => place(id, side, price, qty, TimeInForce::Gtc),
+                6 => place(id, side, price, qty, TimeInForce::Ioc),
+                _ => Command::Cancel {
+                    id: 1 + (price as u64).wrapping_mul(7).wrapping_add(qty as u64) % id,
+                },
+            };
+            let mut events = Vec::new();
+            engine.execute(&cmd, &mut events);
+            if let Some(diff) = depth.apply(&events) {
+                buffered.push(diff);
+            }
+            if i == snapshot_at {
+                client = Some(LocalBook::from_snapshot(&depth.snapshot(usize::MAX)));
+            }
+        }
+        let (bids, asks) = engine.depth(usize::MAX);
+        let want = (
+            bids.iter().map(|l| (l.price, l.qty)).collect::<Vec<_>>(),
+            asks.iter().map(|l| (l.price, l.qty)).collect::<Vec<_>>(),
+        );
+        let s = depth.snapshot(usize::MAX);
+        prop_assert_eq!((s.bids.clone(), s.asks.clone()), want.clone());
+        let mut client = client.unwrap();
+        for diff in &buffered {
+            prop_assert_eq!(client.apply(diff), Ok(()));
+        }
+        prop_assert_eq!(client.levels(), want);
+        // Update ids are contiguous across diffs.
+        for w in buffered.windows(2) {
+            prop_assert_eq!(w[1].first_update_id, w[0].last_update_id + 1);
+        }
+        Ok(())
     }
 
     proptest! {
@@ -252,44 +310,22 @@ mod tests {
             flow in prop::collection::vec((any::<bool>(), 95i64..105, 1i64..20, 0u8..10), 1..400),
             snapshot_at in any::<prop::sample::Index>(),
         ) {
-            let mut engine = Book::new(BookSpec { base_unit: 1, lot_size: 1 });
-            let mut depth = DepthBook::default();
-            let snapshot_at = snapshot_at.index(flow.len());
-            let mut client: Option<LocalBook> = None;
-            let mut buffered = Vec::new();
-            for (i, &(buy, price, qty, kind)) in flow.iter().enumerate() {
-                let id = i as u64 + 1;
-                let side = if buy { Side::Buy } else { Side::Sell };
-                let cmd = match kind {
-                    0..=5 => place(id, side, price, qty, TimeInForce::Gtc),
-                    6 => place(id, side, price, qty, TimeInForce::Ioc),
-                    _ => Command::Cancel { id: 1 + (price as u64 * 7 + qty as u64) % id },
-                };
-                let mut events = Vec::new();
-                engine.execute(&cmd, &mut events);
-                if let Some(diff) = depth.apply(&events) {
-                    buffered.push(diff);
-                }
-                if i == snapshot_at {
-                    client = Some(LocalBook::from_snapshot(&depth.snapshot(usize::MAX)));
-                }
-            }
-            let (bids, asks) = engine.depth(usize::MAX);
-            let want = (
-                bids.iter().map(|l| (l.price, l.qty)).collect::<Vec<_>>(),
-                asks.iter().map(|l| (l.price, l.qty)).collect::<Vec<_>>(),
-            );
-            let s = depth.snapshot(usize::MAX);
-            prop_assert_eq!((s.bids.clone(), s.asks.clone()), want.clone());
-            let mut client = client.unwrap();
-            for diff in &buffered {
-                prop_assert_eq!(client.apply(diff), Ok(()));
-            }
-            prop_assert_eq!(client.levels(), want);
-            // Update ids are contiguous across diffs.
-            for w in buffered.windows(2) {
-                prop_assert_eq!(w[1].first_update_id, w[0].last_update_id + 1);
-            }
+            let spec = BookSpec { base_unit: 1, lot_size: 1 };
+            check_depth_flow(spec, &flow, snapshot_at.index(flow.len()))?;
+        }
+
+        /// The same at extreme sizes: scale 18, prices of a few minor units, quantities near
+        /// i64::MAX, so that one level holds many times what an i64 can.
+        #[test]
+        fn depth_stays_exact_beyond_i64_per_level(
+            flow in prop::collection::vec(
+                (any::<bool>(), 1i64..4, prop_oneof![Just(i64::MAX), i64::MAX / 3..=i64::MAX, 1i64..10], 0u8..10),
+                1..200,
+            ),
+            snapshot_at in any::<prop::sample::Index>(),
+        ) {
+            let spec = BookSpec { base_unit: 1_000_000_000_000_000_000, lot_size: 1 };
+            check_depth_flow(spec, &flow, snapshot_at.index(flow.len()))?;
         }
     }
 

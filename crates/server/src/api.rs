@@ -2,10 +2,10 @@
 
 use crate::problem::{ApiJson, ApiPath as Path, ApiQuery as Query, Problem};
 use crate::AppState;
-use agora_engine::{Side, TimeInForce};
+use agora_engine::{SelfTradePrevention, Side, TimeInForce};
 use agora_exchange::{NewAsset, NewSymbol, OrderRequest, RefData};
 use agora_ledger::units::format;
-use agora_store::{BalanceRow, OrderQuery, OrderRow, OrderStatus, OrderType, SymbolRow, TradeRow};
+use agora_store::{BalanceRow, FillRow, OrderQuery, OrderRow, OrderStatus, OrderType, SymbolRow};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -52,7 +52,8 @@ impl FromRequestParts<AppState> for ActingUser {
     }
 }
 
-/// Admin endpoints need `X-Admin-Token` when a token is configured.
+/// Admin endpoints need `X-Admin-Token` when a token is configured (always, when agora
+/// listens beyond loopback: see `settings`).
 pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
@@ -62,8 +63,13 @@ impl FromRequestParts<AppState> for Admin {
         match &state.admin_token {
             None => Ok(Admin),
             Some(token) => {
-                let sent = parts.headers.get("x-admin-token").map(|v| v.as_bytes());
-                if sent == Some(token.as_bytes()) {
+                use subtle::ConstantTimeEq;
+                let sent = parts
+                    .headers
+                    .get("x-admin-token")
+                    .map_or(&b""[..], |v| v.as_bytes());
+                // Constant time: how long a wrong guess takes says nothing about the token.
+                if bool::from(sent.ct_eq(token.as_bytes())) {
                     Ok(Admin)
                 } else {
                     Err(Problem::new(
@@ -109,6 +115,7 @@ pub struct OrderView<'a> {
     held: String,
     hold_asset: &'a str,
     cancel_requested: bool,
+    self_trade_prevention_mode: SelfTradePrevention,
     created_at_ms: i64,
     updated_at_ms: i64,
 }
@@ -140,6 +147,7 @@ pub fn order_view<'a>(o: &'a OrderRow, r: &'a RefData) -> OrderView<'a> {
         held: format(o.held, hold_asset.scale),
         hold_asset: &hold_asset.code,
         cancel_requested: o.cancel_requested,
+        self_trade_prevention_mode: o.stp,
         created_at_ms: o.created_ms,
         updated_at_ms: o.updated_ms,
     }
@@ -154,32 +162,29 @@ pub fn balance_json(b: &BalanceRow, r: &RefData) -> Value {
     })
 }
 
-fn fill_json(t: &TradeRow, user: u64, r: &RefData) -> Value {
+/// One fill as its owner sees it (a self-trade is two fills, one per side). Fees are floored
+/// per fill: see the README.
+fn fill_json(f: &FillRow, r: &RefData) -> Value {
+    let t = &f.trade;
     let symbol = &r.symbols[&t.symbol];
     let (bs, qs) = (r.base_scale(symbol), r.quote_scale(symbol));
-    // A self-trade is reported from the buyer's side.
-    let side = if t.buyer == user {
-        Side::Buy
-    } else {
-        Side::Sell
-    };
-    let (order, fee, fee_asset, fee_scale) = match side {
+    let (order, fee, fee_asset, fee_scale) = match f.side {
         Side::Buy => (t.buy_order, t.buyer_fee, symbol.base_asset, bs),
         Side::Sell => (t.sell_order, t.seller_fee, symbol.quote_asset, qs),
     };
     json!({
+        "fill_id": f.fill_id,
         "trade_id": t.trade_id,
         "symbol": symbol.name,
         "order_id": order,
-        "side": side_text(side),
-        "role": if t.taker_side == side { "TAKER" } else { "MAKER" },
+        "side": side_text(f.side),
+        "role": if t.taker_side == f.side { "TAKER" } else { "MAKER" },
         "price": format(t.price, qs),
         "quantity": format(t.qty, bs),
         "quote_quantity": format(t.quote_qty, qs),
         "fee": format(fee, fee_scale),
         "fee_asset": r.asset(fee_asset).code,
         "time_ms": t.created_ms,
-        "cursor": t.seq,
     })
 }
 
@@ -194,14 +199,42 @@ pub fn symbol_json(s: &SymbolRow, r: &RefData) -> Value {
         "min_notional": format(s.min_notional, qs),
         "maker_fee_bps": s.maker_fee_bps,
         "taker_fee_bps": s.taker_fee_bps,
+        "max_quantity": format(s.max_quantity, bs),
+        "default_self_trade_prevention_mode": text(&s.default_stp),
         "status": text(&s.status),
     })
 }
 
-fn parse_id(what: &'static str, text: &str) -> Result<u64, Problem> {
-    text.parse::<u64>().map_err(|_| {
-        Problem::bad_request("INVALID_ID", format!("{what} must be a positive integer"))
-    })
+/// An id in a path: a string of digits, or 400. A number too large for any id names nothing
+/// that can exist: `None`, which the caller answers with 404.
+fn path_id(what: &'static str, text: &str) -> Result<Option<u64>, Problem> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Problem::bad_request(
+            "INVALID_ID",
+            format!("{what} must be a positive integer"),
+        ));
+    }
+    Ok(text
+        .parse::<u64>()
+        .ok()
+        .filter(|&id| id <= agora_exchange::ORDER_ID_MAX))
+}
+
+/// A paging cursor (`before`): 1 to 2^63 − 1, or 400.
+fn parse_cursor(text: &str) -> Result<i64, Problem> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "INVALID_ID",
+                format!("before must be an integer from 1 to {}", i64::MAX),
+            )
+        })
+}
+
+fn not_found(id: &str) -> Problem {
+    Problem::from(agora_exchange::order_not_found(id))
 }
 
 fn parse_limit(limit: Option<&str>) -> Result<usize, Problem> {
@@ -244,10 +277,8 @@ pub async fn get_order(
     ActingUser(user): ActingUser,
     Path(id): Path<String>,
 ) -> Result<axum::response::Response, Problem> {
-    let order = state
-        .exchange
-        .order(user, parse_id("order id", &id)?)
-        .await?;
+    let id = path_id("order id", &id)?.ok_or_else(|| not_found(&id))?;
+    let order = state.exchange.order(user, id).await?;
     let r = state.exchange.refdata();
     Ok(Json(order_view(&order, &r)).into_response())
 }
@@ -257,10 +288,8 @@ pub async fn cancel_order(
     ActingUser(user): ActingUser,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Problem> {
-    let order = state
-        .exchange
-        .cancel_order(user, parse_id("order id", &id)?)
-        .await?;
+    let id = path_id("order id", &id)?.ok_or_else(|| not_found(&id))?;
+    let order = state.exchange.cancel_order(user, id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(order_view(&order, &state.exchange.refdata())).into_response(),
@@ -301,7 +330,7 @@ pub async fn list_orders(
         before_id: p
             .before
             .as_deref()
-            .map(|b| parse_id("before", b))
+            .map(|b| parse_cursor(b).map(|v| v as u64))
             .transpose()?,
         limit,
     };
@@ -339,20 +368,16 @@ pub async fn fills(
         ));
     }
     let limit = parse_limit(p.limit.as_deref())?;
-    let before = p
-        .before
-        .as_deref()
-        .map(|b| parse_id("before", b).map(|v| v.min(i64::MAX as u64) as i64))
-        .transpose()?;
+    let before = p.before.as_deref().map(parse_cursor).transpose()?;
     let rows = state
         .exchange
         .fills(user, symbol_filter(p.symbol.as_deref(), &r)?, before, limit)
         .await?;
     let next = (rows.len() == limit)
-        .then(|| rows.last().map(|t| t.seq))
+        .then(|| rows.last().map(|f| f.fill_id))
         .flatten();
     Ok(Json(json!({
-        "fills": rows.iter().map(|t| fill_json(t, user, &r)).collect::<Vec<_>>(),
+        "fills": rows.iter().map(|f| fill_json(f, &r)).collect::<Vec<_>>(),
         "next_before": next,
     })))
 }
@@ -410,19 +435,13 @@ pub async fn create_symbol(
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SymbolUpdate {
-    status: agora_store::SymbolStatus,
-}
-
 pub async fn update_symbol(
     State(state): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    ApiJson(body): ApiJson<SymbolUpdate>,
+    ApiJson(body): ApiJson<agora_exchange::SymbolUpdate>,
 ) -> Result<Json<Value>, Problem> {
-    let symbol = state.exchange.set_symbol_status(&name, body.status).await?;
+    let symbol = state.exchange.update_symbol(&name, body).await?;
     Ok(Json(symbol_json(&symbol, &state.exchange.refdata())))
 }
 

@@ -85,6 +85,8 @@ pub async fn seed(exchange: &Exchange) -> anyhow::Result<()> {
                     maker_fee_bps: 5,
                     taker_fee_bps: 10,
                     status: None,
+                    max_quantity: None,
+                    default_self_trade_prevention_mode: None,
                 })
                 .await?;
         }
@@ -119,6 +121,7 @@ pub async fn seed(exchange: &Exchange) -> anyhow::Result<()> {
                         quote_quantity: None,
                         time_in_force: None,
                         client_order_id: Some(format!("demo-{}-{side:?}-{level}", m.name)),
+                        self_trade_prevention_mode: None,
                     };
                     exchange.place_order(maker.id, &order).await?;
                 }

@@ -78,8 +78,8 @@ fn symbol_and_scales(state: &AppState, name: &str) -> Result<(SymbolRow, Scales)
     Ok((symbol, scales))
 }
 
-/// A price level as `[price, quantity]`.
-pub fn level_json(price: i64, qty: i64, sc: Scales) -> [String; 2] {
+/// A price level as `[price, quantity]`; the quantity is a level's total, summed wide.
+pub fn level_json(price: i64, qty: i128, sc: Scales) -> [String; 2] {
     [format(price, sc.quote), format(qty, sc.base)]
 }
 
@@ -106,7 +106,7 @@ pub async fn depth(
         Some(m) => m.read().expect("lock").depth.snapshot(n),
         None => agora_market::DepthBook::default().snapshot(n),
     };
-    let level = |&(p, q): &(i64, i64)| level_json(p, q, sc);
+    let level = |&(p, q): &(i64, i128)| level_json(p, q, sc);
     Ok(Json(json!({
         "symbol": symbol.name,
         "last_update_id": snapshot.last_update_id,
@@ -159,7 +159,7 @@ pub fn ticker_json(name: &str, m: Option<&SymbolMarket>, sc: Scales, now_ms: i64
         None => (None, None, None),
     };
     let price = |p: Option<i64>| p.map(|p| format(p, sc.quote));
-    let qty = |q: Option<i64>| q.map(|q| format(q, sc.base));
+    let qty = |q: Option<i128>| q.map(|q| format(q, sc.base));
     json!({
         "symbol": name,
         "window_end_ms": now_ms,
@@ -167,7 +167,7 @@ pub fn ticker_json(name: &str, m: Option<&SymbolMarket>, sc: Scales, now_ms: i64
         "high": price(t.map(|t| t.high)),
         "low": price(t.map(|t| t.low)),
         "last": price(t.map(|t| t.last)),
-        "volume": qty(t.map(|t| t.volume)),
+        "volume": qty(t.map(|t| t.volume as i128)),
         "quote_volume": price(t.map(|t| t.quote_volume)),
         "trades": t.map_or(0, |t| t.trades),
         "change": price(t.map(|t| t.last - t.open)),
@@ -233,11 +233,26 @@ pub async fn candles(
             )
         })?;
     let n = limit(p.limit.as_deref(), CANDLES_LIMIT_DEFAULT, CANDLES_LIMIT_MAX)?;
-    let end = time("end", p.end.as_deref())?.unwrap_or_else(now_ms);
-    let start = time("start", p.start.as_deref())?
-        .unwrap_or_else(|| interval.bucket(end) - (n as i64 - 1) * interval.ms());
+    let now = now_ms();
+    let asked_end = time("end", p.end.as_deref())?;
+    let asked_start = time("start", p.start.as_deref())?;
+    if let (Some(start), Some(end)) = (asked_start, asked_end) {
+        if start > end {
+            return Err(Problem::bad_request("INVALID_TIME", "start is after end"));
+        }
+    }
+    // No candle exists for a bucket that has not begun, and only the last `n` buckets of the
+    // range are returned: the work is bounded by the limit, not by how wide the range is.
+    let end = asked_end.unwrap_or(now).min(now);
+    let first = agora_market::candles::first_of_last(interval.bucket(end), interval.ms(), n);
+    let start = asked_start.unwrap_or(first).max(first);
     if start > end {
-        return Err(Problem::bad_request("INVALID_TIME", "start is after end"));
+        // The whole range lies in the future.
+        return Ok(Json(json!({
+            "symbol": symbol.name,
+            "interval": interval.as_str(),
+            "candles": [],
+        })));
     }
     let from_memory = state.exchange.market().symbol(symbol.id).and_then(|m| {
         let m = m.read().expect("lock");

@@ -81,6 +81,9 @@ pub struct ServeArgs {
     pub log_json: bool,
 }
 
+/// Shortest admin token accepted: a guessable token is no better than none.
+pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DurabilitySetting {
@@ -157,11 +160,23 @@ impl ServeArgs {
                 && (1..=1_024).contains(&ws_limits.subscriptions_max),
             "ws limits: connections per client >= 1, send buffer 1-1000000, subscriptions 1-1024"
         );
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid default"));
+        let admin_token = self.admin_token.or(file.admin_token);
+        anyhow::ensure!(
+            admin_token.as_deref().is_none_or(|t| t.len() >= ADMIN_TOKEN_LEN_MIN),
+            "admin-token must be at least {ADMIN_TOKEN_LEN_MIN} characters"
+        );
+        // Open admin endpoints are a convenience on one's own machine, never on a network.
+        anyhow::ensure!(
+            listen.ip().is_loopback() || admin_token.is_some(),
+            "refusing to listen on {listen} with open admin endpoints: set --admin-token \
+             (AGORA_ADMIN_TOKEN) or listen on a loopback address"
+        );
         Ok(Settings {
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid default")),
+            listen,
             data_dir: self
                 .data_dir
                 .or(file.data_dir)
@@ -206,7 +221,7 @@ impl ServeArgs {
                 .unwrap_or(DurabilitySetting::Full),
             engine_shards,
             batch_max,
-            admin_token: self.admin_token.or(file.admin_token),
+            admin_token,
             inflight_max,
             connections_max,
             ws_limits,
@@ -294,5 +309,21 @@ mod tests {
         assert!(resolve(&["--listen", "not-an-address"]).is_err());
         assert!(resolve(&["--durability", "sometimes"]).is_err());
         assert!(resolve(&["--config", "/nonexistent/agora.toml"]).is_err());
+    }
+
+    #[test]
+    fn admin_endpoints_are_never_open_beyond_loopback() {
+        let token = "0123456789abcdef";
+        // Loopback, v4 or v6: open admin endpoints are allowed.
+        assert!(resolve(&["--listen", "127.0.0.1:0"]).is_ok());
+        assert!(resolve(&["--listen", "[::1]:0"]).is_ok());
+        // Any other address needs a token.
+        let refused = resolve(&["--listen", "0.0.0.0:8080"]).unwrap_err();
+        assert!(refused.to_string().contains("admin-token"), "{refused}");
+        assert!(resolve(&["--listen", "10.1.2.3:8080"]).is_err());
+        assert!(resolve(&["--listen", "[::]:8080"]).is_err());
+        assert!(resolve(&["--listen", "0.0.0.0:8080", "--admin-token", token]).is_ok());
+        // A short token is refused anywhere.
+        assert!(resolve(&["--admin-token", "short"]).is_err());
     }
 }

@@ -63,13 +63,15 @@ pub trait ReadStore: Send + Sync {
     fn order(&self, id: u64) -> StoreResult<Option<OrderRow>>;
     fn orders(&self, query: &OrderQuery) -> StoreResult<Vec<OrderRow>>;
     fn balances(&self, user: u64) -> StoreResult<Vec<BalanceRow>>;
+    /// The user's fills, newest first: both sides of a self-trade. `before_fill_id` pages
+    /// (only fills with a smaller `fill_id`).
     fn fills(
         &self,
         user: u64,
         symbol: Option<u32>,
-        before_seq: Option<i64>,
+        before_fill_id: Option<i64>,
         limit: usize,
-    ) -> StoreResult<Vec<TradeRow>>;
+    ) -> StoreResult<Vec<FillRow>>;
     fn user_by_name(&self, name: &str) -> StoreResult<Option<UserRow>>;
     /// Stored candles of one series with `start_ms <= open_ms <= end_ms`, oldest first, at
     /// most `limit` (the most recent ones), plus the last candle before `start_ms` (first in

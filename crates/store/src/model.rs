@@ -1,6 +1,6 @@
 //! Rows as the store keeps them: integers in minor units, enums as stable strings.
 
-use agora_engine::{Side, TimeInForce};
+use agora_engine::{SelfTradePrevention, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,10 @@ pub struct SymbolRow {
     pub maker_fee_bps: u32,
     pub taker_fee_bps: u32,
     pub status: SymbolStatus,
+    /// Largest quantity of one order, base minor units.
+    pub max_quantity: i64,
+    /// Self-trade prevention of orders that do not choose a mode.
+    pub default_stp: SelfTradePrevention,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +80,8 @@ pub enum OrderStatus {
     Canceled,
     Rejected,
     Expired,
+    /// Expired by self-trade prevention (Binance's name).
+    ExpiredInMatch,
 }
 
 impl OrderStatus {
@@ -96,6 +102,7 @@ pub struct OrderRow {
     pub quantity: Option<i64>,
     pub quote_quantity: Option<i64>,
     pub client_order_id: Option<String>,
+    pub stp: SelfTradePrevention,
     pub status: OrderStatus,
     pub filled_qty: i64,
     pub filled_quote: i64,
@@ -127,6 +134,27 @@ pub struct TradeRow {
     pub buyer_fee: i64,
     pub seller_fee: i64,
     pub created_ms: i64,
+}
+
+/// One side of a trade, as the user on that side sees it: a self-trade (the same user on
+/// both sides) is two fills. `fill_id` orders a user's fills and pages them:
+/// `2 × trade seq`, plus 1 for the sell side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FillRow {
+    pub fill_id: i64,
+    pub side: Side,
+    pub trade: TradeRow,
+}
+
+impl FillRow {
+    pub fn new(trade: TradeRow, side: Side) -> FillRow {
+        let fill_id = trade.seq * 2 + (side == Side::Sell) as i64;
+        FillRow {
+            fill_id,
+            side,
+            trade,
+        }
+    }
 }
 
 /// One candle as stored; `interval` is its text form ("1m", "5m", …).

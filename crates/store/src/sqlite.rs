@@ -20,6 +20,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0002_relay_position.sql"),
     ),
     (3, include_str!("../migrations/sqlite/0003_candles.sql")),
+    (
+        4,
+        include_str!("../migrations/sqlite/0004_order_limits_and_stp.sql"),
+    ),
 ];
 
 /// Stored interval texts, interned so rows can carry `&'static str`.
@@ -270,7 +274,7 @@ pub fn now_ms() -> i64 {
 
 const ORDER_COLUMNS: &str = "id, user_id, symbol_id, side, type, time_in_force, price, quantity, \
      quote_quantity, client_order_id, status, filled_qty, filled_quote, fee_paid, hold_asset, \
-     held, accept_seq, cancel_requested, created_ms, updated_ms";
+     held, accept_seq, cancel_requested, created_ms, updated_ms, stp";
 
 fn order_from_row(r: &Row) -> rusqlite::Result<OrderRow> {
     Ok(OrderRow {
@@ -294,6 +298,7 @@ fn order_from_row(r: &Row) -> rusqlite::Result<OrderRow> {
         cancel_requested: r.get(17)?,
         created_ms: r.get(18)?,
         updated_ms: r.get(19)?,
+        stp: enum_parse(r.get(20)?)?,
     })
 }
 
@@ -348,9 +353,10 @@ impl Store for SqliteStore {
             }
             let mut s = tx.prepare_cached(
                 "INSERT INTO symbols (id, name, base_asset, quote_asset, tick_size, lot_size, \
-                 min_notional, maker_fee_bps, taker_fee_bps, status) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status",
+                 min_notional, maker_fee_bps, taker_fee_bps, status, max_quantity, default_stp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+                 default_stp = excluded.default_stp",
             )?;
             for y in &b.symbols {
                 s.execute(params![
@@ -363,7 +369,9 @@ impl Store for SqliteStore {
                     y.min_notional,
                     y.maker_fee_bps,
                     y.taker_fee_bps,
-                    enum_text(&y.status)
+                    enum_text(&y.status),
+                    y.max_quantity,
+                    enum_text(&y.default_stp)
                 ])?;
             }
             let mut s = tx.prepare_cached(
@@ -390,7 +398,7 @@ impl Store for SqliteStore {
             }
             let mut s = tx.prepare_cached(&format!(
                 "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20) \
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
                  filled_qty = excluded.filled_qty, filled_quote = excluded.filled_quote, \
                  fee_paid = excluded.fee_paid, held = excluded.held, \
@@ -417,7 +425,8 @@ impl Store for SqliteStore {
                     o.accept_seq,
                     o.cancel_requested,
                     o.created_ms,
-                    o.updated_ms
+                    o.updated_ms,
+                    enum_text(&o.stp)
                 ])?;
             }
             let mut s = tx.prepare_cached(&format!(
@@ -534,7 +543,8 @@ impl Store for SqliteStore {
         collect(
             &self.conn,
             "SELECT id, name, base_asset, quote_asset, tick_size, lot_size, min_notional, \
-             maker_fee_bps, taker_fee_bps, status FROM symbols ORDER BY id",
+             maker_fee_bps, taker_fee_bps, status, max_quantity, default_stp \
+             FROM symbols ORDER BY id",
             [],
             |r| {
                 Ok(SymbolRow {
@@ -548,6 +558,8 @@ impl Store for SqliteStore {
                     maker_fee_bps: r.get(7)?,
                     taker_fee_bps: r.get(8)?,
                     status: enum_parse(r.get(9)?)?,
+                    max_quantity: r.get(10)?,
+                    default_stp: enum_parse(r.get(11)?)?,
                 })
             },
         )
@@ -791,22 +803,31 @@ impl ReadStore for SqliteReader {
         &self,
         user: u64,
         symbol: Option<u32>,
-        before_seq: Option<i64>,
+        before_fill_id: Option<i64>,
         limit: usize,
-    ) -> StoreResult<Vec<TradeRow>> {
-        self.with(|c| {
-            collect(
-                c,
-                &format!(
-                    "SELECT {TRADE_COLUMNS} FROM trades WHERE seq IN ( \
-                       SELECT seq FROM trades WHERE buyer = ?1 AND (?3 IS NULL OR seq < ?3) \
-                       UNION SELECT seq FROM trades WHERE seller = ?1 AND (?3 IS NULL OR seq < ?3)) \
-                     AND (?2 IS NULL OR symbol_id = ?2) ORDER BY seq DESC LIMIT ?4"
-                ),
-                params![user, symbol, before_seq, limit as i64],
-                trade_from_row,
-            )
-        })
+    ) -> StoreResult<Vec<FillRow>> {
+        // fill_id = 2·seq (+1 for the sell side), so "fill_id < b" is "seq < (b+1)/2" on the
+        // buy side and "seq < b/2" on the sell side: each side is a range on its index.
+        let b = before_fill_id.unwrap_or(i64::MAX);
+        let side = |column: &str, seq_below: i64, side: Side| -> StoreResult<Vec<FillRow>> {
+            self.with(|c| {
+                collect(
+                    c,
+                    &format!(
+                        "SELECT {TRADE_COLUMNS} FROM trades WHERE {column} = ?1 \
+                         AND (?2 IS NULL OR symbol_id = ?2) AND seq < ?3 \
+                         ORDER BY seq DESC LIMIT ?4"
+                    ),
+                    params![user, symbol, seq_below, limit as i64],
+                    |r| Ok(FillRow::new(trade_from_row(r)?, side)),
+                )
+            })
+        };
+        let mut fills = side("buyer", b / 2 + b % 2, Side::Buy)?;
+        fills.extend(side("seller", b / 2, Side::Sell)?);
+        fills.sort_unstable_by_key(|f| std::cmp::Reverse(f.fill_id));
+        fills.truncate(limit);
+        Ok(fills)
     }
 
     fn user_by_name(&self, name: &str) -> StoreResult<Option<UserRow>> {
