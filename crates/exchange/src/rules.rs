@@ -18,13 +18,14 @@ pub const FEE_BPS_MAX: u32 = 1_000;
 /// the books and the sequencer's open-order set by a rule users can see.
 pub const OPEN_ORDERS_PER_USER_SYMBOL_MAX: u32 = 1_000;
 
-/// The largest `max_quantity` a symbol may have for lot `lot_size`: the largest multiple of
-/// the lot such that everything one user can have resting on one symbol
-/// (`OPEN_ORDERS_PER_USER_SYMBOL_MAX` orders) still sums within an i64. It is also the
-/// default. Level and book totals across users are summed wide (i128) regardless.
+/// The largest `max_quantity` a symbol may have for lot `lot_size`, and its default: the
+/// largest multiple of the lot that fits an i64. One order is bounded by the symbol's
+/// `max_quantity` and one user by `OPEN_ORDERS_PER_USER_SYMBOL_MAX` open orders per symbol;
+/// what many orders rest at one price is summed wide (i128) by the engine and the depth
+/// model, so no total can overflow (a buy's quantity is bounded by its quote hold, not by the
+/// base asset's supply, so such totals can exceed an i64).
 pub fn max_quantity_cap(lot_size: i64) -> i64 {
-    let cap = i64::MAX / OPEN_ORDERS_PER_USER_SYMBOL_MAX as i64;
-    cap - cap % lot_size
+    i64::MAX - i64::MAX % lot_size
 }
 
 /// Assets and symbols, indexed. Replaced wholesale (copy-on-write) when one is added.
@@ -644,10 +645,13 @@ mod tests {
         // BTC-USDT's lot is 0.0001 BTC = 10,000 minor units; the default is the cap.
         assert_eq!(r.symbols[&1].max_quantity, max_quantity_cap(10_000));
         assert_eq!(max_quantity_cap(10_000) % 10_000, 0);
-        // 1,000 orders of the largest size still sum within an i64.
-        let max = r.symbols[&1].max_quantity;
-        assert!(max as i128 * OPEN_ORDERS_PER_USER_SYMBOL_MAX as i128 <= i64::MAX as i128);
-        let too_big = units::format(max + 10_000, 8);
+        assert_eq!(max_quantity_cap(10_000), 9_223_372_036_854_770_000);
+        let mut small = r.clone();
+        let mut symbol = small.symbols[&1].clone();
+        symbol.max_quantity = 1_000_000; // 0.01 BTC
+        small.add_symbol(symbol);
+        let too_big = "0.0101";
+        let r = small;
         assert_eq!(
             code(validate_order(&limit(Side::Sell, "1", &too_big), &r, None)),
             "QUANTITY_TOO_LARGE"
@@ -674,11 +678,6 @@ mod tests {
         };
         assert_eq!(validate_symbol(&s, &r).unwrap().max_quantity, 250_000_000);
         s.max_quantity = Some("2.00005".into());
-        assert_eq!(
-            validate_symbol(&s, &r).unwrap_err().code,
-            "INVALID_MAX_QUANTITY"
-        );
-        s.max_quantity = Some("92233720368.5477".into());
         assert_eq!(
             validate_symbol(&s, &r).unwrap_err().code,
             "INVALID_MAX_QUANTITY"

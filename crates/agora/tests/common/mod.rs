@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary under test. AGORA_TEST_BIN runs the suite against another build (e.g. to show
+/// that a regression test fails on the code before its fix).
+pub fn agora_bin() -> String {
+    std::env::var("AGORA_TEST_BIN").unwrap_or(env!("CARGO_BIN_EXE_agora").into())
+}
+
 pub struct Server {
     child: Option<Child>,
     pub url: String,
@@ -43,7 +49,7 @@ impl Server {
     }
 
     fn boot(&mut self, extra: &[&str]) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agora"))
+        let mut child = Command::new(agora_bin())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.data_dir)
