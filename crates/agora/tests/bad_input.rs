@@ -188,12 +188,46 @@ fn bad_requests_get_a_4xx_problem_and_change_nothing() {
     s.assert_invariants();
 }
 
-/// Random bytes and random JSON never produce a 5xx or a panic, and change nothing.
+/// A random decimal-looking string: mostly well-formed numbers of every size and precision
+/// (so that they reach the tick, lot, scale, range and notional rules), sometimes malformed.
+fn fuzzed_number(rng: &mut impl rand::Rng) -> String {
+    let mut digits = |max_len: usize| -> String {
+        let n = rng.random_range(0..=max_len);
+        (0..n)
+            .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+            .collect()
+    };
+    let (whole, frac, short) = (digits(21), digits(21), digits(3));
+    let mut n = match rng.random_range(0..5) {
+        0 => whole,
+        1 => format!("{whole}.{frac}"),
+        2 => format!("{}.{short}", rng.random_range(0..10_000)),
+        3 => format!("0.{short}"),
+        _ => rng.random_range(0..100).to_string(),
+    };
+    match rng.random_range(0..12) {
+        0 => n.insert(0, '-'),
+        1 => n.push_str("e3"),
+        2 => n.insert(0, ' '),
+        3 => n = n.replace('.', ","),
+        4 => n.push('.'),
+        _ => {}
+    }
+    n
+}
+
+/// Random bytes and random JSON never produce a 5xx or a panic, and change nothing. Numbers
+/// are fuzzed too and reach validation: the orders come from a user without funds, so even
+/// one that passes every rule is refused (INSUFFICIENT_FUNDS) and changes nothing.
 #[test]
 fn fuzzed_bodies_never_cause_a_5xx() {
     use rand::{Rng, SeedableRng};
     let s = Server::start();
-    let users = market(&s, 1);
+    let mut users = market(&s, 1);
+    let broke = s.admin("users", json!({"name": "broke"}))["user_id"]
+        .as_u64()
+        .unwrap();
+    users.push(broke);
     let before = observable(&s, &users);
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let fields = [
@@ -205,6 +239,7 @@ fn fuzzed_bodies_never_cause_a_5xx() {
         "quote_quantity",
         "time_in_force",
         "client_order_id",
+        "self_trade_prevention_mode",
     ];
     let values = [
         json!(null),
@@ -230,8 +265,10 @@ fn fuzzed_bodies_never_cause_a_5xx() {
         json!("1.0000000000000000000001"),
         json!("IOC"),
         json!("FOK"),
+        json!("EXPIRE_BOTH"),
     ];
-    for i in 0..600 {
+    let mut codes = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..1_000 {
         let body = if i % 5 == 0 {
             (0..rng.random_range(0..64))
                 .map(|_| rng.random::<u8>())
@@ -243,10 +280,31 @@ fn fuzzed_bodies_never_cause_a_5xx() {
                     o.insert(f.into(), values[rng.random_range(0..values.len())].clone());
                 }
             }
-            // Never spend: a buy that could be valid is priced below the minimum notional.
-            if o.get("side") == Some(&json!("BUY")) || o.get("side") == Some(&json!("SELL")) {
-                o.insert("quantity".into(), json!("1"));
-                o.insert("price".into(), json!("0.01"));
+            // A plausible order shape half of the time, with fuzzed numbers in it.
+            if rng.random_bool(0.5) {
+                o.insert("symbol".into(), json!("BASE-QUOTE"));
+                let side = if rng.random_bool(0.5) { "BUY" } else { "SELL" };
+                o.insert("side".into(), json!(side));
+                let kind = if rng.random_bool(0.7) { "LIMIT" } else { "MARKET" };
+                o.insert("type".into(), json!(kind));
+                o.remove("time_in_force");
+                o.remove("self_trade_prevention_mode");
+                o.remove("client_order_id");
+                for f in ["price", "quantity", "quote_quantity"] {
+                    o.remove(f);
+                }
+                match (kind, side) {
+                    ("LIMIT", _) => {
+                        o.insert("price".into(), json!(fuzzed_number(&mut rng)));
+                        o.insert("quantity".into(), json!(fuzzed_number(&mut rng)));
+                    }
+                    (_, "BUY") => {
+                        o.insert("quote_quantity".into(), json!(fuzzed_number(&mut rng)));
+                    }
+                    _ => {
+                        o.insert("quantity".into(), json!(fuzzed_number(&mut rng)));
+                    }
+                }
             }
             Value::Object(o).to_string().into_bytes()
         };
@@ -254,12 +312,26 @@ fn fuzzed_bodies_never_cause_a_5xx() {
             &s,
             "POST",
             "/api/v1/orders",
-            Some(&users[0].to_string()),
+            Some(&broke.to_string()),
             Some("application/json"),
             body,
         );
         assert!((400..500).contains(&code), "answered {code}: {problem}");
-        assert!(problem["code"].is_string(), "no problem code: {problem}");
+        let code = problem["code"].as_str().expect("a problem code").to_string();
+        *codes.entry(code).or_default() += 1;
+    }
+    // The fuzzed numbers got past parsing into every rule, down to the funds check.
+    for reached in [
+        "INVALID_NUMBER",
+        "TOO_MANY_DECIMALS",
+        "OUT_OF_RANGE",
+        "NEGATIVE_NUMBER",
+        "NOT_POSITIVE",
+        "QUANTITY_OFF_LOT",
+        "NOTIONAL_TOO_SMALL",
+        "INSUFFICIENT_FUNDS",
+    ] {
+        assert!(codes.contains_key(reached), "never reached {reached}: {codes:?}");
     }
     assert_eq!(observable(&s, &users), before);
     s.assert_invariants();
