@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -348,5 +349,84 @@ fn connections_per_client_are_capped() {
     match tungstenite::connect(url) {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 429),
         other => panic!("third connection was not refused: {:?}", other.map(|_| ())),
+    }
+}
+
+/// The symbols `--demo` seeds.
+const DEMO_SYMBOLS: [&str; 3] = ["005930-KRW", "BTC-USDT", "ETH-USDT"];
+
+/// A demo server whose bots send `bot_rate` orders/s per symbol, returned once its markets
+/// exist (the demo is seeded just after the server turns ready).
+fn demo(bot_rate: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--demo", "--bot-rate", bot_rate];
+    args.extend_from_slice(extra);
+    let s = Server::start_with(&args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let markets = s.json("/api/v1/markets", None);
+        let names: Vec<&str> = markets["markets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["symbol"].as_str())
+            .collect();
+        if DEMO_SYMBOLS.iter().all(|n| names.contains(n)) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the demo markets never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn subscribe_demo_trades(ws: &mut Ws) {
+    let params: Vec<String> = DEMO_SYMBOLS.iter().map(|s| format!("{s}@trade")).collect();
+    send(
+        ws,
+        json!({"method": "SUBSCRIBE", "params": params, "id": "trades"}),
+    );
+    assert_eq!(reply(ws), json!({"result": null, "id": "trades"}));
+}
+
+/// Every trade of every symbol reaches a subscriber exactly once, in order, without gaps,
+/// while commits settle trades of several symbols each (issue #8: a commit touching symbols
+/// A, B, A queued A's trades twice).
+#[test]
+fn every_trade_of_every_symbol_arrives_once_in_order_without_gaps() {
+    let s = demo("300", &[]);
+    let mut ws = connect(&s, None);
+    subscribe_demo_trades(&mut ws);
+    let (rx, _h) = reader(ws);
+    let mut ids: HashMap<String, Vec<u64>> = HashMap::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(m) = rx.recv_timeout(left) else { break };
+        let stream = m["stream"].as_str().unwrap();
+        let symbol = stream.strip_suffix("@trade").expect("only trade streams");
+        let seen = ids.entry(symbol.to_string()).or_default();
+        seen.extend(
+            m["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["trade_id"].as_u64().unwrap()),
+        );
+    }
+    for symbol in DEMO_SYMBOLS {
+        let seen = ids
+            .get(symbol)
+            .unwrap_or_else(|| panic!("no trades of {symbol}"));
+        let mut distinct = seen.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            seen.len(),
+            "{symbol}: {} of {} trades arrived more than once",
+            seen.len() - distinct.len(),
+            seen.len()
+        );
+        if let Some(w) = seen.windows(2).find(|w| w[1] != w[0] + 1) {
+            panic!("{symbol}: trade {} followed by {}", w[0], w[1]);
+        }
     }
 }

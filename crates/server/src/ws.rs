@@ -274,6 +274,15 @@ impl Drop for ClientSlot {
     }
 }
 
+/// The symbols a commit's trades belong to, each once: the trades of a commit are not grouped
+/// by symbol (A, B, A), and each symbol's trades must be queued exactly once.
+fn traded_symbols(trades: &[TradeRow]) -> Vec<u32> {
+    let mut symbols: Vec<u32> = trades.iter().map(|t| t.symbol).collect();
+    symbols.sort_unstable();
+    symbols.dedup();
+    symbols
+}
+
 fn stream_message(stream: &str, data: Value) -> Value {
     json!({ "stream": stream, "data": data })
 }
@@ -323,9 +332,7 @@ impl CommitObserver for Hub {
                 });
             }
         }
-        let mut traded: Vec<u32> = batch.trades.iter().map(|t| t.symbol).collect();
-        traded.dedup();
-        for &symbol in &traded {
+        for symbol in traded_symbols(&batch.trades) {
             let Some((name, sc)) = named(symbol) else {
                 continue;
             };
@@ -654,5 +661,28 @@ mod tests {
         assert!(trade_flush_due(TRADE_FLUSH_WAIT_MAX_MS, false, 5));
         // A full batch goes out regardless.
         assert!(trade_flush_due(0, false, TRADE_BATCH_MAX));
+    }
+
+    #[test]
+    fn a_commit_s_symbols_are_listed_once_even_when_its_trades_interleave() {
+        let trade = |symbol| TradeRow {
+            seq: 1,
+            symbol,
+            trade_id: 1,
+            price: 1,
+            qty: 1,
+            quote_qty: 1,
+            buy_order: 1,
+            sell_order: 2,
+            buyer: 1,
+            seller: 2,
+            taker_side: agora_engine::Side::Buy,
+            buyer_fee: 0,
+            seller_fee: 0,
+            created_ms: 0,
+        };
+        let trades = [trade(7), trade(3), trade(7), trade(7), trade(3), trade(9)];
+        assert_eq!(traded_symbols(&trades), vec![3, 7, 9]);
+        assert!(traded_symbols(&[]).is_empty());
     }
 }
