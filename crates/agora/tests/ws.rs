@@ -4,10 +4,13 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
@@ -387,6 +390,60 @@ fn subscribe_demo_trades(ws: &mut Ws) {
     assert_eq!(reply(ws), json!({"result": null, "id": "trades"}));
 }
 
+/// A second handle on the connection's TCP socket, to write bytes tungstenite would not.
+fn raw(ws: &Ws) -> TcpStream {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.try_clone().expect("clone the socket"),
+        _ => panic!("plain TCP expected"),
+    }
+}
+
+/// A client frame built by hand: `head` is its first byte (FIN, RSV bits, opcode); masked
+/// with a fixed key unless `masked` is false.
+fn frame(head: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let mut f = vec![head];
+    match u16::try_from(payload.len()) {
+        Ok(n) if n < 126 => f.push(mask_bit | n as u8),
+        Ok(n) => {
+            f.push(mask_bit | 126);
+            f.extend(n.to_be_bytes());
+        }
+        Err(_) => panic!("test frames stay under 64 KiB"),
+    }
+    if masked {
+        let key = [0x11, 0x22, 0x33, 0x44];
+        f.extend(key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend(payload);
+    }
+    f
+}
+
+/// The code of the close frame the server sends next (other messages are skipped).
+fn close_code(ws: &mut Ws) -> u16 {
+    if let MaybeTlsStream::Plain(tcp) = ws.get_mut() {
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(c))) => return u16::from(c.code),
+            Ok(Message::Close(None)) => panic!("a close frame without a code"),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// After the server's close frame, the server ends the TCP connection cleanly.
+fn assert_clean_end(ws: &mut Ws, what: &str) {
+    match ws.read() {
+        Err(tungstenite::Error::ConnectionClosed) => {}
+        other => panic!("{what}: not a clean end after the close frame: {other:?}"),
+    }
+}
+
 /// Every trade of every symbol reaches a subscriber exactly once, in order, without gaps,
 /// while commits settle trades of several symbols each (issue #8: a commit touching symbols
 /// A, B, A queued A's trades twice).
@@ -429,4 +486,69 @@ fn every_trade_of_every_symbol_arrives_once_in_order_without_gaps() {
             panic!("{symbol}: trade {} followed by {}", w[0], w[1]);
         }
     }
+}
+
+/// RFC 6455 §5.5.1: a Close frame is answered with a Close frame echoing its code, then the
+/// server ends the TCP connection.
+#[test]
+fn a_client_close_is_echoed_then_the_connection_ends_cleanly() {
+    let s = Server::start();
+    let mut ws = connect(&s, None);
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    assert_eq!(close_code(&mut ws), 1000);
+    assert_clean_end(&mut ws, "client close");
+}
+
+/// Frames tungstenite's client cannot produce, each on a fresh connection: the server
+/// closes with the code RFC 6455 §7.4.1 gives the violation.
+#[test]
+fn protocol_violations_are_closed_with_their_codes() {
+    let s = Server::start();
+    for (what, bytes, code) in [
+        (
+            "invalid UTF-8 in a text frame",
+            frame(0x81, &[b'{', 0xff, 0xfe, b'}'], true),
+            1007,
+        ),
+        ("a reserved data opcode", frame(0x83, b"{}", true), 1002),
+        ("a reserved control opcode", frame(0x8b, b"", true), 1002),
+        ("RSV1 set", frame(0xc1, b"{}", true), 1002),
+        ("an unmasked client frame", frame(0x81, b"{}", false), 1002),
+        ("a fragmented control frame", frame(0x09, b"", true), 1002),
+        (
+            "a continuation with nothing to continue",
+            frame(0x80, b"{}", true),
+            1002,
+        ),
+    ] {
+        let mut ws = connect(&s, None);
+        raw(&ws).write_all(&bytes).unwrap();
+        assert_eq!(close_code(&mut ws), code, "{what}");
+        assert_clean_end(&mut ws, what);
+    }
+    assert_eq!(s.get("/health", None).status(), 200);
+}
+
+/// Messages are limited to 4 KiB: one of 4,096 bytes is read (and answered), a longer one,
+/// whole or in fragments, is closed with 1009 (message too big).
+#[test]
+fn a_message_over_4_kib_is_closed_with_1009() {
+    let s = Server::start();
+    let mut ws = connect(&s, None);
+    ws.send(Message::text("x".repeat(4_096))).unwrap();
+    assert_eq!(reply(&mut ws)["error"]["code"], "MALFORMED_JSON");
+    ws.send(Message::text("x".repeat(4_097))).unwrap();
+    assert_eq!(close_code(&mut ws), 1009);
+    // Two fragments of 3,000 bytes each: no frame is too big, the message is.
+    let mut ws = connect(&s, None);
+    let chunk = vec![b'x'; 3_000];
+    let mut bytes = frame(0x01, &chunk, true);
+    bytes.extend(frame(0x80, &chunk, true));
+    raw(&ws).write_all(&bytes).unwrap();
+    assert_eq!(close_code(&mut ws), 1009);
+    assert_clean_end(&mut ws, "fragmented message over the limit");
 }

@@ -26,7 +26,7 @@ use agora_exchange::market::{candle_of, CommitObserver, Committed, MarketData};
 use agora_exchange::RefData;
 use agora_market::{DepthDiff, Interval};
 use agora_store::TradeRow;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -76,7 +76,7 @@ const TRADE_FLUSH_WAIT_MAX_MS: i64 = 40;
 const TRADE_BATCH_MAX: usize = 1_000;
 /// Bytes read from a client per read attempt (see `ws_handler`).
 const READ_CHUNK_BYTES: usize = 512;
-/// How long a slow consumer gets to take its close frame.
+/// How long a closing connection gets to take its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames written per flush of the socket.
 const WRITE_FRAMES_MAX: usize = 256;
@@ -494,81 +494,208 @@ fn stream_name(key: StreamKey, r: &RefData) -> String {
     }
 }
 
-async fn connection(mut socket: WebSocket, state: AppState, user: Option<u64>, _slot: ClientSlot) {
-    let hub = state.hub.clone();
-    let id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel(hub.limits.send_buffer_batches);
-    let conn = Arc::new(Conn {
-        tx,
-        slow: AtomicBool::new(false),
-        kick: Notify::new(),
-    });
-    let mut mine: FxHashSet<StreamKey> = FxHashSet::default();
-    loop {
-        tokio::select! {
-            biased;
-            _ = conn.kick.notified() => {
-                let frame = CloseFrame { code: 1008, reason: "slow consumer: send buffer full".into() };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
-                break;
+async fn connection(socket: WebSocket, state: AppState, user: Option<u64>, _slot: ClientSlot) {
+    let mut c = Connection::new(socket, state, user);
+    let end = c.serve().await;
+    c.leave();
+    c.close(end).await;
+}
+
+/// How a connection ends: what is written before its TCP connection is closed.
+enum End {
+    /// The TCP connection failed, or the client left without a close frame: nothing to write.
+    Gone,
+    /// The client sent a Close frame. tungstenite queued the echo RFC 6455 §5.5.1 requires
+    /// when it read it, but writes it only on the next read, write or flush.
+    ClosedByClient,
+    /// The server closes with this frame.
+    Close(CloseFrame),
+}
+
+impl End {
+    fn close(code: u16, reason: &str) -> End {
+        End::Close(CloseFrame {
+            code,
+            reason: close_reason(reason),
+        })
+    }
+
+    fn slow(why: &str) -> End {
+        End::close(close_code::POLICY, &format!("slow consumer: {why}"))
+    }
+
+    /// The close a read error calls for (RFC 6455 §7.4.1): 1009 for a message over
+    /// `WsLimits::message_bytes_max`, 1007 for a text message that is not UTF-8, 1002 for any
+    /// other protocol violation; nothing to write if the connection itself failed. tungstenite
+    /// leaves the connection open for writing after these errors (it stops only at a close
+    /// frame or the end of the stream), so the close frame can still be sent.
+    fn after_read_error(e: axum::Error) -> End {
+        use tungstenite::error::ProtocolError;
+        let Ok(e) = e.into_inner().downcast::<tungstenite::Error>() else {
+            return End::Gone;
+        };
+        let code = match &*e {
+            tungstenite::Error::Capacity(_) => close_code::SIZE,
+            tungstenite::Error::Utf8(_) => close_code::INVALID,
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                return End::Gone
             }
-            out = rx.recv() => {
-                let Some(mut batch) = out else { break };
-                let mut taken = 1;
-                while batch.len() < WRITE_FRAMES_MAX {
-                    match rx.try_recv() {
-                        Ok(more) => {
-                            batch.extend(more);
-                            taken += 1;
-                        }
-                        Err(_) => break,
+            tungstenite::Error::Protocol(_) | tungstenite::Error::AttackAttempt => {
+                close_code::PROTOCOL
+            }
+            _ => return End::Gone, // I/O: the connection is gone
+        };
+        End::close(code, &e.to_string())
+    }
+}
+
+/// A close reason fits a control frame's 125 bytes with the 2-byte code.
+const CLOSE_REASON_BYTES_MAX: usize = 123;
+
+fn close_reason(text: &str) -> Utf8Bytes {
+    let mut end = text.len().min(CLOSE_REASON_BYTES_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Utf8Bytes::from(&text[..end])
+}
+
+/// One WebSocket connection: its socket, the queue fan-out offers it batches on, and its
+/// subscriptions.
+struct Connection {
+    socket: WebSocket,
+    state: AppState,
+    hub: Arc<Hub>,
+    id: u64,
+    conn: Arc<Conn>,
+    rx: mpsc::Receiver<Vec<Utf8Bytes>>,
+    user: Option<u64>,
+    mine: FxHashSet<StreamKey>,
+}
+
+impl Connection {
+    fn new(socket: WebSocket, state: AppState, user: Option<u64>) -> Connection {
+        let hub = state.hub.clone();
+        let (tx, rx) = mpsc::channel(hub.limits.send_buffer_batches);
+        Connection {
+            socket,
+            id: hub.next_conn.fetch_add(1, Ordering::Relaxed),
+            conn: Arc::new(Conn {
+                tx,
+                slow: AtomicBool::new(false),
+                kick: Notify::new(),
+            }),
+            hub,
+            state,
+            rx,
+            user,
+            mine: FxHashSet::default(),
+        }
+    }
+
+    /// Writes what fan-out queues and answers the client's commands until the connection ends.
+    async fn serve(&mut self) -> End {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.conn.kick.notified() => return End::slow("send buffer full"),
+                batch = self.rx.recv() => {
+                    // `conn` holds a sender, so the queue never ends while this runs.
+                    let Some(batch) = batch else { return End::Gone };
+                    if let Some(end) = self.write(batch).await {
+                        return end;
                     }
                 }
-                let write = async {
-                    for m in batch {
-                        socket.feed(Message::Text(m)).await?;
+                msg = self.socket.recv() => {
+                    if let Some(end) = self.on_message(msg).await {
+                        return end;
                     }
-                    socket.flush().await
-                };
-                // A client that stops reading stalls the write; the kick still wins.
-                let written = tokio::select! {
-                    r = write => r.is_ok(),
-                    _ = conn.kick.notified() => false,
-                };
-                hub.in_flight.fetch_sub(taken, Ordering::Relaxed);
-                if !written {
-                    break;
-                }
-            }
-            msg = socket.recv() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => {
-                        let reply = error("UNSUPPORTED", "send JSON text frames", Value::Null);
-                        if socket.send(Message::Text(reply.to_string().into())).await.is_err() { break }
-                        continue;
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => continue, // ping/pong are answered by the protocol layer
-                };
-                let reply = handle_command(&text, &state, &hub, id, &conn, user, &mut mine);
-                if socket.send(Message::Text(reply.to_string().into())).await.is_err() {
-                    break;
                 }
             }
         }
     }
-    for key in mine {
-        hub.unsubscribe(id, key);
+
+    /// Writes `batch`, and whatever else is queued up to `WRITE_FRAMES_MAX` frames, with one
+    /// flush; how the connection ends if that fails.
+    async fn write(&mut self, mut batch: Vec<Utf8Bytes>) -> Option<End> {
+        let mut taken = 1;
+        while batch.len() < WRITE_FRAMES_MAX {
+            match self.rx.try_recv() {
+                Ok(more) => {
+                    batch.extend(more);
+                    taken += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let socket = &mut self.socket;
+        let write = async {
+            for m in batch {
+                socket.feed(Message::Text(m)).await?;
+            }
+            socket.flush().await
+        };
+        // A client that stops reading stalls the write; the kick still wins.
+        let end = tokio::select! {
+            r = write => r.err().map(|_| End::Gone),
+            _ = self.conn.kick.notified() => Some(End::slow("send buffer full")),
+        };
+        self.hub.in_flight.fetch_sub(taken, Ordering::Relaxed);
+        end
     }
-    // No fan-out reaches this connection any more (it left every subscription under the
-    // write lock); what it never wrote is no longer in flight.
-    rx.close();
-    let mut dropped = 0;
-    while rx.try_recv().is_ok() {
-        dropped += 1;
+
+    /// Answers a client message; how the connection ends if it does.
+    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Option<End> {
+        let reply = match msg {
+            Some(Ok(Message::Text(text))) => handle_command(
+                &text,
+                &self.state,
+                &self.hub,
+                self.id,
+                &self.conn,
+                self.user,
+                &mut self.mine,
+            ),
+            Some(Ok(Message::Binary(_))) => {
+                error("UNSUPPORTED", "send JSON text frames", Value::Null)
+            }
+            Some(Ok(Message::Close(_))) => return Some(End::ClosedByClient),
+            Some(Ok(_)) => return None, // ping/pong are answered by the protocol layer
+            Some(Err(e)) => return Some(End::after_read_error(e)),
+            None => return Some(End::Gone),
+        };
+        let reply = Message::Text(reply.to_string().into());
+        self.socket.send(reply).await.err().map(|_| End::Gone)
     }
-    hub.in_flight.fetch_sub(dropped, Ordering::Relaxed);
+
+    /// Leaves every subscription, and uncounts what the connection will never write.
+    fn leave(&mut self) {
+        for key in self.mine.drain() {
+            self.hub.unsubscribe(self.id, key);
+        }
+        // No fan-out reaches this connection any more (it left every subscription under the
+        // write lock); what it never wrote is no longer in flight.
+        self.rx.close();
+        let mut dropped = 0;
+        while self.rx.try_recv().is_ok() {
+            dropped += 1;
+        }
+        self.hub.in_flight.fetch_sub(dropped, Ordering::Relaxed);
+    }
+
+    /// Ends the WebSocket as `end` says, giving the client at most `CLOSE_TIMEOUT` to take the
+    /// close frame; the TCP connection closes when the socket is dropped.
+    async fn close(&mut self, end: End) {
+        let socket = &mut self.socket;
+        let closing = async move {
+            match end {
+                End::Gone => Ok(()),
+                End::ClosedByClient => socket.flush().await,
+                End::Close(frame) => socket.send(Message::Close(Some(frame))).await,
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
 }
 
 fn handle_command(
