@@ -4,9 +4,10 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -551,4 +552,81 @@ fn a_message_over_4_kib_is_closed_with_1009() {
     raw(&ws).write_all(&bytes).unwrap();
     assert_eq!(close_code(&mut ws), 1009);
     assert_clean_end(&mut ws, "fragmented message over the limit");
+}
+
+/// Sends commands on `tcp`, never reading, until a write fails because the server closed the
+/// connection; how long that took, or `None` if it was still open after `within`.
+fn flood_until_closed(tcp: &mut TcpStream, within: Duration) -> Option<Duration> {
+    tcp.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let params: Vec<String> = DEMO_SYMBOLS.iter().map(|s| format!("{s}@trade")).collect();
+    let start = Instant::now();
+    let mut unsent: Vec<u8> = Vec::new(); // the rest of a frame a timed-out write left
+    let mut n = 0u64;
+    while start.elapsed() < within {
+        if unsent.is_empty() {
+            n += 1;
+            let command = if n % 2 == 0 {
+                json!({"method": "LIST_SUBSCRIPTIONS", "id": n})
+            } else {
+                json!({"method": "SUBSCRIBE", "params": params, "id": n})
+            };
+            unsent = frame(0x81, command.to_string().as_bytes(), true);
+        }
+        match tcp.write(&unsent) {
+            Ok(k) => {
+                unsent.drain(..k);
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// A client that sends commands but never reads their replies (issue #8: the server waited
+/// forever in the reply's write, and held every other connection's trade flush at its
+/// longest wait) is closed within seconds, while a reading subscriber keeps receiving.
+#[test]
+fn a_client_that_never_reads_is_cut_off_while_a_reader_keeps_receiving() {
+    // A queue the test cannot fill, so only the write deadline can end the stuck
+    // connection; a small kernel send buffer, so it is stuck soon.
+    let s = demo(
+        "300",
+        &["--ws-send-buffer", "100000", "--socket-send-buffer", "8192"],
+    );
+    let mut good = connect(&s, None);
+    subscribe_demo_trades(&mut good);
+    let (rx, _h) = reader(good);
+    let stop = Arc::new(AtomicBool::new(false));
+    let arrivals = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut at = vec![Instant::now()];
+            while !stop.load(Ordering::Relaxed) {
+                if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                    at.push(Instant::now());
+                }
+            }
+            at.push(Instant::now());
+            at
+        })
+    };
+    let mut stuck = connect(&s, None);
+    subscribe_demo_trades(&mut stuck);
+    let closed_after = flood_until_closed(&mut raw(&stuck), Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(1)); // the reader goes on after the cut too
+    stop.store(true, Ordering::Relaxed);
+    let at = arrivals.join().unwrap();
+    let longest_gap = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        closed_after.is_some(),
+        "a client that never reads was still connected after 15 s"
+    );
+    assert!(
+        longest_gap < Duration::from_secs(2),
+        "the reading subscriber went {longest_gap:?} without trades ({} messages)",
+        at.len() - 2
+    );
+    drop(stuck);
 }

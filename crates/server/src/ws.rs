@@ -3,8 +3,10 @@
 //! Protocol (JSON text frames, Binance-style):
 //! - `{"method": "SUBSCRIBE", "params": ["BTC-USDT@depth", "BTC-USDT@trade"], "id": 1}`;
 //!   `UNSUBSCRIBE` likewise; `LIST_SUBSCRIPTIONS`. Answers: `{"result": …, "id": 1}` or
-//!   `{"error": {"code": "…", "msg": "…"}, "id": 1}`. A bad message gets an error, never a
-//!   dropped connection.
+//!   `{"error": {"code": "…", "msg": "…"}, "id": 1}`. A bad command gets an error, never a
+//!   dropped connection; a frame that breaks the protocol closes it with the RFC 6455 code:
+//!   1009 for a message over 4 KiB (`WsLimits::message_bytes_max`), 1007 for text that is not
+//!   UTF-8, 1002 for anything else. A client's Close frame is echoed before the TCP close.
 //! - Streams: `SYM@depth` (diffs with `first_update_id`/`last_update_id`; sync a local book
 //!   from `GET /api/v1/markets/SYM/depth` plus the buffered diffs), `SYM@trade` (trades as
 //!   an array, gathered for 10–40 ms under load; see `TRADE_FLUSH_INTERVAL_MS`), `SYM@ticker` (at most once a second per symbol, on trades),
@@ -14,8 +16,10 @@
 //!
 //! Fan-out never waits on a client: each message is serialized once; everything one commit
 //! (or one trade flush tick) brings a connection is offered to its bounded send buffer as one
-//! batch with `try_send`, which its writer sends with one write. A connection whose buffer is
-//! full is marked slow and closed with code 1008 and the reason, and the others go on.
+//! batch with `try_send`, which its writer sends with one write. Command replies take the same
+//! queue. A connection whose buffer is full, or whose write does not complete within
+//! `WRITE_TIMEOUT`, is a slow consumer: closed with code 1008 and the reason, and the others
+//! go on.
 
 use crate::api::{balance_json, order_view, ActingUser};
 use crate::listener::PeerAddr;
@@ -80,6 +84,14 @@ const READ_CHUNK_BYTES: usize = 512;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames written per flush of the socket.
 const WRITE_FRAMES_MAX: usize = 256;
+/// How long one write to a client (stream batches or a command reply) may take before the
+/// client counts as a slow consumer. A client that reads takes a write in milliseconds (the
+/// kernel buffers `--socket-send-buffer` bytes of it); one that stopped reading must be found
+/// even when its traffic is too thin to fill its queue, and until it is, its unwritten batches
+/// hold every other connection's trade flush at `TRADE_FLUSH_WAIT_MAX_MS`. Five seconds lets a
+/// reader through a pause (a busy machine, a garbage collection, a congested link) and bounds
+/// how long one stuck client slows the others.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum StreamKey {
@@ -94,6 +106,22 @@ struct Conn {
     tx: mpsc::Sender<Vec<Utf8Bytes>>,
     slow: AtomicBool,
     kick: Notify,
+}
+
+impl Conn {
+    /// Offers a batch to the connection's queue without waiting; a full queue marks the
+    /// connection slow and kicks it. `in_flight` counts the batch until it is written.
+    fn offer(&self, frames: Vec<Utf8Bytes>, in_flight: &AtomicUsize) {
+        // Counted before the send: the writer may take and uncount it at once.
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.tx.try_send(frames) {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let mpsc::error::TrySendError::Full(_) = e {
+                self.slow.store(true, Ordering::Relaxed);
+                self.kick.notify_one();
+            }
+        }
+    }
 }
 
 /// Whether gathered trades go out now: `since_ms` after the last flush, `written` if every
@@ -158,15 +186,7 @@ impl<'a> Outbox<'a> {
     /// Offers each connection its batch; a full buffer marks it slow and kicks it.
     fn send(self) {
         for (conn, frames) in self.per_conn.into_values() {
-            // Counted before the send: the writer may take and uncount it at once.
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = conn.tx.try_send(frames) {
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                if let mpsc::error::TrySendError::Full(_) = e {
-                    conn.slow.store(true, Ordering::Relaxed);
-                    conn.kick.notify_one();
-                }
-            }
+            conn.offer(frames, self.in_flight);
         }
     }
 }
@@ -179,7 +199,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     ticker_sent_ms: Mutex<FxHashMap<u32, i64>>,
     pending_trades: Mutex<PendingTrades>,
-    /// Batches offered to connections and not yet written (or dropped with the connection).
+    /// Batches (stream data or command replies) offered to connections and not yet written
+    /// (or dropped with the connection).
     in_flight: AtomicUsize,
 }
 
@@ -607,7 +628,7 @@ impl Connection {
                     }
                 }
                 msg = self.socket.recv() => {
-                    if let Some(end) = self.on_message(msg).await {
+                    if let Some(end) = self.on_message(msg) {
                         return end;
                     }
                 }
@@ -616,7 +637,7 @@ impl Connection {
     }
 
     /// Writes `batch`, and whatever else is queued up to `WRITE_FRAMES_MAX` frames, with one
-    /// flush; how the connection ends if that fails.
+    /// flush within `WRITE_TIMEOUT`; how the connection ends if that fails.
     async fn write(&mut self, mut batch: Vec<Utf8Bytes>) -> Option<End> {
         let mut taken = 1;
         while batch.len() < WRITE_FRAMES_MAX {
@@ -635,9 +656,14 @@ impl Connection {
             }
             socket.flush().await
         };
-        // A client that stops reading stalls the write; the kick still wins.
+        // A client that stops reading stalls the write: the deadline ends it, and a kick
+        // (its queue filled meanwhile) still wins before.
         let end = tokio::select! {
-            r = write => r.err().map(|_| End::Gone),
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
+                Ok(Ok(())) => None,
+                Ok(Err(_)) => Some(End::Gone),
+                Err(_) => Some(End::slow("write timed out")),
+            },
             _ = self.conn.kick.notified() => Some(End::slow("send buffer full")),
         };
         self.hub.in_flight.fetch_sub(taken, Ordering::Relaxed);
@@ -645,7 +671,7 @@ impl Connection {
     }
 
     /// Answers a client message; how the connection ends if it does.
-    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Option<End> {
+    fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Option<End> {
         let reply = match msg {
             Some(Ok(Message::Text(text))) => handle_command(
                 &text,
@@ -664,8 +690,12 @@ impl Connection {
             Some(Err(e)) => return Some(End::after_read_error(e)),
             None => return Some(End::Gone),
         };
-        let reply = Message::Text(reply.to_string().into());
-        self.socket.send(reply).await.err().map(|_| End::Gone)
+        // Through the queue, like stream data: written in order with it and under the same
+        // rules, so a client that does not read its replies is a slow consumer like one that
+        // does not read its streams (it never holds the connection's task in a write).
+        let reply = Utf8Bytes::from(reply.to_string());
+        self.conn.offer(vec![reply], &self.hub.in_flight);
+        None
     }
 
     /// Leaves every subscription, and uncounts what the connection will never write.
@@ -788,6 +818,26 @@ mod tests {
         assert!(trade_flush_due(TRADE_FLUSH_WAIT_MAX_MS, false, 5));
         // A full batch goes out regardless.
         assert!(trade_flush_due(0, false, TRADE_BATCH_MAX));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_marks_the_connection_slow_and_kicks_it() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let conn = Conn {
+            tx,
+            slow: AtomicBool::new(false),
+            kick: Notify::new(),
+        };
+        let in_flight = AtomicUsize::new(0);
+        conn.offer(vec![Utf8Bytes::from("a")], &in_flight);
+        assert!(!conn.slow.load(Ordering::Relaxed));
+        conn.offer(vec![Utf8Bytes::from("b")], &in_flight);
+        assert!(conn.slow.load(Ordering::Relaxed));
+        let kicked = tokio::time::timeout(Duration::from_secs(1), conn.kick.notified()).await;
+        assert!(kicked.is_ok(), "not kicked");
+        // Only what is queued counts as in flight.
+        assert_eq!(in_flight.load(Ordering::Relaxed), 1);
+        assert_eq!(rx.recv().await, Some(vec![Utf8Bytes::from("a")]));
     }
 
     #[test]
