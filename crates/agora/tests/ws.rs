@@ -566,10 +566,9 @@ fn flood_until_closed(tcp: &mut TcpStream, within: Duration) -> Option<Duration>
     while start.elapsed() < within {
         if unsent.is_empty() {
             n += 1;
-            let command = if n % 2 == 0 {
-                json!({"method": "LIST_SUBSCRIPTIONS", "id": n})
-            } else {
-                json!({"method": "SUBSCRIBE", "params": params, "id": n})
+            let command = match n % 2 {
+                0 => json!({"method": "LIST_SUBSCRIPTIONS", "id": n}),
+                _ => json!({"method": "SUBSCRIBE", "params": params, "id": n}),
             };
             unsent = frame(0x81, command.to_string().as_bytes(), true);
         }
