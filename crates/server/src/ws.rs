@@ -820,6 +820,36 @@ mod tests {
         assert!(trade_flush_due(0, false, TRADE_BATCH_MAX));
     }
 
+    #[test]
+    fn read_errors_close_with_their_rfc_6455_codes() {
+        use tungstenite::error::{CapacityError, ProtocolError};
+        let code = |e: tungstenite::Error| match End::after_read_error(axum::Error::new(e)) {
+            End::Close(frame) => Some(frame.code),
+            _ => None,
+        };
+        let too_long = CapacityError::MessageTooLong {
+            size: 4_097,
+            max_size: 4_096,
+        };
+        assert_eq!(code(tungstenite::Error::Capacity(too_long)), Some(1009));
+        assert_eq!(code(tungstenite::Error::Utf8("bad".into())), Some(1007));
+        let rsv = ProtocolError::NonZeroReservedBits;
+        assert_eq!(code(tungstenite::Error::Protocol(rsv)), Some(1002));
+        // The connection is gone: nothing to write.
+        let reset = ProtocolError::ResetWithoutClosingHandshake;
+        assert_eq!(code(tungstenite::Error::Protocol(reset)), None);
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(code(tungstenite::Error::Io(io)), None);
+    }
+
+    #[test]
+    fn a_close_reason_is_cut_to_fit_a_control_frame_on_a_char_boundary() {
+        let long = "é".repeat(100); // 200 bytes
+        let reason = close_reason(&long);
+        assert_eq!(reason.len(), 122);
+        assert_eq!(close_reason("bye").as_str(), "bye");
+    }
+
     #[tokio::test]
     async fn a_full_queue_marks_the_connection_slow_and_kicks_it() {
         let (tx, mut rx) = mpsc::channel(1);
