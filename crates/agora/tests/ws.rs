@@ -3,10 +3,15 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
@@ -349,4 +354,278 @@ fn connections_per_client_are_capped() {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 429),
         other => panic!("third connection was not refused: {:?}", other.map(|_| ())),
     }
+}
+
+/// The symbols `--demo` seeds.
+const DEMO_SYMBOLS: [&str; 3] = ["005930-KRW", "BTC-USDT", "ETH-USDT"];
+
+/// A demo server whose bots send `bot_rate` orders/s per symbol, returned once its markets
+/// exist (the demo is seeded just after the server turns ready).
+fn demo(bot_rate: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--demo", "--bot-rate", bot_rate];
+    args.extend_from_slice(extra);
+    let s = Server::start_with(&args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let markets = s.json("/api/v1/markets", None);
+        let names: Vec<&str> = markets["markets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["symbol"].as_str())
+            .collect();
+        if DEMO_SYMBOLS.iter().all(|n| names.contains(n)) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the demo markets never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn subscribe_demo_trades(ws: &mut Ws) {
+    let params: Vec<String> = DEMO_SYMBOLS.iter().map(|s| format!("{s}@trade")).collect();
+    send(
+        ws,
+        json!({"method": "SUBSCRIBE", "params": params, "id": "trades"}),
+    );
+    assert_eq!(reply(ws), json!({"result": null, "id": "trades"}));
+}
+
+/// A second handle on the connection's TCP socket, to write bytes tungstenite would not.
+fn raw(ws: &Ws) -> TcpStream {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.try_clone().expect("clone the socket"),
+        _ => panic!("plain TCP expected"),
+    }
+}
+
+/// A client frame built by hand: `head` is its first byte (FIN, RSV bits, opcode); masked
+/// with a fixed key unless `masked` is false.
+fn frame(head: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let mut f = vec![head];
+    match u16::try_from(payload.len()) {
+        Ok(n) if n < 126 => f.push(mask_bit | n as u8),
+        Ok(n) => {
+            f.push(mask_bit | 126);
+            f.extend(n.to_be_bytes());
+        }
+        Err(_) => panic!("test frames stay under 64 KiB"),
+    }
+    if masked {
+        let key = [0x11, 0x22, 0x33, 0x44];
+        f.extend(key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend(payload);
+    }
+    f
+}
+
+/// The code of the close frame the server sends next (other messages are skipped).
+fn close_code(ws: &mut Ws) -> u16 {
+    if let MaybeTlsStream::Plain(tcp) = ws.get_mut() {
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(c))) => return u16::from(c.code),
+            Ok(Message::Close(None)) => panic!("a close frame without a code"),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// After the server's close frame, the server ends the TCP connection cleanly.
+fn assert_clean_end(ws: &mut Ws, what: &str) {
+    match ws.read() {
+        Err(tungstenite::Error::ConnectionClosed) => {}
+        other => panic!("{what}: not a clean end after the close frame: {other:?}"),
+    }
+}
+
+/// Every trade of every symbol reaches a subscriber exactly once, in order, without gaps,
+/// while commits settle trades of several symbols each (issue #8: a commit touching symbols
+/// A, B, A queued A's trades twice).
+#[test]
+fn every_trade_of_every_symbol_arrives_once_in_order_without_gaps() {
+    let s = demo("300", &[]);
+    let mut ws = connect(&s, None);
+    subscribe_demo_trades(&mut ws);
+    let (rx, _h) = reader(ws);
+    let mut ids: HashMap<String, Vec<u64>> = HashMap::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(m) = rx.recv_timeout(left) else { break };
+        let stream = m["stream"].as_str().unwrap();
+        let symbol = stream.strip_suffix("@trade").expect("only trade streams");
+        let seen = ids.entry(symbol.to_string()).or_default();
+        seen.extend(
+            m["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["trade_id"].as_u64().unwrap()),
+        );
+    }
+    for symbol in DEMO_SYMBOLS {
+        let seen = ids
+            .get(symbol)
+            .unwrap_or_else(|| panic!("no trades of {symbol}"));
+        let mut distinct = seen.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            seen.len(),
+            "{symbol}: {} of {} trades arrived more than once",
+            seen.len() - distinct.len(),
+            seen.len()
+        );
+        if let Some(w) = seen.windows(2).find(|w| w[1] != w[0] + 1) {
+            panic!("{symbol}: trade {} followed by {}", w[0], w[1]);
+        }
+    }
+}
+
+/// RFC 6455 §5.5.1: a Close frame is answered with a Close frame echoing its code, then the
+/// server ends the TCP connection.
+#[test]
+fn a_client_close_is_echoed_then_the_connection_ends_cleanly() {
+    let s = Server::start();
+    let mut ws = connect(&s, None);
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    assert_eq!(close_code(&mut ws), 1000);
+    assert_clean_end(&mut ws, "client close");
+}
+
+/// Frames tungstenite's client cannot produce, each on a fresh connection: the server
+/// closes with the code RFC 6455 §7.4.1 gives the violation.
+#[test]
+fn protocol_violations_are_closed_with_their_codes() {
+    let s = Server::start();
+    for (what, bytes, code) in [
+        (
+            "invalid UTF-8 in a text frame",
+            frame(0x81, &[b'{', 0xff, 0xfe, b'}'], true),
+            1007,
+        ),
+        ("a reserved data opcode", frame(0x83, b"{}", true), 1002),
+        ("a reserved control opcode", frame(0x8b, b"", true), 1002),
+        ("RSV1 set", frame(0xc1, b"{}", true), 1002),
+        ("an unmasked client frame", frame(0x81, b"{}", false), 1002),
+        ("a fragmented control frame", frame(0x09, b"", true), 1002),
+        (
+            "a continuation with nothing to continue",
+            frame(0x80, b"{}", true),
+            1002,
+        ),
+    ] {
+        let mut ws = connect(&s, None);
+        raw(&ws).write_all(&bytes).unwrap();
+        assert_eq!(close_code(&mut ws), code, "{what}");
+        assert_clean_end(&mut ws, what);
+    }
+    assert_eq!(s.get("/health", None).status(), 200);
+}
+
+/// Messages are limited to 4 KiB: one of 4,096 bytes is read (and answered), a longer one,
+/// whole or in fragments, is closed with 1009 (message too big).
+#[test]
+fn a_message_over_4_kib_is_closed_with_1009() {
+    let s = Server::start();
+    let mut ws = connect(&s, None);
+    ws.send(Message::text("x".repeat(4_096))).unwrap();
+    assert_eq!(reply(&mut ws)["error"]["code"], "MALFORMED_JSON");
+    ws.send(Message::text("x".repeat(4_097))).unwrap();
+    assert_eq!(close_code(&mut ws), 1009);
+    // Two fragments of 3,000 bytes each: no frame is too big, the message is.
+    let mut ws = connect(&s, None);
+    let chunk = vec![b'x'; 3_000];
+    let mut bytes = frame(0x01, &chunk, true);
+    bytes.extend(frame(0x80, &chunk, true));
+    raw(&ws).write_all(&bytes).unwrap();
+    assert_eq!(close_code(&mut ws), 1009);
+    assert_clean_end(&mut ws, "fragmented message over the limit");
+}
+
+/// Sends commands on `tcp`, never reading, until a write fails because the server closed the
+/// connection; how long that took, or `None` if it was still open after `within`.
+fn flood_until_closed(tcp: &mut TcpStream, within: Duration) -> Option<Duration> {
+    tcp.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let params: Vec<String> = DEMO_SYMBOLS.iter().map(|s| format!("{s}@trade")).collect();
+    let start = Instant::now();
+    let mut unsent: Vec<u8> = Vec::new(); // the rest of a frame a timed-out write left
+    let mut n = 0u64;
+    while start.elapsed() < within {
+        if unsent.is_empty() {
+            n += 1;
+            let command = match n % 2 {
+                0 => json!({"method": "LIST_SUBSCRIPTIONS", "id": n}),
+                _ => json!({"method": "SUBSCRIBE", "params": params, "id": n}),
+            };
+            unsent = frame(0x81, command.to_string().as_bytes(), true);
+        }
+        match tcp.write(&unsent) {
+            Ok(k) => {
+                unsent.drain(..k);
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// A client that sends commands but never reads their replies (issue #8: the server waited
+/// forever in the reply's write, and held every other connection's trade flush at its
+/// longest wait) is closed within seconds, while a reading subscriber keeps receiving.
+#[test]
+fn a_client_that_never_reads_is_cut_off_while_a_reader_keeps_receiving() {
+    // A queue the test cannot fill, so only the write deadline can end the stuck
+    // connection; a small kernel send buffer, so it is stuck soon.
+    let s = demo(
+        "300",
+        &["--ws-send-buffer", "100000", "--socket-send-buffer", "8192"],
+    );
+    let mut good = connect(&s, None);
+    subscribe_demo_trades(&mut good);
+    let (rx, _h) = reader(good);
+    let stop = Arc::new(AtomicBool::new(false));
+    let arrivals = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut at = vec![Instant::now()];
+            while !stop.load(Ordering::Relaxed) {
+                if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                    at.push(Instant::now());
+                }
+            }
+            at.push(Instant::now());
+            at
+        })
+    };
+    let mut stuck = connect(&s, None);
+    subscribe_demo_trades(&mut stuck);
+    let closed_after = flood_until_closed(&mut raw(&stuck), Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(1)); // the reader goes on after the cut too
+    stop.store(true, Ordering::Relaxed);
+    let at = arrivals.join().unwrap();
+    let longest_gap = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        closed_after.is_some(),
+        "a client that never reads was still connected after 15 s"
+    );
+    assert!(
+        longest_gap < Duration::from_secs(2),
+        "the reading subscriber went {longest_gap:?} without trades ({} messages)",
+        at.len() - 2
+    );
+    drop(stuck);
 }

@@ -3,8 +3,10 @@
 //! Protocol (JSON text frames, Binance-style):
 //! - `{"method": "SUBSCRIBE", "params": ["BTC-USDT@depth", "BTC-USDT@trade"], "id": 1}`;
 //!   `UNSUBSCRIBE` likewise; `LIST_SUBSCRIPTIONS`. Answers: `{"result": …, "id": 1}` or
-//!   `{"error": {"code": "…", "msg": "…"}, "id": 1}`. A bad message gets an error, never a
-//!   dropped connection.
+//!   `{"error": {"code": "…", "msg": "…"}, "id": 1}`. A bad command gets an error, never a
+//!   dropped connection; a frame that breaks the protocol closes it with the RFC 6455 code:
+//!   1009 for a message over 4 KiB (`WsLimits::message_bytes_max`), 1007 for text that is not
+//!   UTF-8, 1002 for anything else. A client's Close frame is echoed before the TCP close.
 //! - Streams: `SYM@depth` (diffs with `first_update_id`/`last_update_id`; sync a local book
 //!   from `GET /api/v1/markets/SYM/depth` plus the buffered diffs), `SYM@trade` (trades as
 //!   an array, gathered for 10–40 ms under load; see `TRADE_FLUSH_INTERVAL_MS`), `SYM@ticker` (at most once a second per symbol, on trades),
@@ -14,8 +16,10 @@
 //!
 //! Fan-out never waits on a client: each message is serialized once; everything one commit
 //! (or one trade flush tick) brings a connection is offered to its bounded send buffer as one
-//! batch with `try_send`, which its writer sends with one write. A connection whose buffer is
-//! full is marked slow and closed with code 1008 and the reason, and the others go on.
+//! batch with `try_send`, which its writer sends with one write. Command replies take the same
+//! queue. A connection whose buffer is full, or whose write does not complete within
+//! `WRITE_TIMEOUT`, is a slow consumer: closed with code 1008 and the reason, and the others
+//! go on.
 
 use crate::api::{balance_json, order_view, ActingUser};
 use crate::listener::PeerAddr;
@@ -26,7 +30,7 @@ use agora_exchange::market::{candle_of, CommitObserver, Committed, MarketData};
 use agora_exchange::RefData;
 use agora_market::{DepthDiff, Interval};
 use agora_store::TradeRow;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -76,10 +80,18 @@ const TRADE_FLUSH_WAIT_MAX_MS: i64 = 40;
 const TRADE_BATCH_MAX: usize = 1_000;
 /// Bytes read from a client per read attempt (see `ws_handler`).
 const READ_CHUNK_BYTES: usize = 512;
-/// How long a slow consumer gets to take its close frame.
+/// How long a closing connection gets to take its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames written per flush of the socket.
 const WRITE_FRAMES_MAX: usize = 256;
+/// How long one write to a client (stream batches or a command reply) may take before the
+/// client counts as a slow consumer. A client that reads takes a write in milliseconds (the
+/// kernel buffers `--socket-send-buffer` bytes of it); one that stopped reading must be found
+/// even when its traffic is too thin to fill its queue, and until it is, its unwritten batches
+/// hold every other connection's trade flush at `TRADE_FLUSH_WAIT_MAX_MS`. Five seconds lets a
+/// reader through a pause (a busy machine, a garbage collection, a congested link) and bounds
+/// how long one stuck client slows the others.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum StreamKey {
@@ -94,6 +106,22 @@ struct Conn {
     tx: mpsc::Sender<Vec<Utf8Bytes>>,
     slow: AtomicBool,
     kick: Notify,
+}
+
+impl Conn {
+    /// Offers a batch to the connection's queue without waiting; a full queue marks the
+    /// connection slow and kicks it. `in_flight` counts the batch until it is written.
+    fn offer(&self, frames: Vec<Utf8Bytes>, in_flight: &AtomicUsize) {
+        // Counted before the send: the writer may take and uncount it at once.
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.tx.try_send(frames) {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let mpsc::error::TrySendError::Full(_) = e {
+                self.slow.store(true, Ordering::Relaxed);
+                self.kick.notify_one();
+            }
+        }
+    }
 }
 
 /// Whether gathered trades go out now: `since_ms` after the last flush, `written` if every
@@ -158,15 +186,7 @@ impl<'a> Outbox<'a> {
     /// Offers each connection its batch; a full buffer marks it slow and kicks it.
     fn send(self) {
         for (conn, frames) in self.per_conn.into_values() {
-            // Counted before the send: the writer may take and uncount it at once.
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = conn.tx.try_send(frames) {
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                if let mpsc::error::TrySendError::Full(_) = e {
-                    conn.slow.store(true, Ordering::Relaxed);
-                    conn.kick.notify_one();
-                }
-            }
+            conn.offer(frames, self.in_flight);
         }
     }
 }
@@ -179,7 +199,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     ticker_sent_ms: Mutex<FxHashMap<u32, i64>>,
     pending_trades: Mutex<PendingTrades>,
-    /// Batches offered to connections and not yet written (or dropped with the connection).
+    /// Batches (stream data or command replies) offered to connections and not yet written
+    /// (or dropped with the connection).
     in_flight: AtomicUsize,
 }
 
@@ -274,6 +295,15 @@ impl Drop for ClientSlot {
     }
 }
 
+/// The symbols a commit's trades belong to, each once: the trades of a commit are not grouped
+/// by symbol (A, B, A), and each symbol's trades must be queued exactly once.
+fn traded_symbols(trades: &[TradeRow]) -> Vec<u32> {
+    let mut symbols: Vec<u32> = trades.iter().map(|t| t.symbol).collect();
+    symbols.sort_unstable();
+    symbols.dedup();
+    symbols
+}
+
 fn stream_message(stream: &str, data: Value) -> Value {
     json!({ "stream": stream, "data": data })
 }
@@ -323,9 +353,7 @@ impl CommitObserver for Hub {
                 });
             }
         }
-        let mut traded: Vec<u32> = batch.trades.iter().map(|t| t.symbol).collect();
-        traded.dedup();
-        for &symbol in &traded {
+        for symbol in traded_symbols(&batch.trades) {
             let Some((name, sc)) = named(symbol) else {
                 continue;
             };
@@ -487,81 +515,217 @@ fn stream_name(key: StreamKey, r: &RefData) -> String {
     }
 }
 
-async fn connection(mut socket: WebSocket, state: AppState, user: Option<u64>, _slot: ClientSlot) {
-    let hub = state.hub.clone();
-    let id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel(hub.limits.send_buffer_batches);
-    let conn = Arc::new(Conn {
-        tx,
-        slow: AtomicBool::new(false),
-        kick: Notify::new(),
-    });
-    let mut mine: FxHashSet<StreamKey> = FxHashSet::default();
-    loop {
-        tokio::select! {
-            biased;
-            _ = conn.kick.notified() => {
-                let frame = CloseFrame { code: 1008, reason: "slow consumer: send buffer full".into() };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
-                break;
+async fn connection(socket: WebSocket, state: AppState, user: Option<u64>, _slot: ClientSlot) {
+    let mut c = Connection::new(socket, state, user);
+    let end = c.serve().await;
+    c.leave();
+    c.close(end).await;
+}
+
+/// How a connection ends: what is written before its TCP connection is closed.
+enum End {
+    /// The TCP connection failed, or the client left without a close frame: nothing to write.
+    Gone,
+    /// The client sent a Close frame. tungstenite queued the echo RFC 6455 §5.5.1 requires
+    /// when it read it, but writes it only on the next read, write or flush.
+    ClosedByClient,
+    /// The server closes with this frame.
+    Close(CloseFrame),
+}
+
+impl End {
+    fn close(code: u16, reason: &str) -> End {
+        End::Close(CloseFrame {
+            code,
+            reason: close_reason(reason),
+        })
+    }
+
+    fn slow(why: &str) -> End {
+        End::close(close_code::POLICY, &format!("slow consumer: {why}"))
+    }
+
+    /// The close a read error calls for (RFC 6455 §7.4.1): 1009 for a message over
+    /// `WsLimits::message_bytes_max`, 1007 for a text message that is not UTF-8, 1002 for any
+    /// other protocol violation; nothing to write if the connection itself failed. tungstenite
+    /// leaves the connection open for writing after these errors (it stops only at a close
+    /// frame or the end of the stream), so the close frame can still be sent.
+    fn after_read_error(e: axum::Error) -> End {
+        use tungstenite::error::ProtocolError;
+        let Ok(e) = e.into_inner().downcast::<tungstenite::Error>() else {
+            return End::Gone;
+        };
+        let code = match &*e {
+            tungstenite::Error::Capacity(_) => close_code::SIZE,
+            tungstenite::Error::Utf8(_) => close_code::INVALID,
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                return End::Gone
             }
-            out = rx.recv() => {
-                let Some(mut batch) = out else { break };
-                let mut taken = 1;
-                while batch.len() < WRITE_FRAMES_MAX {
-                    match rx.try_recv() {
-                        Ok(more) => {
-                            batch.extend(more);
-                            taken += 1;
-                        }
-                        Err(_) => break,
+            tungstenite::Error::Protocol(_) | tungstenite::Error::AttackAttempt => {
+                close_code::PROTOCOL
+            }
+            _ => return End::Gone, // I/O: the connection is gone
+        };
+        End::close(code, &e.to_string())
+    }
+}
+
+/// A close reason fits a control frame's 125 bytes with the 2-byte code.
+const CLOSE_REASON_BYTES_MAX: usize = 123;
+
+fn close_reason(text: &str) -> Utf8Bytes {
+    let mut end = text.len().min(CLOSE_REASON_BYTES_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Utf8Bytes::from(&text[..end])
+}
+
+/// One WebSocket connection: its socket, the queue fan-out offers it batches on, and its
+/// subscriptions.
+struct Connection {
+    socket: WebSocket,
+    state: AppState,
+    hub: Arc<Hub>,
+    id: u64,
+    conn: Arc<Conn>,
+    rx: mpsc::Receiver<Vec<Utf8Bytes>>,
+    user: Option<u64>,
+    mine: FxHashSet<StreamKey>,
+}
+
+impl Connection {
+    fn new(socket: WebSocket, state: AppState, user: Option<u64>) -> Connection {
+        let hub = state.hub.clone();
+        let (tx, rx) = mpsc::channel(hub.limits.send_buffer_batches);
+        Connection {
+            socket,
+            id: hub.next_conn.fetch_add(1, Ordering::Relaxed),
+            conn: Arc::new(Conn {
+                tx,
+                slow: AtomicBool::new(false),
+                kick: Notify::new(),
+            }),
+            hub,
+            state,
+            rx,
+            user,
+            mine: FxHashSet::default(),
+        }
+    }
+
+    /// Writes what fan-out queues and answers the client's commands until the connection ends.
+    async fn serve(&mut self) -> End {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.conn.kick.notified() => return End::slow("send buffer full"),
+                batch = self.rx.recv() => {
+                    // `conn` holds a sender, so the queue never ends while this runs.
+                    let Some(batch) = batch else { return End::Gone };
+                    if let Some(end) = self.write(batch).await {
+                        return end;
                     }
                 }
-                let write = async {
-                    for m in batch {
-                        socket.feed(Message::Text(m)).await?;
+                msg = self.socket.recv() => {
+                    if let Some(end) = self.on_message(msg) {
+                        return end;
                     }
-                    socket.flush().await
-                };
-                // A client that stops reading stalls the write; the kick still wins.
-                let written = tokio::select! {
-                    r = write => r.is_ok(),
-                    _ = conn.kick.notified() => false,
-                };
-                hub.in_flight.fetch_sub(taken, Ordering::Relaxed);
-                if !written {
-                    break;
-                }
-            }
-            msg = socket.recv() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => {
-                        let reply = error("UNSUPPORTED", "send JSON text frames", Value::Null);
-                        if socket.send(Message::Text(reply.to_string().into())).await.is_err() { break }
-                        continue;
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => continue, // ping/pong are answered by the protocol layer
-                };
-                let reply = handle_command(&text, &state, &hub, id, &conn, user, &mut mine);
-                if socket.send(Message::Text(reply.to_string().into())).await.is_err() {
-                    break;
                 }
             }
         }
     }
-    for key in mine {
-        hub.unsubscribe(id, key);
+
+    /// Writes `batch`, and whatever else is queued up to `WRITE_FRAMES_MAX` frames, with one
+    /// flush within `WRITE_TIMEOUT`; how the connection ends if that fails.
+    async fn write(&mut self, mut batch: Vec<Utf8Bytes>) -> Option<End> {
+        let mut taken = 1;
+        while batch.len() < WRITE_FRAMES_MAX {
+            match self.rx.try_recv() {
+                Ok(more) => {
+                    batch.extend(more);
+                    taken += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let socket = &mut self.socket;
+        let write = async {
+            for m in batch {
+                socket.feed(Message::Text(m)).await?;
+            }
+            socket.flush().await
+        };
+        // A client that stops reading stalls the write: the deadline ends it, and a kick
+        // (its queue filled meanwhile) still wins before.
+        let end = tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
+                Ok(Ok(())) => None,
+                Ok(Err(_)) => Some(End::Gone),
+                Err(_) => Some(End::slow("write timed out")),
+            },
+            _ = self.conn.kick.notified() => Some(End::slow("send buffer full")),
+        };
+        self.hub.in_flight.fetch_sub(taken, Ordering::Relaxed);
+        end
     }
-    // No fan-out reaches this connection any more (it left every subscription under the
-    // write lock); what it never wrote is no longer in flight.
-    rx.close();
-    let mut dropped = 0;
-    while rx.try_recv().is_ok() {
-        dropped += 1;
+
+    /// Answers a client message; how the connection ends if it does.
+    fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Option<End> {
+        let reply = match msg {
+            Some(Ok(Message::Text(text))) => handle_command(
+                &text,
+                &self.state,
+                &self.hub,
+                self.id,
+                &self.conn,
+                self.user,
+                &mut self.mine,
+            ),
+            Some(Ok(Message::Binary(_))) => {
+                error("UNSUPPORTED", "send JSON text frames", Value::Null)
+            }
+            Some(Ok(Message::Close(_))) => return Some(End::ClosedByClient),
+            Some(Ok(_)) => return None, // ping/pong are answered by the protocol layer
+            Some(Err(e)) => return Some(End::after_read_error(e)),
+            None => return Some(End::Gone),
+        };
+        // Through the queue, like stream data: written in order with it and under the same
+        // rules, so a client that does not read its replies is a slow consumer like one that
+        // does not read its streams (it never holds the connection's task in a write).
+        let reply = Utf8Bytes::from(reply.to_string());
+        self.conn.offer(vec![reply], &self.hub.in_flight);
+        None
     }
-    hub.in_flight.fetch_sub(dropped, Ordering::Relaxed);
+
+    /// Leaves every subscription, and uncounts what the connection will never write.
+    fn leave(&mut self) {
+        for key in self.mine.drain() {
+            self.hub.unsubscribe(self.id, key);
+        }
+        // No fan-out reaches this connection any more (it left every subscription under the
+        // write lock); what it never wrote is no longer in flight.
+        self.rx.close();
+        let mut dropped = 0;
+        while self.rx.try_recv().is_ok() {
+            dropped += 1;
+        }
+        self.hub.in_flight.fetch_sub(dropped, Ordering::Relaxed);
+    }
+
+    /// Ends the WebSocket as `end` says, giving the client at most `CLOSE_TIMEOUT` to take the
+    /// close frame; the TCP connection closes when the socket is dropped.
+    async fn close(&mut self, end: End) {
+        let socket = &mut self.socket;
+        let closing = async move {
+            match end {
+                End::Gone => Ok(()),
+                End::ClosedByClient => socket.flush().await,
+                End::Close(frame) => socket.send(Message::Close(Some(frame))).await,
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
 }
 
 fn handle_command(
@@ -654,5 +818,78 @@ mod tests {
         assert!(trade_flush_due(TRADE_FLUSH_WAIT_MAX_MS, false, 5));
         // A full batch goes out regardless.
         assert!(trade_flush_due(0, false, TRADE_BATCH_MAX));
+    }
+
+    #[test]
+    fn read_errors_close_with_their_rfc_6455_codes() {
+        use tungstenite::error::{CapacityError, ProtocolError};
+        let code = |e: tungstenite::Error| match End::after_read_error(axum::Error::new(e)) {
+            End::Close(frame) => Some(frame.code),
+            _ => None,
+        };
+        let too_long = CapacityError::MessageTooLong {
+            size: 4_097,
+            max_size: 4_096,
+        };
+        assert_eq!(code(tungstenite::Error::Capacity(too_long)), Some(1009));
+        assert_eq!(code(tungstenite::Error::Utf8("bad".into())), Some(1007));
+        let rsv = ProtocolError::NonZeroReservedBits;
+        assert_eq!(code(tungstenite::Error::Protocol(rsv)), Some(1002));
+        // The connection is gone: nothing to write.
+        let reset = ProtocolError::ResetWithoutClosingHandshake;
+        assert_eq!(code(tungstenite::Error::Protocol(reset)), None);
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(code(tungstenite::Error::Io(io)), None);
+    }
+
+    #[test]
+    fn a_close_reason_is_cut_to_fit_a_control_frame_on_a_char_boundary() {
+        let long = "é".repeat(100); // 200 bytes
+        let reason = close_reason(&long);
+        assert_eq!(reason.len(), 122);
+        assert_eq!(close_reason("bye").as_str(), "bye");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_marks_the_connection_slow_and_kicks_it() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let conn = Conn {
+            tx,
+            slow: AtomicBool::new(false),
+            kick: Notify::new(),
+        };
+        let in_flight = AtomicUsize::new(0);
+        conn.offer(vec![Utf8Bytes::from("a")], &in_flight);
+        assert!(!conn.slow.load(Ordering::Relaxed));
+        conn.offer(vec![Utf8Bytes::from("b")], &in_flight);
+        assert!(conn.slow.load(Ordering::Relaxed));
+        let kicked = tokio::time::timeout(Duration::from_secs(1), conn.kick.notified()).await;
+        assert!(kicked.is_ok(), "not kicked");
+        // Only what is queued counts as in flight.
+        assert_eq!(in_flight.load(Ordering::Relaxed), 1);
+        assert_eq!(rx.recv().await, Some(vec![Utf8Bytes::from("a")]));
+    }
+
+    #[test]
+    fn a_commit_s_symbols_are_listed_once_even_when_its_trades_interleave() {
+        let trade = |symbol| TradeRow {
+            seq: 1,
+            symbol,
+            trade_id: 1,
+            price: 1,
+            qty: 1,
+            quote_qty: 1,
+            buy_order: 1,
+            sell_order: 2,
+            buyer: 1,
+            seller: 2,
+            taker_side: agora_engine::Side::Buy,
+            buyer_fee: 0,
+            seller_fee: 0,
+            created_ms: 0,
+        };
+        let trades = [trade(7), trade(3), trade(7), trade(7), trade(3), trade(9)];
+        assert_eq!(traded_symbols(&trades), vec![3, 7, 9]);
+        assert!(traded_symbols(&[]).is_empty());
     }
 }
