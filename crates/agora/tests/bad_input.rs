@@ -285,7 +285,11 @@ fn fuzzed_bodies_never_cause_a_5xx() {
                 o.insert("symbol".into(), json!("BASE-QUOTE"));
                 let side = if rng.random_bool(0.5) { "BUY" } else { "SELL" };
                 o.insert("side".into(), json!(side));
-                let kind = if rng.random_bool(0.7) { "LIMIT" } else { "MARKET" };
+                let kind = if rng.random_bool(0.7) {
+                    "LIMIT"
+                } else {
+                    "MARKET"
+                };
                 o.insert("type".into(), json!(kind));
                 o.remove("time_in_force");
                 o.remove("self_trade_prevention_mode");
@@ -317,7 +321,10 @@ fn fuzzed_bodies_never_cause_a_5xx() {
             body,
         );
         assert!((400..500).contains(&code), "answered {code}: {problem}");
-        let code = problem["code"].as_str().expect("a problem code").to_string();
+        let code = problem["code"]
+            .as_str()
+            .expect("a problem code")
+            .to_string();
         *codes.entry(code).or_default() += 1;
     }
     // The fuzzed numbers got past parsing into every rule, down to the funds check.
@@ -331,7 +338,10 @@ fn fuzzed_bodies_never_cause_a_5xx() {
         "NOTIONAL_TOO_SMALL",
         "INSUFFICIENT_FUNDS",
     ] {
-        assert!(codes.contains_key(reached), "never reached {reached}: {codes:?}");
+        assert!(
+            codes.contains_key(reached),
+            "never reached {reached}: {codes:?}"
+        );
     }
     assert_eq!(observable(&s, &users), before);
     s.assert_invariants();

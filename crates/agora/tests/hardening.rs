@@ -46,7 +46,11 @@ fn ids_beyond_the_i64_range_are_not_found_and_the_server_lives_on() {
     let s = Server::start();
     let users = market(&s, 1);
     let u = users[0];
-    for id in ["9223372036854775808", "18446744073709551615", "99999999999999999999999"] {
+    for id in [
+        "9223372036854775808",
+        "18446744073709551615",
+        "99999999999999999999999",
+    ] {
         for method in ["DELETE", "GET"] {
             let (code, problem) = status_code(&s, method, &format!("/api/v1/orders/{id}"), u);
             assert_eq!(
@@ -91,7 +95,14 @@ fn resting_quantity_beyond_i64_at_one_price_stays_exact() {
     assert_eq!(symbol["max_quantity"], "9.000000000000000000");
     let buyer = funded_user(&s, "buyer", &[("CASH", "1000")]);
     let seller = funded_user(&s, "seller", &[("WIDE", "2")]);
-    let buy = || order("WIDE-CASH", "BUY", "LIMIT", json!({"price": "1", "quantity": "5"}));
+    let buy = || {
+        order(
+            "WIDE-CASH",
+            "BUY",
+            "LIMIT",
+            json!({"price": "1", "quantity": "5"}),
+        )
+    };
     let mut ids = Vec::new();
     for _ in 0..2 {
         let (code, o) = place(&s, buyer, buy());
@@ -102,9 +113,18 @@ fn resting_quantity_beyond_i64_at_one_price_stays_exact() {
     let (code, o) = place(
         &s,
         buyer,
-        order("WIDE-CASH", "BUY", "LIMIT", json!({"price": "1", "quantity": "10"})),
+        order(
+            "WIDE-CASH",
+            "BUY",
+            "LIMIT",
+            json!({"price": "1", "quantity": "10"}),
+        ),
     );
-    assert_eq!((code, o["code"].as_str()), (400, Some("OUT_OF_RANGE")), "{o}");
+    assert_eq!(
+        (code, o["code"].as_str()),
+        (400, Some("OUT_OF_RANGE")),
+        "{o}"
+    );
     s.quiesce();
     let depth = s.json("/api/v1/markets/WIDE-CASH/depth", None);
     assert_eq!(depth["bids"], json!([["1.00", "10.000000000000000000"]]));
@@ -119,12 +139,20 @@ fn resting_quantity_beyond_i64_at_one_price_stays_exact() {
         ),
     );
     assert_eq!(code, 202, "{fok}");
-    let fok = wait_status(&s, seller, fok["order_id"].as_u64().unwrap(), &["FILLED", "EXPIRED"]);
+    let fok = wait_status(
+        &s,
+        seller,
+        fok["order_id"].as_u64().unwrap(),
+        &["FILLED", "EXPIRED"],
+    );
     assert_eq!(fok["status"], "FILLED", "{fok}");
     let (code, third) = place(&s, buyer, buy());
     assert_eq!(code, 202, "{third}");
     for id in &ids {
-        assert_eq!(s.delete(&format!("/api/v1/orders/{id}"), buyer).status(), 202);
+        assert_eq!(
+            s.delete(&format!("/api/v1/orders/{id}"), buyer).status(),
+            202
+        );
     }
     s.quiesce();
     let depth = s.json("/api/v1/markets/WIDE-CASH/depth", None);
@@ -174,12 +202,25 @@ fn candle_ranges_into_the_future_cost_what_the_limit_asks_for() {
         let candles = v["candles"].as_array().unwrap();
         assert!(!candles.is_empty(), "{v}");
         let last_open = candles.last().unwrap()["open_ms"].as_i64().unwrap();
-        assert!(last_open <= now_ms + 60_000, "a candle from the future: {last_open}");
-        assert!(candles.len() <= 61, "{} candles for one hour", candles.len());
+        assert!(
+            last_open <= now_ms + 60_000,
+            "a candle from the future: {last_open}"
+        );
+        assert!(
+            candles.len() <= 61,
+            "{} candles for one hour",
+            candles.len()
+        );
         // Generous for a debug build: the old code took seconds in release.
-        assert!(took < Duration::from_secs(2), "a candle request took {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "a candle request took {took:?}"
+        );
     }
-    assert!(health_ms < 1_000, "/health waited {health_ms} ms behind candle requests");
+    assert!(
+        health_ms < 1_000,
+        "/health waited {health_ms} ms behind candle requests"
+    );
     assert!(started.elapsed() < Duration::from_secs(4));
     // A range wholly in the future is empty, not an error.
     let future = s.json(
@@ -205,24 +246,44 @@ fn a_market_buy_that_spends_its_budget_on_the_last_order_is_filled() {
     let (code, _) = place(
         &s,
         seller,
-        order("COIN-USD", "SELL", "LIMIT", json!({"price": "100", "quantity": "0.013"})),
+        order(
+            "COIN-USD",
+            "SELL",
+            "LIMIT",
+            json!({"price": "100", "quantity": "0.013"}),
+        ),
     );
     assert_eq!(code, 202);
     s.quiesce();
     let (code, o) = place(
         &s,
         buyer,
-        order("COIN-USD", "BUY", "MARKET", json!({"quote_quantity": "1.3"})),
+        order(
+            "COIN-USD",
+            "BUY",
+            "MARKET",
+            json!({"quote_quantity": "1.3"}),
+        ),
     );
     assert_eq!(code, 202, "{o}");
-    let o = wait_status(&s, buyer, o["order_id"].as_u64().unwrap(), &["FILLED", "EXPIRED"]);
+    let o = wait_status(
+        &s,
+        buyer,
+        o["order_id"].as_u64().unwrap(),
+        &["FILLED", "EXPIRED"],
+    );
     assert_eq!(o["status"], "FILLED", "{o}");
     assert_eq!(o["filled_quote"], "1.300000");
     // With budget left for more at the last price, an emptied book means EXPIRED.
     place(
         &s,
         seller,
-        order("COIN-USD", "SELL", "LIMIT", json!({"price": "100", "quantity": "0.0013"})),
+        order(
+            "COIN-USD",
+            "SELL",
+            "LIMIT",
+            json!({"price": "100", "quantity": "0.0013"}),
+        ),
     );
     s.quiesce();
     let (_, o) = place(
@@ -230,8 +291,16 @@ fn a_market_buy_that_spends_its_budget_on_the_last_order_is_filled() {
         buyer,
         order("COIN-USD", "BUY", "MARKET", json!({"quote_quantity": "1"})),
     );
-    let o = wait_status(&s, buyer, o["order_id"].as_u64().unwrap(), &["FILLED", "EXPIRED"]);
-    assert_eq!((o["status"].as_str(), o["filled_quantity"].as_str()), (Some("EXPIRED"), Some("0.0013")));
+    let o = wait_status(
+        &s,
+        buyer,
+        o["order_id"].as_u64().unwrap(),
+        &["FILLED", "EXPIRED"],
+    );
+    assert_eq!(
+        (o["status"].as_str(), o["filled_quantity"].as_str()),
+        (Some("EXPIRED"), Some("0.0013"))
+    );
     s.assert_invariants();
 }
 
@@ -248,7 +317,12 @@ fn self_trade_market(s: &Server) -> u64 {
 }
 
 fn at_995(side: &str, stp: Option<&str>) -> Value {
-    let mut o = order("COIN-USD", side, "LIMIT", json!({"price": "99.5", "quantity": "0.013"}));
+    let mut o = order(
+        "COIN-USD",
+        side,
+        "LIMIT",
+        json!({"price": "99.5", "quantity": "0.013"}),
+    );
     if let Some(mode) = stp {
         o["self_trade_prevention_mode"] = json!(mode);
     }
@@ -306,7 +380,10 @@ fn self_trade_prevention_expires_the_taker_the_maker_or_both() {
     let maker = placed(&s, u, at_995("BUY", None));
     let taker = placed(&s, u, at_995("SELL", Some("EXPIRE_TAKER")));
     assert_eq!(s.order(u, taker)["status"], "EXPIRED_IN_MATCH");
-    assert_eq!(s.order(u, taker)["self_trade_prevention_mode"], "EXPIRE_TAKER");
+    assert_eq!(
+        s.order(u, taker)["self_trade_prevention_mode"],
+        "EXPIRE_TAKER"
+    );
     assert_eq!(s.order(u, maker)["status"], "NEW");
     // EXPIRE_MAKER: the resting order expires; the taker goes on and rests itself.
     let taker = placed(&s, u, at_995("SELL", Some("EXPIRE_MAKER")));
@@ -317,7 +394,10 @@ fn self_trade_prevention_expires_the_taker_the_maker_or_both() {
     assert_eq!(s.order(u, both)["status"], "EXPIRED_IN_MATCH");
     assert_eq!(s.order(u, taker)["status"], "EXPIRED_IN_MATCH");
     // Nothing traded, every hold went back.
-    assert!(s.json("/api/v1/fills", Some(u))["fills"].as_array().unwrap().is_empty());
+    assert!(s.json("/api/v1/fills", Some(u))["fills"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert_eq!(balances(&s), before);
     // The symbol's default applies to orders that do not choose.
     let r = s
@@ -327,10 +407,16 @@ fn self_trade_prevention_expires_the_taker_the_maker_or_both() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().unwrap()["default_self_trade_prevention_mode"], "EXPIRE_MAKER");
+    assert_eq!(
+        r.json::<Value>().unwrap()["default_self_trade_prevention_mode"],
+        "EXPIRE_MAKER"
+    );
     let maker = placed(&s, u, at_995("BUY", None));
     let taker = placed(&s, u, at_995("SELL", None));
-    assert_eq!(s.order(u, taker)["self_trade_prevention_mode"], "EXPIRE_MAKER");
+    assert_eq!(
+        s.order(u, taker)["self_trade_prevention_mode"],
+        "EXPIRE_MAKER"
+    );
     assert_eq!(s.order(u, maker)["status"], "EXPIRED_IN_MATCH");
     s.assert_invariants();
 }
@@ -350,14 +436,34 @@ fn a_market_sell_below_the_minimum_notional_is_refused() {
     let b = funded_user(&s, "b", &[("COIN", "1"), ("USD", "1000")]);
     let sell = |qty: &str| order("COIN-USD", "SELL", "MARKET", json!({"quantity": qty}));
     // A bid is the reference before any trade: 0.0013 × 100 = 0.13 < 1.
-    placed(&s, a, order("COIN-USD", "BUY", "LIMIT", json!({"price": "100", "quantity": "0.13"})));
+    placed(
+        &s,
+        a,
+        order(
+            "COIN-USD",
+            "BUY",
+            "LIMIT",
+            json!({"price": "100", "quantity": "0.13"}),
+        ),
+    );
     let (code, problem) = place(&s, b, sell("0.0013"));
-    assert_eq!((code, problem["code"].as_str()), (400, Some("NOTIONAL_TOO_SMALL")), "{problem}");
+    assert_eq!(
+        (code, problem["code"].as_str()),
+        (400, Some("NOTIONAL_TOO_SMALL")),
+        "{problem}"
+    );
     // After trades, the average price of the last five minutes is the reference.
     placed(&s, b, sell("0.013"));
     let (code, problem) = place(&s, b, sell("0.0013"));
-    assert_eq!((code, problem["code"].as_str()), (400, Some("NOTIONAL_TOO_SMALL")), "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("100.000000"), "{problem}");
+    assert_eq!(
+        (code, problem["code"].as_str()),
+        (400, Some("NOTIONAL_TOO_SMALL")),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("100.000000"),
+        "{problem}"
+    );
     // 0.0104 × 100 = 1.04 clears it.
     let (code, o) = place(&s, b, sell("0.0104"));
     assert_eq!(code, 202, "{o}");

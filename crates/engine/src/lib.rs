@@ -26,6 +26,7 @@ pub type Price = i64;
 /// Base-asset minor units.
 pub type Qty = i64;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Side {
@@ -42,6 +43,7 @@ impl Side {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TimeInForce {
@@ -70,6 +72,7 @@ pub enum OrderKind {
 /// What happens when an order would trade against a resting order of the same user
 /// (Binance's `selfTradePreventionMode`; the taker's mode decides). A prevented match is
 /// not a trade: the order(s) it names leave the book as [`DoneReason::ExpiredInMatch`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SelfTradePrevention {
@@ -860,7 +863,10 @@ mod tests {
             lot_size: 13,
         };
         let mut book = Book::new(spec);
-        run(&mut book, limit(1, Side::Sell, 10_000, 130, TimeInForce::Gtc));
+        run(
+            &mut book,
+            limit(1, Side::Sell, 10_000, 130, TimeInForce::Gtc),
+        );
         let out = run(
             &mut book,
             Command::Place(NewOrder {
@@ -881,7 +887,10 @@ mod tests {
         );
         assert!(book.is_empty());
         // With budget left for another lot at the last price, an emptied book means EXPIRED.
-        run(&mut book, limit(3, Side::Sell, 10_000, 13, TimeInForce::Gtc));
+        run(
+            &mut book,
+            limit(3, Side::Sell, 10_000, 13, TimeInForce::Gtc),
+        );
         let out = run(
             &mut book,
             Command::Place(NewOrder {

@@ -208,8 +208,7 @@ impl Reference {
                     .map(|i| self.resting[i].1.price)
                     .or(last_price);
                 let spent = filled > 0
-                    && stop_price
-                        .is_some_and(|p| self.affordable(budget.unwrap_or(0), p) == 0);
+                    && stop_price.is_some_and(|p| self.affordable(budget.unwrap_or(0), p) == 0);
                 out.push(Event::Done {
                     order: order.id,
                     reason: if prevented {
@@ -399,8 +398,10 @@ fn to_commands(steps: &[Step], lot: Qty) -> Vec<Command> {
     cmds
 }
 
-/// Aggregated levels of the reference book, summed wide: (bids best first, asks best first).
-fn reference_levels(reference: &Reference) -> (Vec<(Price, i128)>, Vec<(Price, i128)>) {
+/// Aggregated levels, summed wide: (bids best first, asks best first).
+type Levels = (Vec<(Price, i128)>, Vec<(Price, i128)>);
+
+fn reference_levels(reference: &Reference) -> Levels {
     let mut bids: Vec<(Price, i128)> = Vec::new();
     let mut asks: Vec<(Price, i128)> = Vec::new();
     for o in reference.resting() {
@@ -416,7 +417,7 @@ fn reference_levels(reference: &Reference) -> (Vec<(Price, i128)>, Vec<(Price, i
     (bids, asks)
 }
 
-fn engine_levels(book: &Book) -> (Vec<(Price, i128)>, Vec<(Price, i128)>) {
+fn engine_levels(book: &Book) -> Levels {
     let (bids, asks) = book.depth(usize::MAX);
     let flat = |v: Vec<LevelView>| v.into_iter().map(|l| (l.price, l.qty)).collect();
     (flat(bids), flat(asks))

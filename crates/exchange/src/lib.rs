@@ -88,6 +88,7 @@ pub(crate) struct Shared {
 
 /// Counts for health checks and tests.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Status {
     pub ready: bool,
     /// Book inputs published but not yet settled.

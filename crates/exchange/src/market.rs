@@ -167,11 +167,9 @@ impl MarketData {
         let m = m.read().expect("lock");
         let minutes = m.series(Interval::M1);
         let since = Interval::M1.bucket(now_ms) - (AVERAGE_PRICE_MINUTES - 1) * MINUTE_MS;
-        let (volume, quote) = minutes
-            .recent(since)
-            .fold((0i128, 0i128), |(v, q), c| {
-                (v + c.volume as i128, q + c.quote_volume as i128)
-            });
+        let (volume, quote) = minutes.recent(since).fold((0i128, 0i128), |(v, q), c| {
+            (v + c.volume as i128, q + c.quote_volume as i128)
+        });
         if volume > 0 {
             return i64::try_from(quote * base_unit as i128 / volume).ok();
         }

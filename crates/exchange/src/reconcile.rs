@@ -12,7 +12,9 @@ use agora_store::{AuditSnapshot, OrderType, VenueAccount};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+/// What a reconciliation found.
 #[derive(Clone, Debug, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
     pub ok: bool,
     pub problems: Vec<String>,

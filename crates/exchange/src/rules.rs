@@ -135,10 +135,16 @@ fn valid_name(field: &'static str, name: &str, extra: &[u8]) -> ExchangeResult<(
     }
 }
 
+/// An asset to list: its code and how many decimals its amounts have.
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewAsset {
+    /// 1-32 characters of A-Z and 0-9.
+    #[cfg_attr(feature = "openapi", schema(example = "BTC"))]
     pub code: String,
+    /// Decimal places of its amounts (minor units per whole unit = 10^scale), 0-18.
+    #[cfg_attr(feature = "openapi", schema(maximum = 18, example = 8))]
     pub scale: u32,
 }
 
@@ -160,35 +166,57 @@ pub fn validate_asset(req: &NewAsset, refdata: &RefData) -> ExchangeResult<()> {
     Ok(())
 }
 
+/// A symbol to list: which asset trades against which, and its trading rules. Amounts are
+/// decimal strings in the base (quantities) or quote (prices, notionals) asset.
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewSymbol {
+    /// 1-32 characters of A-Z, 0-9, - and _.
+    #[cfg_attr(feature = "openapi", schema(example = "BTC-USDT"))]
     pub name: String,
+    /// The asset traded (quantities are in it).
     pub base: String,
+    /// The asset prices are in.
     pub quote: String,
+    /// Every price is a multiple of it. `tick_size × lot_size` must be a whole number of
+    /// quote minor units, so that every notional is exact.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$"))]
     pub tick_size: String,
+    /// Every quantity is a multiple of it.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$"))]
     pub lot_size: String,
+    /// Smallest order value (price × quantity) accepted; 0 when absent.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$"))]
     pub min_notional: Option<String>,
+    /// Fee of the resting side, in basis points of what it receives (0-1000).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 1000))]
     pub maker_fee_bps: u32,
+    /// Fee of the taking side, in basis points of what it receives (0-1000).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 1000))]
     pub taker_fee_bps: u32,
+    /// TRADING when absent.
     #[serde(default)]
     pub status: Option<SymbolStatus>,
-    /// Largest quantity of one order (a multiple of the lot); default and upper bound
-    /// [`max_quantity_cap`].
+    /// Largest quantity of one order (a multiple of the lot); absent: the largest multiple
+    /// of the lot that fits a 64-bit integer of minor units.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$"))]
     pub max_quantity: Option<String>,
-    /// What orders that do not choose a self-trade prevention mode get (default NONE).
+    /// What orders that do not choose a self-trade prevention mode get (NONE when absent).
     #[serde(default)]
     pub default_self_trade_prevention_mode: Option<SelfTradePrevention>,
 }
 
-/// What an operator may change on a listed symbol.
+/// What an operator may change on a listed symbol (at least one of the two).
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SymbolUpdate {
+    /// HALTED refuses new orders; cancels still work.
     #[serde(default)]
     pub status: Option<SymbolStatus>,
     #[serde(default)]
@@ -267,25 +295,41 @@ pub fn validate_symbol(req: &NewSymbol, refdata: &RefData) -> ExchangeResult<Sym
     })
 }
 
-/// An order as the API receives it: decimal strings, optional fields.
+/// An order as the API receives it. LIMIT: `price` and `quantity`. MARKET BUY:
+/// `quote_quantity` (the amount of quote to spend). MARKET SELL: `quantity`. Numbers are
+/// decimal strings, exact at the assets' scales.
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
+    #[cfg_attr(feature = "openapi", schema(example = "BTC-USDT"))]
     pub symbol: String,
     pub side: Side,
     #[serde(rename = "type")]
     pub order_type: OrderType,
+    /// Limit price in the quote asset, a multiple of the tick (LIMIT only).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$"))]
     pub price: Option<String>,
+    /// Base quantity, a multiple of the lot, at most the symbol's `max_quantity` (LIMIT,
+    /// MARKET SELL).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$"))]
     pub quantity: Option<String>,
+    /// Quote amount to spend (MARKET BUY only); held in full until the order is done.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$"))]
     pub quote_quantity: Option<String>,
+    /// GTC (default for LIMIT), IOC or FOK; a MARKET order is always IOC.
     #[serde(default)]
     pub time_in_force: Option<TimeInForce>,
+    /// Your id for the order, unique per user: sending it again returns the first order
+    /// (200) instead of placing a second one. 1-64 characters of A-Z, a-z, 0-9, - _ . :
     #[serde(default)]
     pub client_order_id: Option<String>,
-    /// Binance's `selfTradePreventionMode`; the symbol's default when absent.
+    /// What happens if the order would trade with one of your own resting orders; the
+    /// symbol's `default_self_trade_prevention_mode` when absent. Also accepted as
+    /// `selfTradePreventionMode`.
     #[serde(default, alias = "selfTradePreventionMode")]
     pub self_trade_prevention_mode: Option<SelfTradePrevention>,
 }
@@ -579,11 +623,19 @@ mod tests {
     fn rejects_what_does_not_fit_the_rules() {
         let r = refdata();
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "50000.0000001", "1"), &r, None)),
+            code(validate_order(
+                &limit(Side::Buy, "50000.0000001", "1"),
+                &r,
+                None
+            )),
             "TOO_MANY_DECIMALS"
         );
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "50000.001", "1"), &r, None)),
+            code(validate_order(
+                &limit(Side::Buy, "50000.001", "1"),
+                &r,
+                None
+            )),
             "PRICE_OFF_TICK"
         );
         assert_eq!(
@@ -607,7 +659,11 @@ mod tests {
             "INVALID_NUMBER"
         );
         assert_eq!(
-            code(validate_order(&limit(Side::Buy, "100", "0.00015"), &r, None)),
+            code(validate_order(
+                &limit(Side::Buy, "100", "0.00015"),
+                &r,
+                None
+            )),
             "QUANTITY_OFF_LOT"
         );
         assert_eq!(
@@ -653,10 +709,10 @@ mod tests {
         let too_big = "0.0101";
         let r = small;
         assert_eq!(
-            code(validate_order(&limit(Side::Sell, "1", &too_big), &r, None)),
+            code(validate_order(&limit(Side::Sell, "1", too_big), &r, None)),
             "QUANTITY_TOO_LARGE"
         );
-        let mut market = limit(Side::Sell, "1", &too_big);
+        let mut market = limit(Side::Sell, "1", too_big);
         (market.order_type, market.price) = (OrderType::Market, None);
         assert_eq!(
             code(validate_order(&market, &r, None)),
@@ -692,7 +748,10 @@ mod tests {
         // 0.0001 BTC at 40,000 is 4 USDT: too small; at 60,000 it is 6.
         let at = |price: i64| validate_order(&sell, &r, Some(price * 1_000_000));
         assert_eq!(at(40_000).unwrap_err().code, "NOTIONAL_TOO_SMALL");
-        assert!(at(40_000).unwrap_err().detail.contains("reference price 40000.000000"));
+        assert!(at(40_000)
+            .unwrap_err()
+            .detail
+            .contains("reference price 40000.000000"));
         assert!(at(60_000).is_ok());
         // No reference price: nothing to trade against, nothing to estimate.
         assert!(validate_order(&sell, &r, None).is_ok());

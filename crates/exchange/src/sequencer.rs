@@ -14,9 +14,7 @@
 use crate::error::{ErrorClass, ExchangeError, ExchangeResult};
 use crate::events::{BookInput, BOOK_AGGREGATE};
 use crate::market::{candle_of, candle_row, Committed};
-use crate::rules::{
-    NewAsset, RefData, SymbolUpdate, ValidOrder, OPEN_ORDERS_PER_USER_SYMBOL_MAX,
-};
+use crate::rules::{NewAsset, RefData, SymbolUpdate, ValidOrder, OPEN_ORDERS_PER_USER_SYMBOL_MAX};
 use crate::settlement::settle_trade;
 use crate::Shared;
 use agora_bus::{partition_for, EventLog, Record};

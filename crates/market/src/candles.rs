@@ -228,10 +228,10 @@ impl CandleSeries {
     pub fn range(&self, start_ms: i64, end_ms: i64, limit: usize) -> Vec<Candle> {
         let step = self.interval.ms();
         let last_bucket = self.interval.bucket(end_ms);
-        let first_bucket = self
-            .interval
-            .bucket(start_ms)
-            .max(first_of_last(last_bucket, step, limit));
+        let first_bucket =
+            self.interval
+                .bucket(start_ms)
+                .max(first_of_last(last_bucket, step, limit));
         if last_bucket < first_bucket || limit == 0 {
             return Vec::new();
         }

@@ -239,7 +239,9 @@ impl LocalBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agora_engine::{Book, BookSpec, Command, NewOrder, OrderKind, SelfTradePrevention, TimeInForce};
+    use agora_engine::{
+        Book, BookSpec, Command, NewOrder, OrderKind, SelfTradePrevention, TimeInForce,
+    };
     use proptest::prelude::*;
 
     fn place(id: u64, side: Side, price: i64, qty: i64, tif: TimeInForce) -> Command {

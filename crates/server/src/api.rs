@@ -1,18 +1,24 @@
 //! REST handlers under `/api/v1`: decimal strings in and out, problem+json on every error.
+//! Each handler carries its OpenAPI description (`#[utoipa::path]`), and every body it
+//! answers with is a typed view deriving its schema, so `/api/v1/openapi.json` is generated
+//! from this code and cannot drift from it.
 
+use crate::openapi::{ADMIN, PUBLIC, TRADING};
 use crate::problem::{ApiJson, ApiPath as Path, ApiQuery as Query, Problem};
 use crate::AppState;
 use agora_engine::{SelfTradePrevention, Side, TimeInForce};
-use agora_exchange::{NewAsset, NewSymbol, OrderRequest, RefData};
+use agora_exchange::{NewAsset, NewSymbol, OrderRequest, RefData, SymbolUpdate};
 use agora_ledger::units::format;
-use agora_store::{BalanceRow, FillRow, OrderQuery, OrderRow, OrderStatus, OrderType, SymbolRow};
+use agora_store::{
+    BalanceRow, FillRow, OrderQuery, OrderRow, OrderStatus, OrderType, SymbolRow, SymbolStatus,
+};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 pub const PAGE_LIMIT_DEFAULT: usize = 100;
 pub const PAGE_LIMIT_MAX: usize = 1_000;
@@ -83,19 +89,8 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-fn side_text(side: Side) -> &'static str {
-    match side {
-        Side::Buy => "BUY",
-        Side::Sell => "SELL",
-    }
-}
-
-fn text<T: serde::Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
 /// An order as the API shows it: decimal strings at the assets' scales.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct OrderView<'a> {
     order_id: u64,
     client_order_id: Option<&'a str>,
@@ -104,16 +99,27 @@ pub struct OrderView<'a> {
     #[serde(rename = "type")]
     order_type: OrderType,
     time_in_force: TimeInForce,
+    /// Limit price (LIMIT orders).
     price: Option<String>,
+    /// Base quantity (LIMIT orders and MARKET SELLs).
     quantity: Option<String>,
+    /// Quote budget (MARKET BUYs).
     quote_quantity: Option<String>,
+    /// NEW and PARTIALLY_FILLED are open; FILLED, CANCELED, EXPIRED (IOC/FOK/market rest,
+    /// or a market buy whose book ran dry), EXPIRED_IN_MATCH (self-trade prevention) and
+    /// REJECTED are final. A quote-budget MARKET BUY is FILLED when what is left of its
+    /// budget cannot buy one more lot at the price where matching stopped.
     status: OrderStatus,
     filled_quantity: String,
     filled_quote: String,
+    /// Fees paid so far, in `fee_asset` (what the order receives).
     fee: String,
     fee_asset: &'a str,
+    /// What is still held for the order, in `hold_asset`.
     held: String,
     hold_asset: &'a str,
+    /// A cancel was asked for and waits for the engine; the hold is released when it
+    /// confirms.
     cancel_requested: bool,
     self_trade_prevention_mode: SelfTradePrevention,
     created_at_ms: i64,
@@ -153,18 +159,66 @@ pub fn order_view<'a>(o: &'a OrderRow, r: &'a RefData) -> OrderView<'a> {
     }
 }
 
-pub fn balance_json(b: &BalanceRow, r: &RefData) -> Value {
-    let asset = r.asset(b.asset);
-    json!({
-        "asset": asset.code,
-        "available": format(b.available, asset.scale),
-        "held": format(b.held, asset.scale),
-    })
+/// A page of orders, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct OrderPage<'a> {
+    orders: Vec<OrderView<'a>>,
+    /// Pass as `before` for the next page; null on the last one.
+    next_before: Option<u64>,
 }
 
-/// One fill as its owner sees it (a self-trade is two fills, one per side). Fees are floored
-/// per fill: see the README.
-fn fill_json(f: &FillRow, r: &RefData) -> Value {
+/// One asset's balance of the acting user.
+#[derive(Serialize, ToSchema)]
+pub struct BalanceView<'a> {
+    asset: &'a str,
+    available: String,
+    /// Held for open orders.
+    held: String,
+}
+
+pub fn balance_view<'a>(b: &BalanceRow, r: &'a RefData) -> BalanceView<'a> {
+    let asset = r.asset(b.asset);
+    BalanceView {
+        asset: &asset.code,
+        available: format(b.available, asset.scale),
+        held: format(b.held, asset.scale),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BalanceList<'a> {
+    balances: Vec<BalanceView<'a>>,
+}
+
+/// One side of a trade as its owner sees it: a self-trade is two fills, one per side.
+#[derive(Serialize, ToSchema)]
+pub struct FillView<'a> {
+    /// Orders the user's fills and pages them (`before`).
+    fill_id: i64,
+    /// The trade's id within its symbol.
+    trade_id: u64,
+    symbol: &'a str,
+    order_id: u64,
+    side: Side,
+    role: Role,
+    price: String,
+    quantity: String,
+    quote_quantity: String,
+    /// This side's fee: floor(what it receives × rate / 10,000), per fill.
+    fee: String,
+    fee_asset: &'a str,
+    time_ms: i64,
+}
+
+/// Whether a fill's order was resting (MAKER) or arriving (TAKER).
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Role {
+    Maker,
+    Taker,
+}
+
+fn fill_view<'a>(f: &FillRow, r: &'a RefData) -> FillView<'a> {
     let t = &f.trade;
     let symbol = &r.symbols[&t.symbol];
     let (bs, qs) = (r.base_scale(symbol), r.quote_scale(symbol));
@@ -172,37 +226,78 @@ fn fill_json(f: &FillRow, r: &RefData) -> Value {
         Side::Buy => (t.buy_order, t.buyer_fee, symbol.base_asset, bs),
         Side::Sell => (t.sell_order, t.seller_fee, symbol.quote_asset, qs),
     };
-    json!({
-        "fill_id": f.fill_id,
-        "trade_id": t.trade_id,
-        "symbol": symbol.name,
-        "order_id": order,
-        "side": side_text(f.side),
-        "role": if t.taker_side == f.side { "TAKER" } else { "MAKER" },
-        "price": format(t.price, qs),
-        "quantity": format(t.qty, bs),
-        "quote_quantity": format(t.quote_qty, qs),
-        "fee": format(fee, fee_scale),
-        "fee_asset": r.asset(fee_asset).code,
-        "time_ms": t.created_ms,
-    })
+    FillView {
+        fill_id: f.fill_id,
+        trade_id: t.trade_id,
+        symbol: &symbol.name,
+        order_id: order,
+        side: f.side,
+        role: if t.taker_side == f.side {
+            Role::Taker
+        } else {
+            Role::Maker
+        },
+        price: format(t.price, qs),
+        quantity: format(t.qty, bs),
+        quote_quantity: format(t.quote_qty, qs),
+        fee: format(fee, fee_scale),
+        fee_asset: &r.asset(fee_asset).code,
+        time_ms: t.created_ms,
+    }
 }
 
-pub fn symbol_json(s: &SymbolRow, r: &RefData) -> Value {
+/// A page of fills, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct FillPage<'a> {
+    fills: Vec<FillView<'a>>,
+    /// Pass as `before` for the next page; null on the last one.
+    next_before: Option<i64>,
+}
+
+/// A symbol and its trading rules.
+#[derive(Serialize, ToSchema)]
+pub struct MarketView<'a> {
+    symbol: &'a str,
+    base: &'a str,
+    quote: &'a str,
+    tick_size: String,
+    lot_size: String,
+    min_notional: String,
+    maker_fee_bps: u32,
+    taker_fee_bps: u32,
+    /// Largest quantity of one order.
+    max_quantity: String,
+    default_self_trade_prevention_mode: SelfTradePrevention,
+    status: SymbolStatus,
+}
+
+pub fn market_view<'a>(s: &'a SymbolRow, r: &'a RefData) -> MarketView<'a> {
     let (bs, qs) = (r.base_scale(s), r.quote_scale(s));
-    json!({
-        "symbol": s.name,
-        "base": r.asset(s.base_asset).code,
-        "quote": r.asset(s.quote_asset).code,
-        "tick_size": format(s.tick_size, qs),
-        "lot_size": format(s.lot_size, bs),
-        "min_notional": format(s.min_notional, qs),
-        "maker_fee_bps": s.maker_fee_bps,
-        "taker_fee_bps": s.taker_fee_bps,
-        "max_quantity": format(s.max_quantity, bs),
-        "default_self_trade_prevention_mode": text(&s.default_stp),
-        "status": text(&s.status),
-    })
+    MarketView {
+        symbol: &s.name,
+        base: &r.asset(s.base_asset).code,
+        quote: &r.asset(s.quote_asset).code,
+        tick_size: format(s.tick_size, qs),
+        lot_size: format(s.lot_size, bs),
+        min_notional: format(s.min_notional, qs),
+        maker_fee_bps: s.maker_fee_bps,
+        taker_fee_bps: s.taker_fee_bps,
+        max_quantity: format(s.max_quantity, bs),
+        default_self_trade_prevention_mode: s.default_stp,
+        status: s.status,
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssetView<'a> {
+    code: &'a str,
+    /// Decimal places of its amounts.
+    scale: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssetList<'a> {
+    assets: Vec<AssetView<'a>>,
 }
 
 /// An id in a path: a string of digits, or 400. A number too large for any id names nothing
@@ -222,15 +317,12 @@ fn path_id(what: &'static str, text: &str) -> Result<Option<u64>, Problem> {
 
 /// A paging cursor (`before`): 1 to 2^63 − 1, or 400.
 fn parse_cursor(text: &str) -> Result<i64, Problem> {
-    text.parse::<i64>()
-        .ok()
-        .filter(|&v| v > 0)
-        .ok_or_else(|| {
-            Problem::bad_request(
-                "INVALID_ID",
-                format!("before must be an integer from 1 to {}", i64::MAX),
-            )
-        })
+    text.parse::<i64>().ok().filter(|&v| v > 0).ok_or_else(|| {
+        Problem::bad_request(
+            "INVALID_ID",
+            format!("before must be an integer from 1 to {}", i64::MAX),
+        )
+    })
 }
 
 fn not_found(id: &str) -> Problem {
@@ -255,6 +347,20 @@ fn symbol_filter(name: Option<&str>, r: &RefData) -> Result<Option<u32>, Problem
         .transpose()
 }
 
+/// Places an order. The funds it needs are held at once, in the same transaction as the
+/// order; the answer means the order is durable and on its way to the engine (follow it
+/// with `GET /api/v1/orders/{id}` or the WebSocket user stream).
+#[utoipa::path(
+    post, path = "/api/v1/orders", tag = TRADING, security(("user_id" = [])),
+    request_body = OrderRequest,
+    responses(
+        (status = 202, description = "Accepted: held and queued for matching", body = OrderView),
+        (status = 200, description = "A repeated `client_order_id`: the original order", body = OrderView),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+        (status = 409, response = Problem), (status = 413, response = Problem),
+        (status = 415, response = Problem), (status = 422, response = Problem),
+    )
+)]
 pub async fn place_order(
     State(state): State<AppState>,
     ActingUser(user): ActingUser,
@@ -272,6 +378,16 @@ pub async fn place_order(
     ))
 }
 
+/// One of the acting user's orders (another user's order is not found).
+#[utoipa::path(
+    get, path = "/api/v1/orders/{id}", tag = TRADING, security(("user_id" = [])),
+    params(("id" = String, Path, description = "Order id (digits)", pattern = "^[0-9]+$")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+        (status = 404, response = Problem),
+    )
+)]
 pub async fn get_order(
     State(state): State<AppState>,
     ActingUser(user): ActingUser,
@@ -283,6 +399,17 @@ pub async fn get_order(
     Ok(Json(order_view(&order, &r)).into_response())
 }
 
+/// Asks the engine to cancel an open order. The answer shows `cancel_requested`; the order
+/// turns CANCELED and its hold is released when the engine confirms. Idempotent.
+#[utoipa::path(
+    delete, path = "/api/v1/orders/{id}", tag = TRADING, security(("user_id" = [])),
+    params(("id" = String, Path, description = "Order id (digits)", pattern = "^[0-9]+$")),
+    responses(
+        (status = 202, description = "Cancel requested", body = OrderView),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+        (status = 404, response = Problem), (status = 409, response = Problem),
+    )
+)]
 pub async fn cancel_order(
     State(state): State<AppState>,
     ActingUser(user): ActingUser,
@@ -296,32 +423,52 @@ pub async fn cancel_order(
     ))
 }
 
-#[derive(Deserialize)]
+/// Paging and filters of the order list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only this symbol.
     symbol: Option<String>,
+    /// Only orders in this status.
+    #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    #[param(value_type = Option<u16>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// Only orders older than this cursor (`next_before` of the previous page).
+    #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
 }
 
+/// The acting user's orders, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/orders", tag = TRADING, security(("user_id" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+    )
+)]
 pub async fn list_orders(
     State(state): State<AppState>,
     ActingUser(user): ActingUser,
     Query(p): Query<ListParams>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<axum::response::Response, Problem> {
     let r = state.exchange.refdata();
-    let status = p
-        .status
-        .as_deref()
-        .map(|s| {
-            serde_json::from_value::<OrderStatus>(Value::String(s.to_string())).map_err(|_| {
-                Problem::bad_request(
-                    "INVALID_STATUS",
-                    "status must be NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED or EXPIRED",
-                )
+    let status =
+        p.status
+            .as_deref()
+            .map(|s| {
+                serde_json::from_value::<OrderStatus>(serde_json::Value::String(s.to_string()))
+                    .map_err(|_| {
+                        Problem::bad_request(
+                            "INVALID_STATUS",
+                            "status must be NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED, \
+                         EXPIRED or EXPIRED_IN_MATCH",
+                        )
+                    })
             })
-        })
-        .transpose()?;
+            .transpose()?;
     let limit = parse_limit(p.limit.as_deref())?;
     let query = OrderQuery {
         user,
@@ -335,70 +482,130 @@ pub async fn list_orders(
         limit,
     };
     let orders = state.exchange.orders(query).await?;
-    let next = (orders.len() == limit)
+    let next_before = (orders.len() == limit)
         .then(|| orders.last().map(|o| o.id))
         .flatten();
-    Ok(Json(json!({
-        "orders": orders.iter().map(|o| order_view(o, &r)).collect::<Vec<_>>(),
-        "next_before": next,
-    })))
+    Ok(Json(OrderPage {
+        orders: orders.iter().map(|o| order_view(o, &r)).collect(),
+        next_before,
+    })
+    .into_response())
 }
 
+/// The acting user's balances.
+#[utoipa::path(
+    get, path = "/api/v1/balances", tag = TRADING, security(("user_id" = [])),
+    responses(
+        (status = 200, description = "Every asset the user holds", body = BalanceList),
+        (status = 401, response = Problem),
+    )
+)]
 pub async fn balances(
     State(state): State<AppState>,
     ActingUser(user): ActingUser,
-) -> Result<Json<Value>, Problem> {
+) -> Result<axum::response::Response, Problem> {
     let r = state.exchange.refdata();
     let rows = state.exchange.balances(user).await?;
-    Ok(Json(json!({
-        "balances": rows.iter().map(|b| balance_json(b, &r)).collect::<Vec<_>>(),
-    })))
+    Ok(Json(BalanceList {
+        balances: rows.iter().map(|b| balance_view(b, &r)).collect(),
+    })
+    .into_response())
 }
 
+/// Paging and filter of the fill list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FillParams {
+    /// Only this symbol.
+    symbol: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    #[param(value_type = Option<u16>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// Only fills older than this cursor (`next_before` of the previous page).
+    #[param(value_type = Option<i64>, minimum = 1)]
+    before: Option<String>,
+}
+
+/// The acting user's fills, newest first: one per side of each of their trades (a
+/// self-trade shows as two). Fees are floored per fill.
+#[utoipa::path(
+    get, path = "/api/v1/fills", tag = TRADING, security(("user_id" = [])),
+    params(FillParams),
+    responses(
+        (status = 200, description = "A page of fills", body = FillPage),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+    )
+)]
 pub async fn fills(
     State(state): State<AppState>,
     ActingUser(user): ActingUser,
-    Query(p): Query<ListParams>,
-) -> Result<Json<Value>, Problem> {
+    Query(p): Query<FillParams>,
+) -> Result<axum::response::Response, Problem> {
     let r = state.exchange.refdata();
-    if p.status.is_some() {
-        return Err(Problem::bad_request(
-            "UNEXPECTED_FIELD",
-            "fills have no status",
-        ));
-    }
     let limit = parse_limit(p.limit.as_deref())?;
     let before = p.before.as_deref().map(parse_cursor).transpose()?;
     let rows = state
         .exchange
         .fills(user, symbol_filter(p.symbol.as_deref(), &r)?, before, limit)
         .await?;
-    let next = (rows.len() == limit)
+    let next_before = (rows.len() == limit)
         .then(|| rows.last().map(|f| f.fill_id))
         .flatten();
-    Ok(Json(json!({
-        "fills": rows.iter().map(|f| fill_json(f, &r)).collect::<Vec<_>>(),
-        "next_before": next,
-    })))
+    Ok(Json(FillPage {
+        fills: rows.iter().map(|f| fill_view(f, &r)).collect(),
+        next_before,
+    })
+    .into_response())
 }
 
-pub async fn list_assets(State(state): State<AppState>) -> Json<Value> {
+/// Every listed asset.
+#[utoipa::path(
+    get, path = "/api/v1/assets", tag = PUBLIC,
+    responses((status = 200, description = "The assets", body = AssetList))
+)]
+pub async fn list_assets(State(state): State<AppState>) -> axum::response::Response {
     let r = state.exchange.refdata();
     let mut assets: Vec<_> = r.assets.values().collect();
     assets.sort_by_key(|a| a.id);
-    Json(json!({
-        "assets": assets.iter().map(|a| json!({"code": a.code, "scale": a.scale})).collect::<Vec<_>>()
-    }))
+    Json(AssetList {
+        assets: assets
+            .iter()
+            .map(|a| AssetView {
+                code: &a.code,
+                scale: a.scale,
+            })
+            .collect(),
+    })
+    .into_response()
 }
 
 // ---- admin ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    /// 1-64 characters of A-Z, a-z, 0-9, -, _, ., @; unique.
+    #[schema(example = "alice")]
     name: String,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct UserCreated {
+    user_id: u64,
+    name: String,
+}
+
+/// Creates a user (until identity lands, users act by sending `X-User-Id`).
+#[utoipa::path(
+    post, path = "/api/v1/admin/users", tag = ADMIN, security(("admin_token" = [])),
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "Created", body = UserCreated),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+        (status = 409, response = Problem), (status = 413, response = Problem),
+        (status = 415, response = Problem),
+    )
+)]
 pub async fn create_user(
     State(state): State<AppState>,
     _: Admin,
@@ -407,69 +614,154 @@ pub async fn create_user(
     let user = state.exchange.create_user(&body.name).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"user_id": user.id, "name": user.name})),
+        Json(UserCreated {
+            user_id: user.id,
+            name: user.name,
+        }),
     ))
 }
 
+/// Lists an asset.
+#[utoipa::path(
+    post, path = "/api/v1/admin/assets", tag = ADMIN, security(("admin_token" = [])),
+    request_body = NewAsset,
+    responses(
+        (status = 201, description = "Created", body = AssetView),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+        (status = 409, response = Problem), (status = 413, response = Problem),
+        (status = 415, response = Problem),
+    )
+)]
 pub async fn create_asset(
     State(state): State<AppState>,
     _: Admin,
     ApiJson(body): ApiJson<NewAsset>,
 ) -> Result<impl IntoResponse, Problem> {
     let asset = state.exchange.create_asset(body).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"code": asset.code, "scale": asset.scale})),
-    ))
+    let view = AssetView {
+        code: &asset.code,
+        scale: asset.scale,
+    };
+    Ok((StatusCode::CREATED, Json(view).into_response()))
 }
 
+/// Lists a symbol; its book opens at once.
+#[utoipa::path(
+    post, path = "/api/v1/admin/symbols", tag = ADMIN, security(("admin_token" = [])),
+    request_body = NewSymbol,
+    responses(
+        (status = 201, description = "Created", body = MarketView),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+        (status = 409, response = Problem), (status = 413, response = Problem),
+        (status = 415, response = Problem),
+    )
+)]
 pub async fn create_symbol(
     State(state): State<AppState>,
     _: Admin,
     ApiJson(body): ApiJson<NewSymbol>,
 ) -> Result<impl IntoResponse, Problem> {
     let symbol = state.exchange.create_symbol(&body).await?;
+    let r = state.exchange.refdata();
     Ok((
         StatusCode::CREATED,
-        Json(symbol_json(&symbol, &state.exchange.refdata())),
+        Json(market_view(&symbol, &r)).into_response(),
     ))
 }
 
+/// Halts or resumes trading, or changes the default self-trade prevention mode.
+#[utoipa::path(
+    patch, path = "/api/v1/admin/symbols/{symbol}", tag = ADMIN, security(("admin_token" = [])),
+    params(("symbol" = String, Path, description = "Symbol name")),
+    request_body = SymbolUpdate,
+    responses(
+        (status = 200, description = "The symbol as it is now", body = MarketView),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+        (status = 413, response = Problem), (status = 415, response = Problem),
+    )
+)]
 pub async fn update_symbol(
     State(state): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    ApiJson(body): ApiJson<agora_exchange::SymbolUpdate>,
-) -> Result<Json<Value>, Problem> {
+    ApiJson(body): ApiJson<SymbolUpdate>,
+) -> Result<axum::response::Response, Problem> {
     let symbol = state.exchange.update_symbol(&name, body).await?;
-    Ok(Json(symbol_json(&symbol, &state.exchange.refdata())))
+    let r = state.exchange.refdata();
+    Ok(Json(market_view(&symbol, &r)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDeposit {
     user_id: u64,
+    #[schema(example = "USDT")]
     asset: String,
+    /// A positive decimal string at the asset's scale.
+    #[schema(pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$", example = "1000.50")]
     amount: String,
 }
 
+/// Credits a user from the outside world (a balanced entry against the external account).
+#[utoipa::path(
+    post, path = "/api/v1/admin/deposits", tag = ADMIN, security(("admin_token" = [])),
+    request_body = NewDeposit,
+    responses(
+        (status = 200, description = "The user's balance of the asset", body = BalanceView),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+        (status = 404, response = Problem), (status = 413, response = Problem),
+        (status = 415, response = Problem),
+    )
+)]
 pub async fn deposit(
     State(state): State<AppState>,
     _: Admin,
     ApiJson(body): ApiJson<NewDeposit>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<axum::response::Response, Problem> {
     let balance = state
         .exchange
         .deposit(body.user_id, &body.asset, &body.amount)
         .await?;
-    Ok(Json(balance_json(&balance, &state.exchange.refdata())))
+    let r = state.exchange.refdata();
+    Ok(Json(balance_view(&balance, &r)).into_response())
 }
 
+/// A resting order in the engine's book.
+#[derive(Serialize, ToSchema)]
+pub struct BookOrder {
+    order_id: u64,
+    user_id: u64,
+    side: Side,
+    price: String,
+    remaining: String,
+}
+
+/// A symbol's book as the engine holds it, in priority order.
+#[derive(Serialize, ToSchema)]
+pub struct BookView<'a> {
+    symbol: &'a str,
+    /// Offset of the last input the book reflects.
+    input_seq: i64,
+    next_trade_id: u64,
+    /// Bids best first, then asks best first; arrival order within a price.
+    orders: Vec<BookOrder>,
+}
+
+/// The engine's book of a symbol, order by order.
+#[utoipa::path(
+    get, path = "/api/v1/admin/books/{symbol}", tag = ADMIN, security(("admin_token" = [])),
+    params(("symbol" = String, Path, description = "Symbol name")),
+    responses(
+        (status = 200, description = "The book", body = BookView),
+        (status = 400, response = Problem), (status = 401, response = Problem),
+        (status = 404, response = Problem),
+    )
+)]
 pub async fn book(
     State(state): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<axum::response::Response, Problem> {
     let r = state.exchange.refdata();
     let symbol = r.symbol_by_name(&name)?;
     let snapshot = state
@@ -478,36 +770,63 @@ pub async fn book(
         .await?
         .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "UNKNOWN_SYMBOL", "no book"))?;
     let (bs, qs) = (r.base_scale(symbol), r.quote_scale(symbol));
-    Ok(Json(json!({
-        "symbol": symbol.name,
-        "input_seq": snapshot.input_seq,
-        "next_trade_id": snapshot.next_trade_id,
-        "orders": snapshot.resting.iter().map(|o| json!({
-            "order_id": o.id,
-            "user_id": o.user,
-            "side": side_text(o.side),
-            "price": format(o.price, qs),
-            "remaining": format(o.remaining, bs),
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(BookView {
+        symbol: &symbol.name,
+        input_seq: snapshot.input_seq,
+        next_trade_id: snapshot.next_trade_id,
+        orders: snapshot
+            .resting
+            .iter()
+            .map(|o| BookOrder {
+                order_id: o.id,
+                user_id: o.user,
+                side: o.side,
+                price: format(o.price, qs),
+                remaining: format(o.remaining, bs),
+            })
+            .collect(),
+    })
+    .into_response())
 }
 
-pub async fn reconcile(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, Problem> {
-    let report = state.exchange.reconcile().await?;
-    Ok(Json(json!(report)))
+/// Checks every ledger, order and book invariant against the store and the engine.
+#[utoipa::path(
+    get, path = "/api/v1/admin/reconcile", tag = ADMIN, security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The report; `ok` false lists the problems", body = agora_exchange::reconcile::Report),
+        (status = 401, response = Problem),
+    )
+)]
+pub async fn reconcile(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<agora_exchange::reconcile::Report>, Problem> {
+    Ok(Json(state.exchange.reconcile().await?))
 }
 
-pub async fn status(State(state): State<AppState>, _: Admin) -> Json<Value> {
-    Json(json!(state.exchange.status()))
+/// Counters for operators and tests.
+#[utoipa::path(
+    get, path = "/api/v1/admin/status", tag = ADMIN, security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Counters", body = agora_exchange::Status),
+        (status = 401, response = Problem),
+    )
+)]
+pub async fn status(State(state): State<AppState>, _: Admin) -> Json<agora_exchange::Status> {
+    Json(state.exchange.status())
 }
 
+#[derive(Serialize)]
+pub struct Health {
+    status: &'static str,
+}
+
+/// Liveness and readiness: 200 once the engine has caught up after start, 503 before.
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     if state.exchange.status().ready {
-        (StatusCode::OK, Json(json!({"status": "ok"})))
+        (StatusCode::OK, Json(Health { status: "ok" }))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "starting"})),
-        )
+        let starting = Health { status: "starting" };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(starting))
     }
 }

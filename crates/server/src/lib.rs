@@ -6,6 +6,7 @@ pub mod api;
 pub mod demo;
 pub mod listener;
 pub mod market_api;
+pub mod openapi;
 pub mod problem;
 pub mod settings;
 pub mod ws;
@@ -14,7 +15,7 @@ use agora_exchange::{Config, Exchange};
 use agora_store::sqlite::Durability;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use problem::Problem;
 use settings::{DurabilitySetting, Settings};
@@ -34,34 +35,10 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState, inflight_max: usize) -> Router {
-    use api::*;
     Router::new()
-        .route("/health", get(health))
+        .route("/health", get(api::health))
         .route("/ws", get(ws::ws_handler))
-        .route("/api/v1/orders", post(place_order).get(list_orders))
-        .route("/api/v1/orders/{id}", get(get_order).delete(cancel_order))
-        .route("/api/v1/balances", get(balances))
-        .route("/api/v1/fills", get(fills))
-        .route("/api/v1/markets", get(market_api::markets))
-        .route("/api/v1/markets/{symbol}/depth", get(market_api::depth))
-        .route("/api/v1/markets/{symbol}/trades", get(market_api::trades))
-        .route(
-            "/api/v1/markets/{symbol}/ticker",
-            get(market_api::ticker_handler),
-        )
-        .route("/api/v1/markets/{symbol}/candles", get(market_api::candles))
-        .route("/api/v1/assets", get(list_assets))
-        .route("/api/v1/admin/users", post(create_user))
-        .route("/api/v1/admin/assets", post(create_asset))
-        .route("/api/v1/admin/symbols", post(create_symbol))
-        .route(
-            "/api/v1/admin/symbols/{symbol}",
-            axum::routing::patch(update_symbol),
-        )
-        .route("/api/v1/admin/deposits", post(deposit))
-        .route("/api/v1/admin/books/{symbol}", get(book))
-        .route("/api/v1/admin/reconcile", get(reconcile))
-        .route("/api/v1/admin/status", get(status))
+        .merge(openapi::api_router())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(

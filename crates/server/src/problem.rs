@@ -9,15 +9,46 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+/// An error (RFC 9457 `application/problem+json`). `code` is stable and machine-readable;
+/// `detail` is for people.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// Always `about:blank`: `code` says what went wrong.
     #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
     pub kind: &'static str,
+    /// The HTTP status's reason phrase.
+    #[schema(example = "Bad Request")]
     pub title: &'static str,
+    /// The HTTP status code.
+    #[schema(example = 400)]
     pub status: u16,
+    /// Stable error code, e.g. INSUFFICIENT_FUNDS, PRICE_OFF_TICK, ORDER_NOT_FOUND.
+    #[schema(example = "PRICE_OFF_TICK")]
     pub code: &'static str,
+    #[schema(example = "price must be a multiple of the tick size 0.01")]
     pub detail: String,
 }
+
+/// Every error status answers with a problem; one reusable response for all of them.
+impl<'r> utoipa::ToResponse<'r> for Problem {
+    fn response() -> (
+        &'r str,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    ) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let content = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("Problem")))
+            .build();
+        let response = ResponseBuilder::new()
+            .description("An RFC 9457 problem with a stable `code`")
+            .content(PROBLEM_JSON, content)
+            .build();
+        ("Problem", response.into())
+    }
+}
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
@@ -39,10 +70,9 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
         let mut response = (status, axum::Json(&self)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         response
     }
 }

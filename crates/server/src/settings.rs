@@ -166,7 +166,9 @@ impl ServeArgs {
             .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid default"));
         let admin_token = self.admin_token.or(file.admin_token);
         anyhow::ensure!(
-            admin_token.as_deref().is_none_or(|t| t.len() >= ADMIN_TOKEN_LEN_MIN),
+            admin_token
+                .as_deref()
+                .is_none_or(|t| t.len() >= ADMIN_TOKEN_LEN_MIN),
             "admin-token must be at least {ADMIN_TOKEN_LEN_MIN} characters"
         );
         // Open admin endpoints are a convenience on one's own machine, never on a network.

@@ -21,9 +21,9 @@
 //! `WRITE_TIMEOUT`, is a slow consumer: closed with code 1008 and the reason, and the others
 //! go on.
 
-use crate::api::{balance_json, order_view, ActingUser};
+use crate::api::{balance_view, order_view, ActingUser};
 use crate::listener::PeerAddr;
-use crate::market_api::{candle_json, level_json, ticker_json, trade_json, Scales};
+use crate::market_api::{candle_view, level_json, ticker_view, trade_view, Scales};
 use crate::problem::Problem;
 use crate::AppState;
 use agora_exchange::market::{candle_of, CommitObserver, Committed, MarketData};
@@ -238,8 +238,8 @@ impl Hub {
             };
             let sc = Scales::of(r, sym);
             out.add(StreamKey::Trades(symbol), || {
-                let list: Vec<Value> = trades.iter().map(|t| trade_json(t, &sc)).collect();
-                stream_message(&format!("{}@trade", sym.name), Value::Array(list))
+                let list: Vec<_> = trades.iter().map(|t| trade_view(t, &sc)).collect();
+                stream_message(&format!("{}@trade", sym.name), list)
             });
         }
     }
@@ -304,8 +304,22 @@ fn traded_symbols(trades: &[TradeRow]) -> Vec<u32> {
     symbols
 }
 
-fn stream_message(stream: &str, data: Value) -> Value {
+fn stream_message(stream: &str, data: impl serde::Serialize) -> Value {
     json!({ "stream": stream, "data": data })
+}
+
+/// A user-stream message: the view of what changed, tagged with what kind of change it is.
+#[derive(serde::Serialize)]
+struct UserEvent<T> {
+    event: &'static str,
+    #[serde(flatten)]
+    data: T,
+}
+
+impl<T> UserEvent<T> {
+    fn new(event: &'static str, data: T) -> Self {
+        UserEvent { event, data }
+    }
 }
 
 fn depth_json(diff: &DepthDiff, sc: Scales) -> Value {
@@ -381,7 +395,7 @@ impl CommitObserver for Hub {
                     let guard = m.as_ref().map(|m| m.read().expect("lock"));
                     stream_message(
                         &format!("{name}@ticker"),
-                        ticker_json(name, guard.as_deref(), sc, now),
+                        ticker_view(name, guard.as_deref(), sc, now),
                     )
                 });
             }
@@ -395,22 +409,18 @@ impl CommitObserver for Hub {
             out.add(StreamKey::Candles(row.symbol, interval), || {
                 stream_message(
                     &format!("{name}@candle_{}", interval.as_str()),
-                    candle_json(&candle, interval, sc),
+                    candle_view(&candle, interval, sc),
                 )
             });
         }
         for o in &batch.orders {
             out.add(StreamKey::User(o.user), || {
-                let mut data = serde_json::to_value(order_view(o, r)).unwrap_or(Value::Null);
-                data["event"] = json!("ORDER_UPDATE");
-                stream_message("user", data)
+                stream_message("user", UserEvent::new("ORDER_UPDATE", order_view(o, r)))
             });
         }
         for b in &batch.balances {
             out.add(StreamKey::User(b.user), || {
-                let mut data = balance_json(b, r);
-                data["event"] = json!("BALANCE_UPDATE");
-                stream_message("user", data)
+                stream_message("user", UserEvent::new("BALANCE_UPDATE", balance_view(b, r)))
             });
         }
         out.send();
