@@ -86,6 +86,23 @@ pub(crate) struct Shared {
     pub ready: AtomicBool,
 }
 
+impl Shared {
+    /// Book inputs published but not yet settled.
+    pub fn pending_inputs(&self) -> u64 {
+        pending_inputs(&self.published, &self.settled)
+    }
+}
+
+/// `published - settled`, read so that it cannot underflow: both only grow and settled ≤
+/// published always holds, so reading `settled` first and `published` second gives a
+/// pair with settled ≤ published. (Read the other way round, settled can pass the
+/// published value already read.) `saturating_sub` guards the arithmetic anyway.
+fn pending_inputs(published: &AtomicU64, settled: &AtomicU64) -> u64 {
+    let settled = settled.load(Ordering::Acquire);
+    let published = published.load(Ordering::Acquire);
+    published.saturating_sub(settled)
+}
+
 /// Counts for health checks and tests.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Status {
@@ -239,7 +256,7 @@ impl Exchange {
         let s = &self.inner.shared;
         Status {
             ready: s.ready.load(Ordering::Acquire),
-            pending_inputs: s.published.load(Ordering::Acquire) - s.settled.load(Ordering::Acquire),
+            pending_inputs: s.pending_inputs(),
             trades: s.trades.load(Ordering::Acquire),
             replayed_at_start: s.replayed_at_start.load(Ordering::Acquire),
         }
@@ -539,4 +556,36 @@ fn restore_books(
         state.book.check_invariants();
     }
     Ok(books)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status endpoint's pending count is computed while the sequencer moves both
+    /// counters; it must never see settled ahead of published (an underflow: a panic in
+    /// debug builds, a number near 2^64 in release).
+    #[test]
+    fn pending_inputs_never_underflows_while_the_counters_move() {
+        const ROUNDS: u64 = 2_000_000;
+        let counters = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let writer = {
+            let counters = counters.clone();
+            std::thread::spawn(move || {
+                for _ in 0..ROUNDS {
+                    // As the sequencer does: counted in flight, then settled.
+                    counters.0.fetch_add(1, Ordering::AcqRel);
+                    counters.1.fetch_add(1, Ordering::AcqRel);
+                }
+            })
+        };
+        let mut reads = 0u64;
+        while !writer.is_finished() || reads == 0 {
+            let pending = pending_inputs(&counters.0, &counters.1);
+            assert!(pending <= ROUNDS, "pending inputs underflowed: {pending}");
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert_eq!(pending_inputs(&counters.0, &counters.1), 0);
+    }
 }

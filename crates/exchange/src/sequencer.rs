@@ -314,9 +314,7 @@ impl<S: Store> Sequencer<S> {
     }
 
     fn pending_inputs(&self) -> u64 {
-        let published = self.shared.published.load(Ordering::Acquire);
-        let settled = self.shared.settled.load(Ordering::Acquire);
-        published - settled
+        self.shared.pending_inputs()
     }
 
     /// Re-publishes every book input the engine may not have settled (the relay's restart
