@@ -473,8 +473,28 @@ pub async fn book(
     })))
 }
 
-pub async fn reconcile(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, Problem> {
-    let report = state.exchange.reconcile().await?;
+#[derive(Deserialize)]
+pub struct ReconcileParams {
+    full: Option<String>,
+}
+
+/// `?full=true` drops the incremental audit state first and rechecks the whole ledger.
+pub async fn reconcile(
+    State(state): State<AppState>,
+    _: Admin,
+    Query(p): Query<ReconcileParams>,
+) -> Result<Json<Value>, Problem> {
+    let full = match p.full.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(Problem::bad_request(
+                "INVALID_FULL",
+                "full must be true or false",
+            ))
+        }
+    };
+    let report = state.exchange.reconcile(full).await?;
     Ok(Json(json!(report)))
 }
 
