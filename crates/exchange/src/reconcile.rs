@@ -648,11 +648,12 @@ mod tests {
             next_trade_id: 8,
             input_seq: 40,
         };
-        let cursor = Some(CursorRow {
+        let at_cut = CursorRow {
             symbol: 1,
             input_seq: 40,
             next_trade_id: 8,
-        });
+        };
+        let cursor = Some(at_cut);
         assert_eq!(book_problem("S", &engine, &store, cursor), None);
 
         let mut moved = store.clone();
@@ -663,7 +664,7 @@ mod tests {
 
         let behind = Some(CursorRow {
             input_seq: 39,
-            ..cursor.unwrap()
+            ..at_cut
         });
         assert!(book_problem("S", &engine, &store, behind).is_some());
         let without_2: Vec<OrderRow> = store.iter().filter(|o| o.id != 2).cloned().collect();

@@ -664,18 +664,16 @@ mod tests {
         assert_eq!((c2.trades_after, c2.trades_through), (0, 2));
         assert_eq!(second.entries, vec![3], "only the new entry is told");
         assert_eq!(account(&second.accounts, A1, 1).journal, 95);
-        let fills: Vec<(u64, Option<(i64, i64)>, (i128, i128))> = second
-            .fills
-            .iter()
-            .map(|f| (f.order, f.stored, f.traded))
-            .collect();
+        let fill = |order, stored, traded| FillAudit {
+            order,
+            stored: Some(stored),
+            traded,
+        };
+        let fills = &second.fills;
         // Order 2 is new; order 1 is old but touched by the trades (and was open).
+        assert!(fills.contains(&fill(2, (3, 300), (10, 1000))), "{fills:?}");
         assert!(
-            fills.contains(&(2, Some((3, 300)), (10, 1000))),
-            "{fills:?}"
-        );
-        assert!(
-            fills.contains(&(1, Some((10, 1000)), (10, 1000))),
+            fills.contains(&fill(1, (10, 1000), (10, 1000))),
             "{fills:?}"
         );
 
