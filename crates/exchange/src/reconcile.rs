@@ -19,6 +19,16 @@
 //! one snapshot; [`Ledger`] is the sink that applies the rules as rows arrive, keeping only
 //! per-asset totals and the holds of open orders. Books are compared by the sequencer at a
 //! cut in its stream of engine outputs (`Sequencer::audit_book`).
+//!
+//! What an incremental run sees. Every run checks in full: balances against the running
+//! journal sums, conservation, holds, open orders, and the books. It folds only the journal
+//! entries and trades past the previous run's high-water marks (checking each new entry's
+//! balance), and rechecks fills only for orders that are new, were open at the previous
+//! run, or are named by new trades. Finished orders never change again, so for a correct
+//! writer that covers every change. A change to something already folded — an old journal
+//! entry edited or removed, an old trade edited or removed, a finished order's fills
+//! edited — is seen only by a full run: the first after the process starts, `agora
+//! reconcile`, and `GET /api/v1/admin/reconcile?full=true`.
 
 use crate::shard::BookSnapshot;
 use crate::RefData;
