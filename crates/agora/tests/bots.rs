@@ -36,10 +36,12 @@ fn demo_bots_make_a_live_market_that_reconciles() {
     // Bot orders are ordinary orders of ordinary users.
     let maker = s.json("/api/v1/admin/status", None);
     assert!(maker["trades"].as_u64().unwrap() >= 9);
-    // The ledger reconciles while they trade (books are compared only when nothing is in flight).
+    // The ledger reconciles while they trade, and every book is compared with the store at
+    // a consistent cut (no need to wait for a quiet moment).
     let report = s.json("/api/v1/admin/reconcile", None);
     assert_eq!(report["ok"], true, "{report:#}");
     assert!(report["open_orders"].as_u64().unwrap() > 0);
+    assert_eq!(report["books_compared"], 3, "{report:#}");
 }
 
 #[test]
@@ -57,11 +59,12 @@ fn fast_bots_keep_their_quotes_bounded_and_the_ledger_reconciles() {
         assert!(Instant::now() < deadline, "bots did not trade");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Reconciliation while they trade: ledger checks every time, books only when it can
-    // tell that nothing moved while it read (a race here reports books that differ).
+    // Reconciliation while they trade: the ledger and every book, every time (a book
+    // compared at an inconsistent cut would be reported as differing).
     for _ in 0..40 {
         let report = s.json("/api/v1/admin/reconcile", None);
         assert_eq!(report["ok"], true, "{report:#}");
+        assert_eq!(report["books_compared"], 3, "{report:#}");
         // Per symbol: 40 quotes kept (BotConfig::maker_orders_max) plus at most 32 requests
         // in flight; plus the demo's 30-order starting book.
         let open = report["open_orders"].as_u64().unwrap();

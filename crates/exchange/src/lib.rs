@@ -31,11 +31,11 @@ pub use shard::BookSnapshot;
 
 use agora_bus::{partition_for, EmbeddedLog};
 use agora_engine::{Book, RestingOrder};
-use agora_store::sqlite::{Checkpointer, Durability, SqliteReader, SqliteStore};
+use agora_store::sqlite::{Checkpointer, Durability, SqliteAuditor, SqliteReader, SqliteStore};
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sequencer::{Request, Sequencer, SequencerLimits};
-use shard::{Shard, ShardBook, ShardControl};
+use shard::{InFlight, Shard, ShardBook, ShardControl};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -86,6 +86,23 @@ pub(crate) struct Shared {
     pub ready: AtomicBool,
 }
 
+impl Shared {
+    /// Book inputs published but not yet settled.
+    pub fn pending_inputs(&self) -> u64 {
+        pending_inputs(&self.published, &self.settled)
+    }
+}
+
+/// `published - settled`, read so that it cannot underflow: both only grow and settled ≤
+/// published always holds, so reading `settled` first and `published` second gives a
+/// pair with settled ≤ published. (Read the other way round, settled can pass the
+/// published value already read.) `saturating_sub` guards the arithmetic anyway.
+fn pending_inputs(published: &AtomicU64, settled: &AtomicU64) -> u64 {
+    let settled = settled.load(Ordering::Acquire);
+    let published = published.load(Ordering::Acquire);
+    published.saturating_sub(settled)
+}
+
 /// Counts for health checks and tests.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -106,12 +123,18 @@ pub struct Exchange {
 struct Inner {
     requests: mpsc::Sender<Request>,
     reader: Arc<SqliteReader>,
+    auditor: Arc<SqliteAuditor>,
+    /// Per symbol, whether a book audit is in flight (at most one is).
+    book_audits: Mutex<FxHashMap<u32, Arc<AtomicBool>>>,
     market: Arc<market::MarketData>,
     shared: Arc<Shared>,
     shard_control: Vec<crossbeam_channel::Sender<ShardControl>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
 }
+
+/// How long a reconciliation waits for the engine books' audits.
+pub const BOOK_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -141,6 +164,7 @@ impl Exchange {
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let mut store = SqliteStore::open(&config.data_dir.join("agora.db"), config.durability)?;
         let reader = Arc::new(store.reader(config.read_connections)?);
+        let auditor = Arc::new(store.auditor()?);
         let checkpointer = Checkpointer::spawn(&store)?;
         let refdata = RefData::new(store.load_assets()?, store.load_symbols()?);
         let open_orders = store.load_open_orders()?;
@@ -227,6 +251,8 @@ impl Exchange {
             inner: Arc::new(Inner {
                 requests: request_tx,
                 reader,
+                auditor,
+                book_audits: Mutex::default(),
                 market,
                 shared,
                 shard_control,
@@ -240,7 +266,7 @@ impl Exchange {
         let s = &self.inner.shared;
         Status {
             ready: s.ready.load(Ordering::Acquire),
-            pending_inputs: s.published.load(Ordering::Acquire) - s.settled.load(Ordering::Acquire),
+            pending_inputs: s.pending_inputs(),
             trades: s.trades.load(Ordering::Acquire),
             replayed_at_start: s.replayed_at_start.load(Ordering::Acquire),
         }
@@ -445,43 +471,81 @@ impl Exchange {
             .map_err(|_| ExchangeError::unavailable("engine stopped"))
     }
 
-    /// Checks every ledger and order invariant against the store; when no input is in
-    /// flight, also checks that each engine book equals the open orders in the store.
-    pub async fn reconcile(&self) -> ExchangeResult<reconcile::Report> {
-        // Both counters only grow, so equal pairs before and after the reads mean that no
-        // input was committed, matched or settled in between.
-        let counters = || {
-            let s = &self.inner.shared;
-            (
-                s.published.load(Ordering::Acquire),
-                s.settled.load(Ordering::Acquire),
-            )
-        };
-        let before = counters();
-        let quiescent_before = before.0 == before.1;
-        let audit = self.read(|r| r.audit()).await?;
-        let mut books = Vec::new();
-        if quiescent_before {
-            let refdata = self.refdata();
-            let mut ids: Vec<u32> = refdata.symbols.keys().copied().collect();
-            ids.sort_unstable();
-            for id in ids {
-                if let Some(b) = self.book(id).await? {
-                    books.push((id, b));
-                }
-            }
+    /// Checks every ledger and order invariant against the store (incrementally, unless
+    /// `full`: see [`reconcile`]), and compares each engine book with the store at a
+    /// consistent cut while orders keep flowing. A book that cannot be audited within
+    /// [`BOOK_AUDIT_WAIT`] is reported as not compared.
+    pub async fn reconcile(&self, full: bool) -> ExchangeResult<reconcile::Report> {
+        let refdata = self.refdata();
+        let mut symbols: Vec<(u32, String)> = refdata
+            .symbols
+            .values()
+            .map(|s| (s.id, s.name.clone()))
+            .collect();
+        symbols.sort_unstable();
+        // Ask for the books first: they are answered while the ledger is read.
+        let deadline = tokio::time::Instant::now() + BOOK_AUDIT_WAIT;
+        let books: Vec<_> = symbols
+            .into_iter()
+            .map(|(id, name)| {
+                let request = self.request_book_audit(id, &name);
+                (name, request)
+            })
+            .collect();
+        let auditor = self.inner.auditor.clone();
+        let mut report =
+            tokio::task::spawn_blocking(move || reconcile::audit_ledger(&*auditor, &refdata, full))
+                .await
+                .map_err(|e| ExchangeError::unavailable(format!("audit task: {e}")))?
+                .map_err(|e| {
+                    tracing::error!(error = %e, "ledger audit failed");
+                    ExchangeError::unavailable("the store could not be audited; retry shortly")
+                })?;
+        for (name, request) in books {
+            let verdict = match request {
+                Err(why) => reconcile::BookVerdict::NotCompared(why),
+                Ok(answer) => match tokio::time::timeout_at(deadline, answer).await {
+                    Ok(Ok(verdict)) => verdict,
+                    Ok(Err(_)) => reconcile::BookVerdict::NotCompared("the engine stopped".into()),
+                    Err(_) => reconcile::BookVerdict::NotCompared(format!(
+                        "no answer within {} s",
+                        BOOK_AUDIT_WAIT.as_secs()
+                    )),
+                },
+            };
+            report.add_book(&name, verdict);
         }
-        // Only compare books if nothing moved while we read.
-        let compare_books = quiescent_before && counters() == before;
-        Ok(reconcile::check(
-            &audit,
-            &self.refdata(),
-            if compare_books {
-                Some(&books[..])
-            } else {
-                None
-            },
-        ))
+        Ok(report)
+    }
+
+    /// Sends one book's audit to its shard, unless one is already in flight.
+    fn request_book_audit(
+        &self,
+        symbol: u32,
+        name: &str,
+    ) -> Result<oneshot::Receiver<reconcile::BookVerdict>, String> {
+        let flag = self
+            .inner
+            .book_audits
+            .lock()
+            .expect("lock")
+            .entry(symbol)
+            .or_default()
+            .clone();
+        let in_flight = InFlight::take(&flag)
+            .ok_or_else(|| "an earlier audit of this book is still in flight".to_string())?;
+        let shards = self.inner.shard_control.len() as u32;
+        let control = &self.inner.shard_control[partition_for(name, shards) as usize];
+        let (reply, answer) = oneshot::channel();
+        // On failure the message, and with it the in-flight mark, is dropped.
+        control
+            .try_send(ShardControl::Audit {
+                symbol,
+                reply,
+                in_flight,
+            })
+            .map_err(|_| "the engine is busy".to_string())?;
+        Ok(answer)
     }
 
     /// Stops taking requests, lets the engine and settlement drain, and joins the threads.
@@ -570,4 +634,36 @@ fn restore_books(
         state.book.check_invariants();
     }
     Ok(books)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status endpoint's pending count is computed while the sequencer moves both
+    /// counters; it must never see settled ahead of published (an underflow: a panic in
+    /// debug builds, a number near 2^64 in release).
+    #[test]
+    fn pending_inputs_never_underflows_while_the_counters_move() {
+        const ROUNDS: u64 = 2_000_000;
+        let counters = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let writer = {
+            let counters = counters.clone();
+            std::thread::spawn(move || {
+                for _ in 0..ROUNDS {
+                    // As the sequencer does: counted in flight, then settled.
+                    counters.0.fetch_add(1, Ordering::AcqRel);
+                    counters.1.fetch_add(1, Ordering::AcqRel);
+                }
+            })
+        };
+        let mut reads = 0u64;
+        while !writer.is_finished() || reads == 0 {
+            let pending = pending_inputs(&counters.0, &counters.1);
+            assert!(pending <= ROUNDS, "pending inputs underflowed: {pending}");
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert_eq!(pending_inputs(&counters.0, &counters.1), 0);
+    }
 }

@@ -14,8 +14,10 @@
 use crate::error::{ErrorClass, ExchangeError, ExchangeResult};
 use crate::events::{BookInput, BOOK_AGGREGATE};
 use crate::market::{candle_of, candle_row, Committed};
+use crate::reconcile::{self, BookVerdict};
 use crate::rules::{NewAsset, RefData, SymbolUpdate, ValidOrder, OPEN_ORDERS_PER_USER_SYMBOL_MAX};
 use crate::settlement::settle_trade;
+use crate::shard::BookAudit;
 use crate::Shared;
 use agora_bus::{partition_for, EventLog, Record};
 use agora_engine::{DoneReason, Event, NewOrder, Side};
@@ -91,6 +93,13 @@ pub struct EngineOutput {
     /// How many log records were consumed, duplicates included.
     pub inputs: u64,
     pub events: Vec<Event>,
+}
+
+/// What engine shards send the sequencer, in one stream per shard.
+pub(crate) enum ShardOutput {
+    Engine(EngineOutput),
+    /// A book audit, placed in the stream right behind the outputs it has seen.
+    BookAudit(BookAudit),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -236,7 +245,7 @@ impl<S: Store> Sequencer<S> {
     pub(crate) fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
-        mut outputs: mpsc::UnboundedReceiver<EngineOutput>,
+        mut outputs: mpsc::UnboundedReceiver<ShardOutput>,
     ) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -287,7 +296,7 @@ impl<S: Store> Sequencer<S> {
                     }
                 }
                 for o in engine_batch.drain(..) {
-                    self.apply_engine_output(o);
+                    self.apply_output(o);
                 }
                 for r in request_batch.drain(..) {
                     if let Request::Shutdown { reply } = r {
@@ -311,14 +320,12 @@ impl<S: Store> Sequencer<S> {
     }
 
     fn pending_inputs(&self) -> u64 {
-        let published = self.shared.published.load(Ordering::Acquire);
-        let settled = self.shared.settled.load(Ordering::Acquire);
-        published - settled
+        self.shared.pending_inputs()
     }
 
     /// Re-publishes every book input the engine may not have settled (the relay's restart
     /// path), settling as it goes, until the engine has caught up with the outbox.
-    async fn catch_up(&mut self, outputs: &mut mpsc::UnboundedReceiver<EngineOutput>) {
+    async fn catch_up(&mut self, outputs: &mut mpsc::UnboundedReceiver<ShardOutput>) {
         let mut from = self.relay_position;
         let started = std::time::Instant::now();
         let mut relayed = 0usize;
@@ -333,17 +340,17 @@ impl<S: Store> Sequencer<S> {
             count_in_flight(&self.shared, &rows);
             self.publish(rows);
             while let Ok(o) = outputs.try_recv() {
-                self.apply_engine_output(o);
+                self.apply_output(o);
             }
             self.commit();
         }
         while self.pending_inputs() > 0 {
             match tokio::time::timeout(Duration::from_secs(30), outputs.recv()).await {
-                Ok(Some(o)) => self.apply_engine_output(o),
+                Ok(Some(o)) => self.apply_output(o),
                 _ => fatal("catching up", "engine produced no output for 30 s"),
             }
             while let Ok(o) = outputs.try_recv() {
-                self.apply_engine_output(o);
+                self.apply_output(o);
             }
             self.commit();
         }
@@ -916,6 +923,55 @@ impl<S: Store> Sequencer<S> {
         self.dirty.replies.push(Box::new(move || {
             *shared.refdata.write().expect("lock") = snapshot;
         }));
+    }
+
+    fn apply_output(&mut self, out: ShardOutput) {
+        match out {
+            ShardOutput::Engine(o) => self.apply_engine_output(o),
+            ShardOutput::BookAudit(a) => self.audit_book(a),
+        }
+    }
+
+    /// Compares a book with the store at the cut its audit marks in the output stream:
+    /// every output of the symbol up to the snapshot's input has been applied to the
+    /// working set, and none after it. Committing here, before any later output, puts the
+    /// store exactly at that cut; orders accepted after it are not in the engine's book
+    /// yet and are left out by their `accept_seq`. Reads once per book per
+    /// reconciliation, on this thread, like a balance miss does.
+    fn audit_book(&mut self, audit: BookAudit) {
+        let BookAudit {
+            symbol,
+            snapshot,
+            reply,
+            in_flight,
+        } = audit;
+        let verdict = match snapshot {
+            None => BookVerdict::NotCompared("the engine has no book for it yet".into()),
+            Some(snapshot) => {
+                self.commit();
+                let name = self
+                    .refdata
+                    .symbols
+                    .get(&symbol)
+                    .map_or_else(|| symbol.to_string(), |s| s.name.clone());
+                let orders = self.store.load_book_orders(symbol, snapshot.input_seq);
+                let cursors = self.store.load_cursors();
+                match (orders, cursors) {
+                    (Ok(orders), Ok(cursors)) => {
+                        let cursor = cursors.into_iter().find(|c| c.symbol == symbol);
+                        BookVerdict::Compared(reconcile::book_problem(
+                            &name, &snapshot, &orders, cursor,
+                        ))
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(error = %e, "book audit could not read the store");
+                        BookVerdict::NotCompared(format!("the store could not be read: {e}"))
+                    }
+                }
+            }
+        };
+        drop(in_flight); // before answering: the next reconciliation may audit this book
+        let _ = reply.send(verdict);
     }
 
     fn apply_engine_output(&mut self, out: EngineOutput) {

@@ -7,11 +7,14 @@
 //! one symbol's inputs, with the cursor and the next trade id to commit alongside them.
 
 use crate::events::BookInput;
-use crate::sequencer::EngineOutput;
+use crate::reconcile::BookVerdict;
+use crate::sequencer::{EngineOutput, ShardOutput};
 use agora_bus::Record;
 use agora_engine::{Book, BookSpec, RestingOrder};
 use crossbeam_channel::{select, Receiver};
 use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// A book as the shard holds it, for comparison with the store.
@@ -28,7 +31,43 @@ pub enum ShardControl {
         symbol: u32,
         reply: oneshot::Sender<Option<BookSnapshot>>,
     },
+    /// Compare the book with the store. Answered through the output stream (see
+    /// [`BookAudit`]), not here.
+    Audit {
+        symbol: u32,
+        reply: oneshot::Sender<BookVerdict>,
+        in_flight: InFlight,
+    },
     Stop,
+}
+
+/// A book audit on its way to the sequencer in the shard's output stream, behind every
+/// output of the symbol the shard sent before it: when the sequencer reaches it, it has
+/// applied exactly the outputs up to `snapshot.input_seq`, the cut at which the snapshot
+/// was taken.
+pub(crate) struct BookAudit {
+    pub symbol: u32,
+    /// `None` when the shard has no book for the symbol (not listed to the engine yet).
+    pub snapshot: Option<BookSnapshot>,
+    pub reply: oneshot::Sender<BookVerdict>,
+    pub in_flight: InFlight,
+}
+
+/// Marks one symbol's book audit as in flight until dropped, wherever that happens
+/// (answered, or abandoned because a thread stopped), so that at most one is queued.
+pub struct InFlight(Arc<AtomicBool>);
+
+impl InFlight {
+    /// Takes the flag, or `None` if an audit already holds it.
+    pub(crate) fn take(flag: &Arc<AtomicBool>) -> Option<InFlight> {
+        (!flag.swap(true, Ordering::AcqRel)).then(|| InFlight(flag.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 pub(crate) struct ShardBook {
@@ -38,7 +77,7 @@ pub(crate) struct ShardBook {
 
 pub(crate) struct Shard {
     pub books: FxHashMap<u32, ShardBook>,
-    pub outputs: mpsc::UnboundedSender<EngineOutput>,
+    pub outputs: mpsc::UnboundedSender<ShardOutput>,
 }
 
 impl Shard {
@@ -50,17 +89,42 @@ impl Shard {
                     Err(_) => break,
                 },
                 recv(control) -> msg => match msg {
-                    Ok(ShardControl::Snapshot { symbol, reply }) => {
-                        let snapshot = self.books.get(&symbol).map(|b| BookSnapshot {
-                            resting: b.book.resting(),
-                            next_trade_id: b.book.next_trade_id(),
-                            input_seq: b.input_seq,
-                        });
-                        let _ = reply.send(snapshot);
-                    }
                     Ok(ShardControl::Stop) | Err(_) => break,
+                    Ok(msg) => self.control(msg),
                 },
             }
+        }
+    }
+
+    fn snapshot(&self, symbol: u32) -> Option<BookSnapshot> {
+        self.books.get(&symbol).map(|b| BookSnapshot {
+            resting: b.book.resting(),
+            next_trade_id: b.book.next_trade_id(),
+            input_seq: b.input_seq,
+        })
+    }
+
+    fn control(&mut self, msg: ShardControl) {
+        match msg {
+            ShardControl::Snapshot { symbol, reply } => {
+                let _ = reply.send(self.snapshot(symbol));
+            }
+            ShardControl::Audit {
+                symbol,
+                reply,
+                in_flight,
+            } => {
+                // Every output of this book so far has been sent (`apply` sends before it
+                // returns), so this one follows them all.
+                let audit = BookAudit {
+                    symbol,
+                    snapshot: self.snapshot(symbol),
+                    reply,
+                    in_flight,
+                };
+                let _ = self.outputs.send(ShardOutput::BookAudit(audit));
+            }
+            ShardControl::Stop => {}
         }
     }
 
@@ -129,7 +193,7 @@ impl Shard {
             out.next_trade_id = state.book.next_trade_id();
         }
         // The sequencer outlives the shards; if it is gone the process is stopping.
-        let _ = self.outputs.send(out);
+        let _ = self.outputs.send(ShardOutput::Engine(out));
     }
 }
 
@@ -161,7 +225,15 @@ mod tests {
         }
     }
 
-    fn shard_at(input_seq: i64) -> (Shard, mpsc::UnboundedReceiver<EngineOutput>) {
+    fn next_engine_output(rx: &mut mpsc::UnboundedReceiver<ShardOutput>) -> EngineOutput {
+        match rx.try_recv() {
+            Ok(ShardOutput::Engine(out)) => out,
+            Ok(ShardOutput::BookAudit(_)) => panic!("a book audit where an output was due"),
+            Err(e) => panic!("no output: {e}"),
+        }
+    }
+
+    fn shard_at(input_seq: i64) -> (Shard, mpsc::UnboundedReceiver<ShardOutput>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut books = FxHashMap::default();
         books.insert(
@@ -182,7 +254,7 @@ mod tests {
         let (mut shard, mut rx) = shard_at(2);
         // Offsets 1 and 2 were applied before a restart and come again; 3 is new.
         shard.apply(vec![accepted(1, 1), accepted(2, 2), accepted(3, 3)]);
-        let out = rx.try_recv().unwrap();
+        let out = next_engine_output(&mut rx);
         assert_eq!((out.inputs, out.last_input_seq), (3, 3));
         let rested: Vec<u64> = out
             .events
@@ -200,9 +272,40 @@ mod tests {
     fn a_batch_of_only_duplicates_reports_the_committed_cursor() {
         let (mut shard, mut rx) = shard_at(5);
         shard.apply(vec![accepted(4, 1), accepted(5, 2)]);
-        let out = rx.try_recv().unwrap();
+        let out = next_engine_output(&mut rx);
         assert_eq!((out.inputs, out.last_input_seq), (2, 5));
         assert!(out.events.is_empty());
         assert!(shard.books[&7].book.is_empty());
+    }
+
+    #[test]
+    fn a_book_audit_follows_the_outputs_sent_before_it_with_their_cut() {
+        let (mut shard, mut rx) = shard_at(0);
+        shard.apply(vec![accepted(1, 1), accepted(2, 2)]);
+        let flag = Arc::new(AtomicBool::new(false));
+        let (reply, _answer) = oneshot::channel();
+        shard.control(ShardControl::Audit {
+            symbol: 7,
+            reply,
+            in_flight: InFlight::take(&flag).unwrap(),
+        });
+        // A second audit of the same book cannot be queued while the first is in flight.
+        assert!(InFlight::take(&flag).is_none());
+        shard.apply(vec![accepted(3, 3)]);
+        assert_eq!(next_engine_output(&mut rx).last_input_seq, 2);
+        let audit = match rx.try_recv() {
+            Ok(ShardOutput::BookAudit(a)) => a,
+            _ => panic!("the audit must come right after the outputs sent before it"),
+        };
+        let snapshot = audit.snapshot.as_ref().unwrap();
+        assert_eq!(snapshot.input_seq, 2);
+        let ids: Vec<u64> = snapshot.resting.iter().map(|o| o.id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(next_engine_output(&mut rx).last_input_seq, 3);
+        drop(audit);
+        assert!(
+            InFlight::take(&flag).is_some(),
+            "dropping the audit frees the flag"
+        );
     }
 }

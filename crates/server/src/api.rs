@@ -789,19 +789,41 @@ pub async fn book(
     .into_response())
 }
 
-/// Checks every ledger, order and book invariant against the store and the engine.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReconcileParams {
+    /// true: drop the incremental audit state first and recheck the whole ledger.
+    #[param(value_type = Option<bool>)]
+    full: Option<String>,
+}
+
+/// Checks every ledger, order and book invariant against the store and the engine. Runs are
+/// incremental (what changed since the last run, plus balances, holds, open orders and
+/// every book in full); the first after start, and `full=true`, recheck all history.
 #[utoipa::path(
     get, path = "/api/v1/admin/reconcile", tag = ADMIN, security(("admin_token" = [])),
+    params(ReconcileParams),
     responses(
         (status = 200, description = "The report; `ok` false lists the problems", body = agora_exchange::reconcile::Report),
-        (status = 401, response = Problem),
+        (status = 400, response = Problem), (status = 401, response = Problem),
     )
 )]
 pub async fn reconcile(
     State(state): State<AppState>,
     _: Admin,
+    Query(p): Query<ReconcileParams>,
 ) -> Result<Json<agora_exchange::reconcile::Report>, Problem> {
-    Ok(Json(state.exchange.reconcile().await?))
+    let full = match p.full.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(Problem::bad_request(
+                "INVALID_FULL",
+                "full must be true or false",
+            ))
+        }
+    };
+    Ok(Json(state.exchange.reconcile(full).await?))
 }
 
 /// Counters for operators and tests.

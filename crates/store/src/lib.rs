@@ -7,7 +7,8 @@
 //! effects it covers (design.md invariant 4).
 //!
 //! Reads for the API go through [`ReadStore`], which may run on other threads and
-//! connections; it sees only committed state.
+//! connections; it sees only committed state. Reconciliation reads through [`AuditStore`],
+//! which streams rows to an [`AuditSink`] so that its memory does not grow with the ledger.
 
 pub mod model;
 pub mod sqlite;
@@ -37,6 +38,9 @@ pub trait Store: Send {
     fn load_users(&mut self) -> StoreResult<Vec<UserRow>>;
     /// NEW and PARTIALLY_FILLED orders, in `accept_seq` (arrival) order.
     fn load_open_orders(&mut self) -> StoreResult<Vec<OrderRow>>;
+    /// NEW and PARTIALLY_FILLED orders of one symbol with `accept_seq <= accept_seq_max`,
+    /// in arrival order: the book the engine had after consuming that input.
+    fn load_book_orders(&mut self, symbol: u32, accept_seq_max: i64) -> StoreResult<Vec<OrderRow>>;
     fn load_cursors(&mut self) -> StoreResult<Vec<CursorRow>>;
     /// Every book input at or below this outbox seq is settled (0 when none is).
     fn load_relay_position(&mut self) -> StoreResult<i64>;
@@ -84,6 +88,32 @@ pub trait ReadStore: Send + Sync {
         end_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<CandleRow>>;
-    /// Everything reconciliation needs, read in one snapshot.
-    fn audit(&self) -> StoreResult<AuditSnapshot>;
+}
+
+/// The rows reconciliation checks, told one at a time by [`AuditStore::audit`]. The rules
+/// (what must hold) live with the implementor (`agora_exchange::reconcile`); the store
+/// only reads and sums.
+pub trait AuditSink {
+    /// A journal entry new to this run, with its postings.
+    fn entry(&mut self, id: i64, postings: &[agora_ledger::Posting]);
+    /// A journal entry new to this run whose postings cannot be read.
+    fn corrupt_entry(&mut self, id: i64, detail: &str);
+    /// Every open (NEW or PARTIALLY_FILLED) order, in arrival order, all of them before
+    /// the first [`AuditSink::account`].
+    fn open_order(&mut self, order: &OrderRow);
+    /// Every account with a stored balance or journal postings, once, in key order.
+    fn account(&mut self, account: &AccountAudit);
+    /// The orders whose fills may have changed since the last run (every order in a full
+    /// run), with the sums of their trades.
+    fn fills(&mut self, fills: &FillAudit);
+}
+
+/// Reconciliation's reads: one consistent snapshot per run, streamed, in bounded memory.
+///
+/// An implementation may keep state between runs so that a run folds only what is new
+/// (journal entries and trades past the previous run's high-water marks). Runs are
+/// serialized. With `full`, or when it has no state yet, a run starts from nothing and
+/// rechecks everything.
+pub trait AuditStore: Send + Sync {
+    fn audit(&self, full: bool, sink: &mut dyn AuditSink) -> StoreResult<AuditCoverage>;
 }

@@ -263,25 +263,41 @@ pub struct OrderQuery {
     pub limit: usize,
 }
 
-/// A consistent read of the whole ledger for reconciliation.
-#[derive(Debug, Default)]
-pub struct AuditSnapshot {
-    pub balances: Vec<BalanceRow>,
-    pub venue_balances: Vec<VenueBalanceRow>,
-    /// Journal postings summed per (account code, user, asset): what the balances must be.
-    pub journal_sums: Vec<JournalSum>,
-    pub open_orders: Vec<OrderRow>,
-    /// (order id, summed qty, summed quote) over trades, per order that traded.
-    pub trade_totals: Vec<(u64, i64, i64)>,
-    /// Filled orders' (id, filled_qty, filled_quote) for cross-checking with trades.
-    pub order_fills: Vec<(u64, i64, i64)>,
+/// One account as reconciliation sees it: what the store says it holds, and what the
+/// journal says it must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountAudit {
+    pub account: agora_ledger::Account,
+    pub asset: u32,
+    /// The stored balance (a bucket of a `balances` row, or a venue balance); `None` when
+    /// the store has no row for the account.
+    pub balance: Option<i64>,
+    /// The sum of every journal posting to the account (0 when there is none). Wider than a
+    /// balance: on a corrupt ledger the sum may leave the i64 range.
+    pub journal: i128,
 }
 
-/// Sum of all journal postings to one account; see `agora_ledger::Account::code`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JournalSum {
-    pub account_code: String,
-    pub user: u64,
-    pub asset: u32,
-    pub amount: i64,
+/// One order's fills as stored, next to the sums of the trades that name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FillAudit {
+    pub order: u64,
+    /// `(filled_qty, filled_quote)` of the order row; `None` when a trade names an order
+    /// the store does not have.
+    pub stored: Option<(i64, i64)>,
+    /// Sums of `qty` and `quote_qty` over the trades on either side of which it is.
+    pub traded: (i128, i128),
+}
+
+/// What one audit run covered: journal entries with `journal_after < id <=
+/// journal_through` and trades with `trades_after < seq <= trades_through` were folded
+/// and checked in this run (a full run starts from 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AuditCoverage {
+    pub full: bool,
+    pub journal_after: i64,
+    pub journal_through: i64,
+    pub trades_after: i64,
+    pub trades_through: i64,
+    /// Orders whose fills were compared with their trades in this run.
+    pub orders_fill_checked: u64,
 }

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod audit;
+pub use audit::SqliteAuditor;
+
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_exchange.sql")),
     (
@@ -592,6 +595,19 @@ impl Store for SqliteStore {
         )
     }
 
+    fn load_book_orders(&mut self, symbol: u32, accept_seq_max: i64) -> StoreResult<Vec<OrderRow>> {
+        collect(
+            &self.conn,
+            &format!(
+                "SELECT {ORDER_COLUMNS} FROM orders \
+                 WHERE status IN ('NEW', 'PARTIALLY_FILLED') AND symbol_id = ?1 \
+                 AND accept_seq <= ?2 ORDER BY accept_seq"
+            ),
+            params![symbol, accept_seq_max],
+            order_from_row,
+        )
+    }
+
     fn load_cursors(&mut self) -> StoreResult<Vec<CursorRow>> {
         collect(
             &self.conn,
@@ -875,84 +891,6 @@ impl ReadStore for SqliteReader {
             range.reverse();
             rows.extend(range);
             Ok(rows)
-        })
-    }
-
-    fn audit(&self) -> StoreResult<AuditSnapshot> {
-        self.with(|c| {
-            let tx = c.transaction()?; // one snapshot for every read below
-            let balances = collect(
-                &tx,
-                "SELECT user_id, asset_id, available, held FROM balances",
-                [],
-                |r| {
-                    Ok(BalanceRow {
-                        user: r.get(0)?,
-                        asset: r.get(1)?,
-                        available: r.get(2)?,
-                        held: r.get(3)?,
-                    })
-                },
-            )?;
-            let venue_balances = collect(
-                &tx,
-                "SELECT account, asset_id, amount FROM venue_balances",
-                [],
-                |r| {
-                    Ok(VenueBalanceRow {
-                        account: enum_parse(r.get(0)?)?,
-                        asset: r.get(1)?,
-                        amount: r.get(2)?,
-                    })
-                },
-            )?;
-            let journal_sums = collect(
-                &tx,
-                "SELECT json_extract(p.value, '$[0]'), json_extract(p.value, '$[1]'), \
-                        json_extract(p.value, '$[2]'), SUM(json_extract(p.value, '$[3]')) \
-                 FROM journal, json_each(journal.postings) AS p GROUP BY 1, 2, 3",
-                [],
-                |r| {
-                    Ok(JournalSum {
-                        account_code: r.get(0)?,
-                        user: r.get(1)?,
-                        asset: r.get(2)?,
-                        amount: r.get(3)?,
-                    })
-                },
-            )?;
-            let open_orders = collect(
-                &tx,
-                &format!(
-                    "SELECT {ORDER_COLUMNS} FROM orders \
-                     WHERE status IN ('NEW', 'PARTIALLY_FILLED') ORDER BY accept_seq"
-                ),
-                [],
-                order_from_row,
-            )?;
-            let trade_totals = collect(
-                &tx,
-                "SELECT o, SUM(q), SUM(n) FROM ( \
-                   SELECT buy_order AS o, qty AS q, quote_qty AS n FROM trades \
-                   UNION ALL SELECT sell_order, qty, quote_qty FROM trades) GROUP BY o",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            let order_fills = collect(
-                &tx,
-                "SELECT id, filled_qty, filled_quote FROM orders WHERE filled_qty > 0",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            tx.commit()?;
-            Ok(AuditSnapshot {
-                balances,
-                venue_balances,
-                journal_sums,
-                open_orders,
-                trade_totals,
-                order_fills,
-            })
         })
     }
 }
