@@ -167,7 +167,9 @@ fn bad_requests_get_a_4xx_problem_and_change_nothing() {
         ("POST", "/api/v1/admin/assets", None, json_ct, order(json!({"code": "NEW", "scale": -1})), 400, "INVALID_FIELD"),
         ("POST", "/api/v1/admin/users", None, json_ct, order(json!({"name": ""})), 400, "INVALID_NAME"),
         ("POST", "/api/v1/admin/users", None, json_ct, order(json!({"name": "user0"})), 409, "ALREADY_EXISTS"),
-        ("GET", "/api/v1/admin/books/NOPE", None, None, vec![], 400, "UNKNOWN_SYMBOL"),
+        ("GET", "/api/v1/admin/books/NOPE", None, None, vec![], 404, "UNKNOWN_SYMBOL"),
+        ("PATCH", "/api/v1/admin/symbols/NOPE", None, json_ct, order(json!({"status": "HALTED"})), 404, "UNKNOWN_SYMBOL"),
+        ("PATCH", "/api/v1/admin/symbols/BASE-QUOTE", None, json_ct, order(json!({})), 400, "EMPTY_UPDATE"),
     ];
     for (method, path, user, ct, body, want_code, want_problem) in cases {
         let (code, problem, content_type) = raw(&s, method, path, user, ct, body);

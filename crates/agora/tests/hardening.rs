@@ -109,7 +109,7 @@ fn resting_quantity_beyond_i64_at_one_price_stays_exact() {
         assert_eq!(code, 202, "{o}");
         ids.push(o["order_id"].as_u64().unwrap());
     }
-    // One order may not exceed the symbol's maximum (the largest lot multiple in an i64).
+    // Ten whole units is more minor units than any one amount can be.
     let (code, o) = place(
         &s,
         buyer,
@@ -160,6 +160,44 @@ fn resting_quantity_beyond_i64_at_one_price_stays_exact() {
     let ticker = s.json("/api/v1/markets/WIDE-CASH/ticker", None);
     assert_eq!(ticker["best_bid_quantity"], "5.000000000000000000");
     assert_eq!(s.get("/health", None).status(), 200);
+    s.assert_invariants();
+}
+
+/// A symbol may bound one order's quantity below the default; larger orders are refused.
+#[test]
+fn one_order_may_not_exceed_the_symbols_max_quantity() {
+    let s = Server::start();
+    s.admin("assets", json!({"code": "COIN", "scale": 4}));
+    s.admin("assets", json!({"code": "USD", "scale": 2}));
+    let symbol = s.admin(
+        "symbols",
+        json!({"name": "COIN-USD", "base": "COIN", "quote": "USD", "tick_size": "1",
+               "lot_size": "0.01", "max_quantity": "2.5"}),
+    );
+    assert_eq!(symbol["max_quantity"], "2.5000");
+    let u = funded_user(&s, "trader", &[("COIN", "10"), ("USD", "1000")]);
+    for (kind, fields) in [
+        ("LIMIT", json!({"price": "1", "quantity": "2.51"})),
+        ("MARKET", json!({"quantity": "3"})),
+    ] {
+        let (code, o) = place(&s, u, order("COIN-USD", "SELL", kind, fields));
+        assert_eq!(
+            (code, o["code"].as_str()),
+            (400, Some("QUANTITY_TOO_LARGE")),
+            "{o}"
+        );
+    }
+    let (code, o) = place(
+        &s,
+        u,
+        order(
+            "COIN-USD",
+            "SELL",
+            "LIMIT",
+            json!({"price": "1", "quantity": "2.5"}),
+        ),
+    );
+    assert_eq!(code, 202, "{o}");
     s.assert_invariants();
 }
 

@@ -368,3 +368,22 @@ fn an_incremental_run_covers_new_activity_and_catches_corruption_in_it() {
     assert_reports(&third, "UNBALANCED_ENTRY");
     assert_reports(&third, "FILL_MISMATCH");
 }
+
+/// A reconciliation asks for more book audits than a shard's control queue holds at once
+/// (64): it waits for room instead of reporting the rest as not compared.
+#[test]
+fn every_book_is_compared_however_many_symbols_there_are() {
+    let s = Server::start();
+    market(&s, 1);
+    for i in 0..80 {
+        s.admin(
+            "symbols",
+            json!({"name": format!("S{i}-QUOTE"), "base": "BASE", "quote": "QUOTE",
+                   "tick_size": "0.01", "lot_size": "1"}),
+        );
+    }
+    let report = s.reconcile(false);
+    assert_eq!(report["books_not_compared"], json!([]), "{report:#}");
+    assert_eq!(report["books_compared"], 81);
+    assert_ok(&report);
+}

@@ -544,6 +544,7 @@ fn a_message_over_4_kib_is_closed_with_1009() {
     assert_eq!(reply(&mut ws)["error"]["code"], "MALFORMED_JSON");
     ws.send(Message::text("x".repeat(4_097))).unwrap();
     assert_eq!(close_code(&mut ws), 1009);
+    assert_clean_end(&mut ws, "one frame over the limit");
     // Two fragments of 3,000 bytes each: no frame is too big, the message is.
     let mut ws = connect(&s, None);
     let chunk = vec![b'x'; 3_000];

@@ -30,7 +30,7 @@ pub use sequencer::Placed;
 pub use shard::BookSnapshot;
 
 use agora_bus::{partition_for, EmbeddedLog};
-use agora_engine::{Book, RestingOrder};
+use agora_engine::{Book, RestingOrder, Side};
 use agora_store::sqlite::{Checkpointer, Durability, SqliteAuditor, SqliteReader, SqliteStore};
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -93,14 +93,21 @@ impl Shared {
     }
 }
 
-/// `published - settled`, read so that it cannot underflow: both only grow and settled ≤
-/// published always holds, so reading `settled` first and `published` second gives a
-/// pair with settled ≤ published. (Read the other way round, settled can pass the
-/// published value already read.) `saturating_sub` guards the arithmetic anyway.
+/// `published - settled`; `saturating_sub` guards the arithmetic, [`read_counters`] makes
+/// it unnecessary.
 fn pending_inputs(published: &AtomicU64, settled: &AtomicU64) -> u64 {
+    let (settled, published) = read_counters(published, settled);
+    published.saturating_sub(settled)
+}
+
+/// (settled, published), read so that settled ≤ published: both only grow and settled ≤
+/// published always holds, so reading `settled` first and `published` second gives a
+/// consistent pair. (Read the other way round, settled can pass the published value
+/// already read.)
+fn read_counters(published: &AtomicU64, settled: &AtomicU64) -> (u64, u64) {
     let settled = settled.load(Ordering::Acquire);
     let published = published.load(Ordering::Acquire);
-    published.saturating_sub(settled)
+    (settled, published)
 }
 
 /// Counts for health checks and tests.
@@ -333,13 +340,16 @@ impl Exchange {
 
     pub async fn place_order(&self, user: u64, request: &OrderRequest) -> ExchangeResult<Placed> {
         let refdata = self.refdata();
+        // Only a MARKET SELL is valued at the reference price (its notional is otherwise
+        // unknown until it matches); no other order pays for reading it.
+        let market_sell = (request.order_type, request.side) == (OrderType::Market, Side::Sell);
         let reference_price = match refdata.symbol_by_name.get(&request.symbol) {
-            Some(&id) => {
+            Some(&id) if market_sell => {
                 let base_unit = refdata.book_spec(&refdata.symbols[&id]).base_unit;
                 self.market()
                     .reference_price(id, agora_store::sqlite::now_ms(), base_unit)
             }
-            None => None,
+            _ => None,
         };
         let order = rules::validate_order(request, &refdata, reference_price)?;
         self.call(|reply| Request::PlaceOrder { user, order, reply })
@@ -461,12 +471,15 @@ impl Exchange {
             Some(s) => s.name.clone(),
             None => return Ok(None),
         };
-        let shards = self.inner.shard_control.len() as u32;
-        let control = self.inner.shard_control[partition_for(&name, shards) as usize].clone();
         let (tx, rx) = oneshot::channel();
-        control
-            .try_send(ShardControl::Snapshot { symbol, reply: tx })
-            .map_err(|_| ExchangeError::unavailable("engine is busy"))?;
+        let deadline = tokio::time::Instant::now() + BOOK_AUDIT_WAIT;
+        self.to_shard(
+            &name,
+            ShardControl::Snapshot { symbol, reply: tx },
+            deadline,
+        )
+        .await
+        .map_err(|_| ExchangeError::unavailable("engine is busy"))?;
         rx.await
             .map_err(|_| ExchangeError::unavailable("engine stopped"))
     }
@@ -485,16 +498,16 @@ impl Exchange {
         symbols.sort_unstable();
         // Ask for the books first: they are answered while the ledger is read.
         let deadline = tokio::time::Instant::now() + BOOK_AUDIT_WAIT;
-        let books: Vec<_> = symbols
-            .into_iter()
-            .map(|(id, name)| {
-                let request = self.request_book_audit(id, &name);
-                (name, request)
-            })
-            .collect();
+        let mut books = Vec::with_capacity(symbols.len());
+        for (id, name) in symbols {
+            let request = self.request_book_audit(id, &name, deadline).await;
+            books.push((name, request));
+        }
         let auditor = self.inner.auditor.clone();
+        let shared = self.inner.shared.clone();
+        let latest = move || shared.refdata.read().expect("lock").clone();
         let mut report =
-            tokio::task::spawn_blocking(move || reconcile::audit_ledger(&*auditor, &refdata, full))
+            tokio::task::spawn_blocking(move || reconcile::audit_ledger(&*auditor, &latest, full))
                 .await
                 .map_err(|e| ExchangeError::unavailable(format!("audit task: {e}")))?
                 .map_err(|e| {
@@ -519,10 +532,11 @@ impl Exchange {
     }
 
     /// Sends one book's audit to its shard, unless one is already in flight.
-    fn request_book_audit(
+    async fn request_book_audit(
         &self,
         symbol: u32,
         name: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<oneshot::Receiver<reconcile::BookVerdict>, String> {
         let flag = self
             .inner
@@ -534,18 +548,39 @@ impl Exchange {
             .clone();
         let in_flight = InFlight::take(&flag)
             .ok_or_else(|| "an earlier audit of this book is still in flight".to_string())?;
-        let shards = self.inner.shard_control.len() as u32;
-        let control = &self.inner.shard_control[partition_for(name, shards) as usize];
         let (reply, answer) = oneshot::channel();
         // On failure the message, and with it the in-flight mark, is dropped.
-        control
-            .try_send(ShardControl::Audit {
-                symbol,
-                reply,
-                in_flight,
-            })
+        let audit = ShardControl::Audit {
+            symbol,
+            reply,
+            in_flight,
+        };
+        self.to_shard(name, audit, deadline)
+            .await
             .map_err(|_| "the engine is busy".to_string())?;
         Ok(answer)
+    }
+
+    /// Sends a control message to the shard that owns `symbol_name`, waiting for room in its
+    /// bounded queue until `deadline` (a reconciliation of many symbols sends more messages
+    /// than the queue holds; the shard drains it quickly).
+    async fn to_shard(
+        &self,
+        symbol_name: &str,
+        message: ShardControl,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ()> {
+        let shards = self.inner.shard_control.len() as u32;
+        let control = self.inner.shard_control[partition_for(symbol_name, shards) as usize].clone();
+        let message = match control.try_send(message) {
+            Ok(()) => return Ok(()),
+            Err(crossbeam_channel::TrySendError::Full(message)) => message,
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(()),
+        };
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tokio::task::spawn_blocking(move || control.send_timeout(message, wait).map_err(|_| ()))
+            .await
+            .map_err(|_| ())?
     }
 
     /// Stops taking requests, lets the engine and settlement drain, and joins the threads.
@@ -644,7 +679,7 @@ mod tests {
     /// counters; it must never see settled ahead of published (an underflow: a panic in
     /// debug builds, a number near 2^64 in release).
     #[test]
-    fn pending_inputs_never_underflows_while_the_counters_move() {
+    fn the_counters_are_read_so_that_settled_never_passes_published() {
         const ROUNDS: u64 = 2_000_000;
         let counters = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let writer = {
@@ -659,8 +694,11 @@ mod tests {
         };
         let mut reads = 0u64;
         while !writer.is_finished() || reads == 0 {
-            let pending = pending_inputs(&counters.0, &counters.1);
-            assert!(pending <= ROUNDS, "pending inputs underflowed: {pending}");
+            let (settled, published) = read_counters(&counters.0, &counters.1);
+            assert!(
+                settled <= published,
+                "read settled {settled} ahead of published {published}"
+            );
             reads += 1;
         }
         writer.join().unwrap();

@@ -40,6 +40,7 @@ use agora_store::{
 };
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// What kind of rule a problem breaks; stable names for operators and alerts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -366,7 +367,10 @@ pub fn book_problem(
 /// Applies the rules to the rows an [`AuditStore`] streams, keeping only per-asset totals
 /// and the holds of open orders (bounded by the books).
 pub struct Ledger<'a> {
-    refdata: &'a RefData,
+    refdata: Arc<RefData>,
+    /// The reference data as it is now: asked for when an order names a symbol `refdata`
+    /// does not know (listed after it was taken, before the store's snapshot began).
+    latest: &'a dyn Fn() -> Arc<RefData>,
     report: Report,
     per_asset: FxHashMap<u32, i128>,
     /// What open orders hold, per (user, asset); entries are removed as their held
@@ -375,9 +379,10 @@ pub struct Ledger<'a> {
 }
 
 impl<'a> Ledger<'a> {
-    pub fn new(refdata: &'a RefData) -> Ledger<'a> {
+    pub fn new(latest: &'a dyn Fn() -> Arc<RefData>) -> Ledger<'a> {
         Ledger {
-            refdata,
+            refdata: latest(),
+            latest,
             report: Report {
                 ok: true,
                 ..Report::default()
@@ -433,7 +438,10 @@ impl AuditSink for Ledger<'_> {
     fn open_order(&mut self, o: &OrderRow) {
         self.report.open_orders += 1;
         *self.holds.entry((o.user, o.hold_asset)).or_default() += o.held as i128;
-        for p in open_order_problems(o, self.refdata) {
+        if !self.refdata.symbols.contains_key(&o.symbol) {
+            self.refdata = (self.latest)();
+        }
+        for p in open_order_problems(o, &self.refdata) {
             self.report.add(p);
         }
     }
@@ -461,7 +469,12 @@ impl AuditSink for Ledger<'_> {
 }
 
 /// Runs the ledger audit (incremental unless `full`; see [`AuditStore`]).
-pub fn audit_ledger(store: &dyn AuditStore, refdata: &RefData, full: bool) -> StoreResult<Report> {
+/// One ledger audit; `refdata` gives the reference data as it is now (see [`Ledger`]).
+pub fn audit_ledger(
+    store: &dyn AuditStore,
+    refdata: &dyn Fn() -> Arc<RefData>,
+    full: bool,
+) -> StoreResult<Report> {
     let mut ledger = Ledger::new(refdata);
     let coverage = store.audit(full, &mut ledger)?;
     Ok(ledger.finish(coverage))
@@ -474,11 +487,11 @@ pub fn offline(data_dir: &std::path::Path) -> StoreResult<Report> {
         &data_dir.join("agora.db"),
         agora_store::sqlite::Durability::Full,
     )?;
-    let refdata = RefData::new(
+    let refdata = Arc::new(RefData::new(
         agora_store::Store::load_assets(&mut store)?,
         agora_store::Store::load_symbols(&mut store)?,
-    );
-    audit_ledger(&store.auditor()?, &refdata, true)
+    ));
+    audit_ledger(&store.auditor()?, &|| refdata.clone(), true)
 }
 
 #[cfg(test)]

@@ -213,7 +213,11 @@ pub struct NewSymbol {
 
 /// What an operator may change on a listed symbol (at least one of the two).
 #[derive(Clone, Debug, Default, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(min_properties = 1)
+)]
 #[serde(deny_unknown_fields)]
 pub struct SymbolUpdate {
     /// HALTED refuses new orders; cancels still work.
@@ -327,10 +331,10 @@ pub struct OrderRequest {
     /// (200) instead of placing a second one. 1-64 characters of A-Z, a-z, 0-9, - _ . :
     #[serde(default)]
     pub client_order_id: Option<String>,
-    /// What happens if the order would trade with one of your own resting orders; the
-    /// symbol's `default_self_trade_prevention_mode` when absent. Also accepted as
-    /// `selfTradePreventionMode`.
-    #[serde(default, alias = "selfTradePreventionMode")]
+    /// What happens if the order would trade with one of your own resting orders
+    /// (Binance's `selfTradePreventionMode`); the symbol's
+    /// `default_self_trade_prevention_mode` when absent.
+    #[serde(default)]
     pub self_trade_prevention_mode: Option<SelfTradePrevention>,
 }
 

@@ -4,7 +4,9 @@
 //! from this code and cannot drift from it.
 
 use crate::openapi::{ADMIN, PUBLIC, TRADING};
-use crate::problem::{ApiJson, ApiPath as Path, ApiQuery as Query, Problem};
+use crate::problem::{
+    limit_param, path_symbol, ApiJson, ApiPath as Path, ApiQuery as Query, Problem,
+};
 use crate::AppState;
 use agora_engine::{SelfTradePrevention, Side, TimeInForce};
 use agora_exchange::{NewAsset, NewSymbol, OrderRequest, RefData, SymbolUpdate};
@@ -69,13 +71,11 @@ impl FromRequestParts<AppState> for Admin {
         match &state.admin_token {
             None => Ok(Admin),
             Some(token) => {
-                use subtle::ConstantTimeEq;
                 let sent = parts
                     .headers
                     .get("x-admin-token")
                     .map_or(&b""[..], |v| v.as_bytes());
-                // Constant time: how long a wrong guess takes says nothing about the token.
-                if bool::from(sent.ct_eq(token.as_bytes())) {
+                if tokens_match(sent, token.as_bytes()) {
                     Ok(Admin)
                 } else {
                     Err(Problem::new(
@@ -87,6 +87,17 @@ impl FromRequestParts<AppState> for Admin {
             }
         }
     }
+}
+
+/// Whether `sent` is `token`, in time that depends only on the token's length: how long a
+/// wrong guess takes says nothing about the token, not even how long it is.
+fn tokens_match(sent: &[u8], token: &[u8]) -> bool {
+    use subtle::{Choice, ConstantTimeEq};
+    let mut same: Choice = (sent.len() as u64).ct_eq(&(token.len() as u64));
+    for (i, t) in token.iter().enumerate() {
+        same &= sent.get(i).copied().unwrap_or(0).ct_eq(t);
+    }
+    same.into()
 }
 
 /// An order as the API shows it: decimal strings at the assets' scales.
@@ -330,16 +341,7 @@ fn not_found(id: &str) -> Problem {
 }
 
 fn parse_limit(limit: Option<&str>) -> Result<usize, Problem> {
-    match limit {
-        None => Ok(PAGE_LIMIT_DEFAULT),
-        Some(t) => match t.parse::<usize>() {
-            Ok(n) if (1..=PAGE_LIMIT_MAX).contains(&n) => Ok(n),
-            _ => Err(Problem::bad_request(
-                "INVALID_LIMIT",
-                format!("limit must be 1-{PAGE_LIMIT_MAX}"),
-            )),
-        },
-    }
+    limit_param(limit, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX)
 }
 
 fn symbol_filter(name: Option<&str>, r: &RefData) -> Result<Option<u32>, Problem> {
@@ -677,7 +679,8 @@ pub async fn create_symbol(
     responses(
         (status = 200, description = "The symbol as it is now", body = MarketView),
         (status = 400, response = Problem), (status = 401, response = Problem),
-        (status = 413, response = Problem), (status = 415, response = Problem),
+        (status = 404, response = Problem), (status = 413, response = Problem),
+        (status = 415, response = Problem),
     )
 )]
 pub async fn update_symbol(
@@ -686,6 +689,7 @@ pub async fn update_symbol(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<SymbolUpdate>,
 ) -> Result<axum::response::Response, Problem> {
+    path_symbol(&state.exchange.refdata(), &name)?;
     let symbol = state.exchange.update_symbol(&name, body).await?;
     let r = state.exchange.refdata();
     Ok(Json(market_view(&symbol, &r)).into_response())
@@ -763,7 +767,7 @@ pub async fn book(
     Path(name): Path<String>,
 ) -> Result<axum::response::Response, Problem> {
     let r = state.exchange.refdata();
-    let symbol = r.symbol_by_name(&name)?;
+    let symbol = path_symbol(&r, &name)?;
     let snapshot = state
         .exchange
         .book(symbol.id)
@@ -850,5 +854,21 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         let starting = Health { status: "starting" };
         (StatusCode::SERVICE_UNAVAILABLE, Json(starting))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_match;
+
+    #[test]
+    fn only_the_exact_token_matches() {
+        let token = b"correct-horse-battery-staple";
+        assert!(tokens_match(token, token));
+        assert!(!tokens_match(b"correct-horse-battery-stapl", token));
+        assert!(!tokens_match(b"correct-horse-battery-staple!", token));
+        assert!(!tokens_match(b"correct-horse-battery-stapLe", token));
+        assert!(!tokens_match(b"", token));
+        assert!(!tokens_match(b"correct-horse-battery-staple\0", token));
     }
 }

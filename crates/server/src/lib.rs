@@ -48,10 +48,7 @@ pub fn router(state: AppState, inflight_max: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(axum::middleware::from_fn(deadline))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(inflight_max))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             use axum::response::IntoResponse;
@@ -64,6 +61,24 @@ pub fn router(state: AppState, inflight_max: usize) -> Router {
             .into_response()
         }))
         .with_state(state)
+}
+
+/// Cuts off a request still unanswered after `REQUEST_TIMEOUT`, with a problem like every
+/// other error.
+async fn deadline(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+        )
+        .into_response(),
+    }
 }
 
 pub fn exchange_config(settings: &Settings) -> Config {

@@ -4,7 +4,9 @@
 
 use crate::api::{market_view, MarketView};
 use crate::openapi::PUBLIC;
-use crate::problem::{ApiPath as Path, ApiQuery as Query, Problem};
+use crate::problem::{
+    limit_param as limit, path_symbol, ApiPath as Path, ApiQuery as Query, Problem,
+};
 use crate::AppState;
 use agora_engine::Side;
 use agora_exchange::market::{candle_of, SymbolMarket};
@@ -27,19 +29,6 @@ pub const CANDLES_LIMIT_MAX: usize = 1_000;
 
 fn now_ms() -> i64 {
     agora_store::sqlite::now_ms()
-}
-
-fn limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, Problem> {
-    match text {
-        None => Ok(default),
-        Some(t) => match t.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(Problem::bad_request(
-                "INVALID_LIMIT",
-                format!("limit must be 1-{max}"),
-            )),
-        },
-    }
 }
 
 fn time(field: &'static str, text: Option<&str>) -> Result<Option<i64>, Problem> {
@@ -72,10 +61,7 @@ impl Scales {
 
 fn symbol_and_scales(state: &AppState, name: &str) -> Result<(SymbolRow, Scales), Problem> {
     let r = state.exchange.refdata();
-    let symbol = r
-        .symbol_by_name(name)
-        .map_err(|e| Problem::new(axum::http::StatusCode::NOT_FOUND, e.code, e.detail))?
-        .clone();
+    let symbol = path_symbol(&r, name)?.clone();
     let scales = Scales::of(&r, &symbol);
     Ok((symbol, scales))
 }

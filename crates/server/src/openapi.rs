@@ -63,6 +63,36 @@ impl utoipa::Modify for Security {
     }
 }
 
+/// What any operation may answer besides its own responses: 408 when it takes longer than
+/// the request timeout, 503 while agora starts (the engine catching up) or stops, or when
+/// the store cannot be read for a moment.
+struct EveryOperation;
+
+impl utoipa::Modify for EveryOperation {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Ref, RefOr};
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for status in ["408", "503"] {
+                    let problem = RefOr::Ref(Ref::from_response_name("Problem"));
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert(problem);
+                }
+            }
+        }
+    }
+}
+
 /// Every `/api/v1` route, each with its part of the document.
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -88,11 +118,7 @@ fn routes() -> OpenApiRouter<AppState> {
 
 /// The `/api/v1` routes, the document's route and the docs UI.
 pub fn api_router() -> Router<AppState> {
-    let (router, document) = routes().split_for_parts();
+    let (router, mut document) = routes().split_for_parts();
+    utoipa::Modify::modify(&EveryOperation, &mut document);
     router.merge(utoipa_swagger_ui::SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, document))
-}
-
-/// The document alone.
-pub fn document() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
 }

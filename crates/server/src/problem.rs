@@ -158,3 +158,26 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts
             .map_err(|e| Problem::bad_request("INVALID_PATH", e.body_text()))
     }
 }
+
+/// A `limit` query parameter: absent → `default`; 1 to `max`, or 400 INVALID_LIMIT.
+pub fn limit_param(text: Option<&str>, default: usize, max: usize) -> Result<usize, Problem> {
+    match text {
+        None => Ok(default),
+        Some(t) => match t.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Problem::bad_request(
+                "INVALID_LIMIT",
+                format!("limit must be 1-{max}"),
+            )),
+        },
+    }
+}
+
+/// A symbol named in a path: unknown is 404 (in a body it is 400, the request's fault).
+pub fn path_symbol<'r>(
+    r: &'r agora_exchange::RefData,
+    name: &str,
+) -> Result<&'r agora_store::SymbolRow, Problem> {
+    r.symbol_by_name(name)
+        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, e.code, e.detail))
+}

@@ -78,6 +78,11 @@ const TRADE_FLUSH_INTERVAL_MS: i64 = 10;
 const TRADE_FLUSH_WAIT_MAX_MS: i64 = 40;
 /// Trades gathered per symbol at most before a flush regardless of time.
 const TRADE_BATCH_MAX: usize = 1_000;
+/// Largest frame read whole. A message over `message_bytes_max` is refused with 1009 once
+/// read; a frame this size is still read to its end first, so the close is clean (closing
+/// with unread bytes in the socket makes the kernel send a reset after the close frame). A
+/// larger frame is refused from its header, unread. Bounds what one connection buffers.
+const FRAME_BYTES_MAX: usize = 16 * 1024;
 /// Bytes read from a client per read attempt (see `ws_handler`).
 const READ_CHUNK_BYTES: usize = 512;
 /// How long a closing connection gets to take its close frame.
@@ -463,7 +468,7 @@ pub async fn ws_handler(
     // made memset 38% of the CPU under 1,000 subscribers. Client messages are small and rare,
     // and a longer one is still read whole (the buffer grows to the frame's length).
     ws.max_message_size(hub.limits.message_bytes_max)
-        .max_frame_size(hub.limits.message_bytes_max)
+        .max_frame_size(FRAME_BYTES_MAX.max(hub.limits.message_bytes_max))
         .read_buffer_size(READ_CHUNK_BYTES)
         .on_upgrade(move |socket| connection(socket, state, user, slot))
 }

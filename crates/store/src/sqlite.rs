@@ -825,22 +825,29 @@ impl ReadStore for SqliteReader {
         // fill_id = 2·seq (+1 for the sell side), so "fill_id < b" is "seq < (b+1)/2" on the
         // buy side and "seq < b/2" on the sell side: each side is a range on its index.
         let b = before_fill_id.unwrap_or(i64::MAX);
-        let side = |column: &str, seq_below: i64, side: Side| -> StoreResult<Vec<FillRow>> {
-            self.with(|c| {
+        let sql = |column: &str| {
+            format!(
+                "SELECT {TRADE_COLUMNS} FROM trades WHERE {column} = ?1 \
+                 AND (?2 IS NULL OR symbol_id = ?2) AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+            )
+        };
+        // Both sides from one snapshot: a trade committed between two reads could show its
+        // sell fill without its buy fill, and paging would then skip the buy for good.
+        let mut fills = self.with(|c| {
+            let tx = c.transaction()?;
+            let side = |column: &str, seq_below: i64, side: Side| {
                 collect(
-                    c,
-                    &format!(
-                        "SELECT {TRADE_COLUMNS} FROM trades WHERE {column} = ?1 \
-                         AND (?2 IS NULL OR symbol_id = ?2) AND seq < ?3 \
-                         ORDER BY seq DESC LIMIT ?4"
-                    ),
+                    &tx,
+                    &sql(column),
                     params![user, symbol, seq_below, limit as i64],
                     |r| Ok(FillRow::new(trade_from_row(r)?, side)),
                 )
-            })
-        };
-        let mut fills = side("buyer", b / 2 + b % 2, Side::Buy)?;
-        fills.extend(side("seller", b / 2, Side::Sell)?);
+            };
+            let mut fills = side("buyer", b / 2 + b % 2, Side::Buy)?;
+            fills.extend(side("seller", b / 2, Side::Sell)?);
+            tx.commit()?;
+            Ok(fills)
+        })?;
         fills.sort_unstable_by_key(|f| std::cmp::Reverse(f.fill_id));
         fills.truncate(limit);
         Ok(fills)

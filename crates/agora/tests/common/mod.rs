@@ -239,7 +239,7 @@ impl Server {
 
 /// `agora reconcile --data-dir DIR` on a stopped store: (exit code, its JSON report).
 pub fn reconcile_offline(data_dir: &Path) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_agora"))
+    let out = Command::new(agora_bin())
         .arg("reconcile")
         .arg("--data-dir")
         .arg(data_dir)
