@@ -20,6 +20,19 @@ fn funded_user(s: &Server, name: &str, funds: &[(&str, &str)]) -> u64 {
     id
 }
 
+/// COIN (scale 4) against USD (scale 6) as the outside report had it: tick 0.01 and lot
+/// 0.0013 unless `rules` (merged into the listing) says otherwise.
+fn coin_usd(s: &Server, rules: Value) {
+    s.admin("assets", json!({"code": "COIN", "scale": 4}));
+    s.admin("assets", json!({"code": "USD", "scale": 6}));
+    let mut symbol = json!({"name": "COIN-USD", "base": "COIN", "quote": "USD",
+                            "tick_size": "0.01", "lot_size": "0.0013"});
+    for (k, v) in rules.as_object().unwrap() {
+        symbol[k] = v.clone();
+    }
+    s.admin("symbols", symbol);
+}
+
 fn order(symbol: &str, side: &str, kind: &str, fields: Value) -> Value {
     let mut o = json!({"symbol": symbol, "side": side, "type": kind});
     for (k, v) in fields.as_object().unwrap() {
@@ -167,13 +180,8 @@ fn resting_quantity_beyond_i64_at_one_price_stays_exact() {
 #[test]
 fn one_order_may_not_exceed_the_symbols_max_quantity() {
     let s = Server::start();
-    s.admin("assets", json!({"code": "COIN", "scale": 4}));
-    s.admin("assets", json!({"code": "USD", "scale": 2}));
-    let symbol = s.admin(
-        "symbols",
-        json!({"name": "COIN-USD", "base": "COIN", "quote": "USD", "tick_size": "1",
-               "lot_size": "0.01", "max_quantity": "2.5"}),
-    );
+    coin_usd(&s, json!({"lot_size": "0.01", "max_quantity": "2.5"}));
+    let symbol = &s.json("/api/v1/markets", None)["markets"][0];
     assert_eq!(symbol["max_quantity"], "2.5000");
     let u = funded_user(&s, "trader", &[("COIN", "10"), ("USD", "1000")]);
     for (kind, fields) in [
@@ -273,12 +281,7 @@ fn candle_ranges_into_the_future_cost_what_the_limit_asks_for() {
 #[test]
 fn a_market_buy_that_spends_its_budget_on_the_last_order_is_filled() {
     let s = Server::start();
-    s.admin("assets", json!({"code": "COIN", "scale": 4}));
-    s.admin("assets", json!({"code": "USD", "scale": 6}));
-    s.admin(
-        "symbols",
-        json!({"name": "COIN-USD", "base": "COIN", "quote": "USD", "tick_size": "0.01", "lot_size": "0.0013"}),
-    );
+    coin_usd(&s, json!({}));
     let seller = funded_user(&s, "seller", &[("COIN", "1")]);
     let buyer = funded_user(&s, "buyer", &[("USD", "100")]);
     let (code, _) = place(
@@ -344,13 +347,7 @@ fn a_market_buy_that_spends_its_budget_on_the_last_order_is_filled() {
 
 /// The self-trade market of the outside report: tick 0.01, lot 0.0013, a user on both sides.
 fn self_trade_market(s: &Server) -> u64 {
-    s.admin("assets", json!({"code": "COIN", "scale": 4}));
-    s.admin("assets", json!({"code": "USD", "scale": 6}));
-    s.admin(
-        "symbols",
-        json!({"name": "COIN-USD", "base": "COIN", "quote": "USD", "tick_size": "0.01",
-               "lot_size": "0.0013", "maker_fee_bps": 10, "taker_fee_bps": 20}),
-    );
+    coin_usd(s, json!({"maker_fee_bps": 10, "taker_fee_bps": 20}));
     funded_user(s, "trader", &[("COIN", "1"), ("USD", "1000")])
 }
 
@@ -463,13 +460,7 @@ fn self_trade_prevention_expires_the_taker_the_maker_or_both() {
 #[test]
 fn a_market_sell_below_the_minimum_notional_is_refused() {
     let s = Server::start();
-    s.admin("assets", json!({"code": "COIN", "scale": 4}));
-    s.admin("assets", json!({"code": "USD", "scale": 6}));
-    s.admin(
-        "symbols",
-        json!({"name": "COIN-USD", "base": "COIN", "quote": "USD", "tick_size": "0.01",
-               "lot_size": "0.0013", "min_notional": "1"}),
-    );
+    coin_usd(&s, json!({"min_notional": "1"}));
     let a = funded_user(&s, "a", &[("COIN", "1"), ("USD", "1000")]);
     let b = funded_user(&s, "b", &[("COIN", "1"), ("USD", "1000")]);
     let sell = |qty: &str| order("COIN-USD", "SELL", "MARKET", json!({"quantity": qty}));
