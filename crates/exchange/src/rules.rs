@@ -9,6 +9,14 @@ use agora_store::{AssetRow, OrderType, SymbolRow, SymbolStatus};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
+/// A unit enum's API name (`OrderStatus::Filled` → `FILLED`), for messages.
+pub fn enum_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
 /// Longest accepted client order id (Binance allows 36; we allow a little more).
 pub const CLIENT_ORDER_ID_LEN_MAX: usize = 64;
 pub const NAME_LEN_MAX: usize = 32;

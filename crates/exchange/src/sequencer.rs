@@ -783,7 +783,10 @@ impl<S: Store> Sequencer<S> {
                 Some(row) if row.user == user => Err(ExchangeError::new(
                     ErrorClass::Conflict,
                     "ORDER_NOT_OPEN",
-                    format!("order {id} is already {:?}", row.status),
+                    format!(
+                        "order {id} is already {}",
+                        crate::rules::enum_name(&row.status)
+                    ),
                 )),
                 _ => Err(not_found()),
             };

@@ -13,6 +13,7 @@ pub mod ws;
 
 use agora_exchange::{Config, Exchange};
 use agora_store::sqlite::Durability;
+use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -94,10 +95,13 @@ pub fn exchange_config(settings: &Settings) -> Config {
 
 /// Runs agora until SIGTERM or Ctrl-C.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Bind first: a busy port is refused before the store is opened or created.
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
     let hub = Arc::new(ws::Hub::new(settings.ws_limits));
     let observer: Arc<dyn agora_exchange::market::CommitObserver> = hub.clone();
     let exchange = Exchange::start_observed(exchange_config(&settings), Some(observer))?;
-    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find a port chosen with `--listen ...:0`.
     println!("agora listening on http://{addr}");

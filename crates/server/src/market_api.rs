@@ -31,13 +31,21 @@ fn now_ms() -> i64 {
     agora_store::sqlite::now_ms()
 }
 
+/// Latest time a candle request may name: 2100-01-01T00:00:00Z.
+const TIME_MS_MAX: i64 = 4_102_444_800_000;
+
 fn time(field: &'static str, text: Option<&str>) -> Result<Option<i64>, Problem> {
     text.map(|t| {
         t.parse::<i64>()
             .ok()
-            .filter(|v| (0..=4_102_444_800_000).contains(v)) // until 2100
+            .filter(|v| (0..=TIME_MS_MAX).contains(v))
             .ok_or_else(|| {
-                Problem::bad_request("INVALID_TIME", format!("{field} must be Unix milliseconds"))
+                Problem::bad_request(
+                    "INVALID_TIME",
+                    format!(
+                        "{field} must be Unix milliseconds from 0 to {TIME_MS_MAX} (2100-01-01)"
+                    ),
+                )
             })
     })
     .transpose()

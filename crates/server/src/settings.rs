@@ -21,18 +21,18 @@ pub struct ServeArgs {
     #[arg(long, env = "AGORA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Seed demo assets, symbols, funded users and a starting book if the store is empty.
-    #[arg(long, env = "AGORA_DEMO")]
+    #[arg(long, env = "AGORA_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
     pub demo: bool,
     /// Run the market-making and market-taking bots (on by default with --demo).
-    #[arg(long, env = "AGORA_BOTS")]
+    #[arg(long, env = "AGORA_BOTS", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
     pub bots: bool,
     /// Never run the bots, even with --demo.
-    #[arg(long, env = "AGORA_NO_BOTS", conflicts_with = "bots")]
+    #[arg(long, env = "AGORA_NO_BOTS", conflicts_with = "bots", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
     pub no_bots: bool,
-    /// Bot orders per second per symbol [default: 8].
+    /// Bot orders per second per symbol, up to 10,000 [default: 8].
     #[arg(long, env = "AGORA_BOT_RATE")]
     pub bot_rate: Option<f64>,
     /// Share of bot orders that take liquidity (IOC across the spread); the rest quote
@@ -53,7 +53,8 @@ pub struct ServeArgs {
     /// Requests taken into one group commit at most [default: 4096].
     #[arg(long, env = "AGORA_BATCH_MAX")]
     pub batch_max: Option<usize>,
-    /// If set, admin endpoints require `X-Admin-Token` with this value.
+    /// Admin endpoints then require `X-Admin-Token` with this value (at least 16
+    /// characters). Required to listen on anything but a loopback address.
     #[arg(long, env = "AGORA_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// HTTP requests served at once at most; more wait their turn [default: 10000].
@@ -68,15 +69,16 @@ pub struct ServeArgs {
     /// WebSocket connections one client (user, or IP without one) may hold [default: 100].
     #[arg(long, env = "AGORA_WS_CONNECTIONS_PER_CLIENT")]
     pub ws_connections_per_client: Option<usize>,
-    /// Messages queued for one WebSocket before it is closed as a slow consumer
-    /// [default: 1024].
+    /// Batches (what one commit or trade flush brings a connection) queued for one
+    /// WebSocket before it is closed as a slow consumer [default: 1024].
     #[arg(long, env = "AGORA_WS_SEND_BUFFER")]
     pub ws_send_buffer: Option<usize>,
     /// Streams one WebSocket may subscribe to [default: 64].
     #[arg(long, env = "AGORA_WS_SUBSCRIPTIONS_MAX")]
     pub ws_subscriptions_max: Option<usize>,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "AGORA_LOG_JSON")]
+    /// Log as JSON lines instead of text (the level comes from `AGORA_LOG`, e.g. `info`,
+    /// `agora_exchange=debug`).
+    #[arg(long, env = "AGORA_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
     pub log_json: bool,
 }
@@ -280,6 +282,17 @@ mod tests {
         assert!(resolve(&["--bots", "--bot-rate", "0"]).is_err());
         assert!(resolve(&["--bots", "--bot-taker-share", "1.5"]).is_err());
         assert!(resolve(&["--bots", "--bot-volatility", "-0.1"]).is_err());
+    }
+
+    #[test]
+    fn on_off_settings_take_the_usual_spellings_from_the_environment() {
+        // One variable per case: tests in this module run in parallel, in one process.
+        for (value, on) in [("true", true), ("1", true), ("yes", true), ("off", false)] {
+            std::env::set_var("AGORA_LOG_JSON", value);
+            let s = resolve(&[]).unwrap();
+            std::env::remove_var("AGORA_LOG_JSON");
+            assert_eq!(s.log_json, on, "AGORA_LOG_JSON={value}");
+        }
     }
 
     #[test]
