@@ -141,23 +141,13 @@ fn resting_quantity_beyond_i64_at_one_price_stays_exact() {
     s.quiesce();
     let depth = s.json("/api/v1/markets/WIDE-CASH/depth", None);
     assert_eq!(depth["bids"], json!([["1.00", "10.000000000000000000"]]));
-    let (code, fok) = place(
-        &s,
-        seller,
-        order(
-            "WIDE-CASH",
-            "SELL",
-            "LIMIT",
-            json!({"price": "1", "quantity": "1", "time_in_force": "FOK"}),
-        ),
+    let fok = order(
+        "WIDE-CASH",
+        "SELL",
+        "LIMIT",
+        json!({"price": "1", "quantity": "1", "time_in_force": "FOK"}),
     );
-    assert_eq!(code, 202, "{fok}");
-    let fok = wait_status(
-        &s,
-        seller,
-        fok["order_id"].as_u64().unwrap(),
-        &["FILLED", "EXPIRED"],
-    );
+    let fok = s.order(seller, placed(&s, seller, fok));
     assert_eq!(fok["status"], "FILLED", "{fok}");
     let (code, third) = place(&s, buyer, buy());
     assert_eq!(code, 202, "{third}");
@@ -296,23 +286,15 @@ fn a_market_buy_that_spends_its_budget_on_the_last_order_is_filled() {
     );
     assert_eq!(code, 202);
     s.quiesce();
-    let (code, o) = place(
-        &s,
-        buyer,
+    let budget = |amount: &str| {
         order(
             "COIN-USD",
             "BUY",
             "MARKET",
-            json!({"quote_quantity": "1.3"}),
-        ),
-    );
-    assert_eq!(code, 202, "{o}");
-    let o = wait_status(
-        &s,
-        buyer,
-        o["order_id"].as_u64().unwrap(),
-        &["FILLED", "EXPIRED"],
-    );
+            json!({"quote_quantity": amount}),
+        )
+    };
+    let o = s.order(buyer, placed(&s, buyer, budget("1.3")));
     assert_eq!(o["status"], "FILLED", "{o}");
     assert_eq!(o["filled_quote"], "1.300000");
     // With budget left for more at the last price, an emptied book means EXPIRED.
@@ -327,17 +309,7 @@ fn a_market_buy_that_spends_its_budget_on_the_last_order_is_filled() {
         ),
     );
     s.quiesce();
-    let (_, o) = place(
-        &s,
-        buyer,
-        order("COIN-USD", "BUY", "MARKET", json!({"quote_quantity": "1"})),
-    );
-    let o = wait_status(
-        &s,
-        buyer,
-        o["order_id"].as_u64().unwrap(),
-        &["FILLED", "EXPIRED"],
-    );
+    let o = s.order(buyer, placed(&s, buyer, budget("1")));
     assert_eq!(
         (o["status"].as_str(), o["filled_quantity"].as_str()),
         (Some("EXPIRED"), Some("0.0013"))

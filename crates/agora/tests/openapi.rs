@@ -63,6 +63,25 @@ fn the_openapi_document_describes_every_route_and_its_errors() {
     for scheme in ["user_id", "admin_token"] {
         assert_eq!(doc["components"]["securitySchemes"][scheme]["in"], "header");
     }
+    // Every decimal field has the one syntax the server's parser accepts (the pattern is a
+    // literal in each attribute: utoipa takes no constant there).
+    let schemas = &doc["components"]["schemas"];
+    let decimal = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$";
+    for (schema, field) in [
+        ("OrderRequest", "price"),
+        ("OrderRequest", "quantity"),
+        ("OrderRequest", "quote_quantity"),
+        ("NewSymbol", "tick_size"),
+        ("NewSymbol", "lot_size"),
+        ("NewSymbol", "min_notional"),
+        ("NewSymbol", "max_quantity"),
+        ("NewDeposit", "amount"),
+    ] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["pattern"], decimal,
+            "{schema}.{field}"
+        );
+    }
     // Request bodies refuse unknown fields, as the server does.
     let order = &doc["components"]["schemas"]["OrderRequest"];
     assert_eq!(order["additionalProperties"], false, "{order}");

@@ -724,6 +724,17 @@ mod tests {
         })
     }
 
+    /// A market buy of user `id * 10` spending `budget` quote minor units.
+    fn market_quote(id: OrderId, budget: i64) -> Command {
+        Command::Place(NewOrder {
+            id,
+            user: id * 10,
+            side: Side::Buy,
+            kind: OrderKind::MarketQuote { budget },
+            stp: SelfTradePrevention::None,
+        })
+    }
+
     fn run(book: &mut Book, cmd: Command) -> Vec<Event> {
         let mut out = Vec::new();
         book.execute(&cmd, &mut out);
@@ -827,16 +838,7 @@ mod tests {
         let mut book = Book::new(SPEC);
         run(&mut book, limit(1, Side::Sell, 300, 1, TimeInForce::Gtc)); // 3 per unit
         run(&mut book, limit(2, Side::Sell, 500, 10, TimeInForce::Gtc)); // 5 per unit
-        let out = run(
-            &mut book,
-            Command::Place(NewOrder {
-                id: 3,
-                user: 30,
-                side: Side::Buy,
-                kind: OrderKind::MarketQuote { budget: 15 },
-                stp: SelfTradePrevention::None,
-            }),
-        );
+        let out = run(&mut book, market_quote(3, 15));
         let spent: i64 = out
             .iter()
             .filter_map(|e| match e {
@@ -867,16 +869,7 @@ mod tests {
             &mut book,
             limit(1, Side::Sell, 10_000, 130, TimeInForce::Gtc),
         );
-        let out = run(
-            &mut book,
-            Command::Place(NewOrder {
-                id: 2,
-                user: 20,
-                side: Side::Buy,
-                kind: OrderKind::MarketQuote { budget: 130 },
-                stp: SelfTradePrevention::None,
-            }),
-        );
+        let out = run(&mut book, market_quote(2, 130));
         assert_eq!(
             out.last(),
             Some(&Event::Done {
@@ -891,16 +884,7 @@ mod tests {
             &mut book,
             limit(3, Side::Sell, 10_000, 13, TimeInForce::Gtc),
         );
-        let out = run(
-            &mut book,
-            Command::Place(NewOrder {
-                id: 4,
-                user: 40,
-                side: Side::Buy,
-                kind: OrderKind::MarketQuote { budget: 26 },
-                stp: SelfTradePrevention::None,
-            }),
-        );
+        let out = run(&mut book, market_quote(4, 26));
         assert_eq!(
             out.last(),
             Some(&Event::Done {

@@ -423,23 +423,29 @@ fn engine_levels(book: &Book) -> Levels {
     (flat(bids), flat(asks))
 }
 
+/// Runs `cmds` through the engine and the reference: after every command the same events,
+/// a consistent book and the same aggregated levels; at the end the same resting orders.
+fn same_as_reference(spec: BookSpec, cmds: &[Command]) -> Result<(), TestCaseError> {
+    let mut book = Book::new(spec);
+    let mut reference = Reference::new(spec);
+    for cmd in cmds {
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        book.execute(cmd, &mut got);
+        reference.execute(cmd, &mut want);
+        prop_assert_eq!(&got, &want, "after {:?}", cmd);
+        book.check_invariants();
+        prop_assert_eq!(engine_levels(&book), reference_levels(&reference));
+    }
+    prop_assert_eq!(book.resting(), reference.resting());
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn engine_matches_reference(steps in prop::collection::vec(step(), 1..300), spec in prop::sample::select(&SPECS[..])) {
-        let cmds = to_commands(&steps, spec.lot_size);
-        let mut book = Book::new(spec);
-        let mut reference = Reference::new(spec);
-        for cmd in &cmds {
-            let (mut got, mut want) = (Vec::new(), Vec::new());
-            book.execute(cmd, &mut got);
-            reference.execute(cmd, &mut want);
-            prop_assert_eq!(&got, &want, "after {:?}", cmd);
-            book.check_invariants();
-        }
-        prop_assert_eq!(book.resting(), reference.resting());
-        prop_assert_eq!(engine_levels(&book), reference_levels(&reference));
+        same_as_reference(spec, &to_commands(&steps, spec.lot_size))?;
     }
 
     /// Level totals far beyond i64 (many huge orders at a price of 1 minor unit): the engine
@@ -448,17 +454,7 @@ proptest! {
     fn engine_matches_reference_at_extreme_sizes(
         steps in prop::collection::vec(extreme_step(), 1..120),
     ) {
-        let cmds = to_commands(&steps, EXTREME.lot_size);
-        let mut book = Book::new(EXTREME);
-        let mut reference = Reference::new(EXTREME);
-        for cmd in &cmds {
-            let (mut got, mut want) = (Vec::new(), Vec::new());
-            book.execute(cmd, &mut got);
-            reference.execute(cmd, &mut want);
-            prop_assert_eq!(&got, &want, "after {:?}", cmd);
-            book.check_invariants();
-            prop_assert_eq!(engine_levels(&book), reference_levels(&reference));
-        }
+        same_as_reference(EXTREME, &to_commands(&steps, EXTREME.lot_size))?;
     }
 
     /// Invariant 6: replaying the same inputs gives the same outputs, and a book restored

@@ -23,6 +23,8 @@ pub mod rules;
 pub mod sequencer;
 pub mod settlement;
 pub mod shard;
+#[cfg(test)]
+pub(crate) mod test_rows;
 
 pub use error::{ErrorClass, ExchangeError, ExchangeResult};
 pub use rules::{NewAsset, NewSymbol, OrderRequest, RefData, SymbolUpdate};
@@ -131,6 +133,9 @@ struct Inner {
     requests: mpsc::Sender<Request>,
     reader: Arc<SqliteReader>,
     auditor: Arc<SqliteAuditor>,
+    /// One reconciliation at a time; later callers wait here, not on a blocking thread
+    /// parked on the auditor's lock.
+    reconciling: tokio::sync::Mutex<()>,
     /// Per symbol, whether a book audit is in flight (at most one is).
     book_audits: Mutex<FxHashMap<u32, Arc<AtomicBool>>>,
     market: Arc<market::MarketData>,
@@ -259,6 +264,7 @@ impl Exchange {
                 requests: request_tx,
                 reader,
                 auditor,
+                reconciling: tokio::sync::Mutex::new(()),
                 book_audits: Mutex::default(),
                 market,
                 shared,
@@ -489,6 +495,7 @@ impl Exchange {
     /// consistent cut while orders keep flowing. A book that cannot be audited within
     /// [`BOOK_AUDIT_WAIT`] is reported as not compared.
     pub async fn reconcile(&self, full: bool) -> ExchangeResult<reconcile::Report> {
+        let _one_at_a_time = self.inner.reconciling.lock().await;
         let refdata = self.refdata();
         let mut symbols: Vec<(u32, String)> = refdata
             .symbols

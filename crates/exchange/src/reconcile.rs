@@ -497,8 +497,7 @@ pub fn offline(data_dir: &std::path::Path) -> StoreResult<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agora_engine::{SelfTradePrevention, TimeInForce};
-    use agora_store::{AssetRow, OrderStatus, SymbolRow, SymbolStatus};
+    use agora_store::AssetRow;
 
     fn refdata() -> RefData {
         let asset = |id, code: &str| AssetRow {
@@ -508,20 +507,7 @@ mod tests {
         };
         RefData::new(
             vec![asset(1, "BASE"), asset(2, "QUOTE")],
-            vec![SymbolRow {
-                id: 1,
-                name: "BASE-QUOTE".into(),
-                base_asset: 1,
-                quote_asset: 2,
-                tick_size: 1,
-                lot_size: 100,
-                min_notional: 0,
-                maker_fee_bps: 0,
-                taker_fee_bps: 0,
-                status: SymbolStatus::Trading,
-                max_quantity: i64::MAX,
-                default_stp: SelfTradePrevention::None,
-            }],
+            vec![crate::test_rows::symbol("BASE-QUOTE", 100)],
         )
     }
 
@@ -530,31 +516,13 @@ mod tests {
     fn open(id: u64, side: Side, price: i64, qty: i64, filled: i64) -> OrderRow {
         let remaining = qty - filled;
         OrderRow {
-            id,
-            user: 1,
-            symbol: 1,
-            side,
-            order_type: OrderType::Limit,
-            time_in_force: TimeInForce::Gtc,
-            price: Some(price),
-            quantity: Some(qty),
-            quote_quantity: None,
-            client_order_id: None,
-            stp: SelfTradePrevention::None,
-            status: OrderStatus::New,
             filled_qty: filled,
-            filled_quote: 0,
-            fee_paid: 0,
-            hold_asset: if side == Side::Buy { 2 } else { 1 },
             held: if side == Side::Buy {
                 price * remaining / 100
             } else {
                 remaining
             },
-            accept_seq: id as i64,
-            cancel_requested: false,
-            created_ms: 0,
-            updated_ms: 0,
+            ..crate::test_rows::limit_order(id, 1, side, price, qty)
         }
     }
 

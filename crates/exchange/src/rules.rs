@@ -274,18 +274,15 @@ pub fn validate_symbol(req: &NewSymbol, refdata: &RefData) -> ExchangeResult<Sym
              (raise the quote asset's scale, the tick or the lot)",
         ));
     }
-    let cap = max_quantity_cap(lot_size);
+    // Any multiple of the lot that parses (fits an i64) is at most the cap.
     let max_quantity = match &req.max_quantity {
-        None => cap,
+        None => max_quantity_cap(lot_size),
         Some(text) => {
             let q = positive("max_quantity", text, base.scale)?;
-            if q % lot_size != 0 || q > cap {
+            if q % lot_size != 0 {
                 return Err(ExchangeError::invalid(
                     "INVALID_MAX_QUANTITY",
-                    format!(
-                        "max_quantity must be a multiple of the lot size and at most {}",
-                        units::format(cap, base.scale)
-                    ),
+                    "max_quantity must be a multiple of the lot size",
                 ));
             }
             q

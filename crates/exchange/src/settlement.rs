@@ -98,49 +98,20 @@ pub fn settle_trade(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agora_engine::{SelfTradePrevention, TimeInForce};
-    use agora_store::{OrderStatus, SymbolStatus};
 
     fn symbol() -> SymbolRow {
         SymbolRow {
-            id: 1,
-            name: "X".into(),
-            base_asset: 1,
-            quote_asset: 2,
-            tick_size: 1,
-            lot_size: 1,
-            min_notional: 0,
             maker_fee_bps: 10,
             taker_fee_bps: 20,
-            status: SymbolStatus::Trading,
-            max_quantity: i64::MAX,
-            default_stp: SelfTradePrevention::None,
+            ..crate::test_rows::symbol("X", 1)
         }
     }
 
     fn order(side: Side, user: u64, price: i64, qty: i64, held: i64) -> OrderRow {
         OrderRow {
-            id: user,
-            user,
-            symbol: 1,
-            side,
-            order_type: OrderType::Limit,
-            time_in_force: TimeInForce::Gtc,
-            price: Some(price),
-            quantity: Some(qty),
-            quote_quantity: None,
-            client_order_id: None,
-            stp: SelfTradePrevention::None,
-            status: OrderStatus::New,
-            filled_qty: 0,
-            filled_quote: 0,
-            fee_paid: 0,
-            hold_asset: if side == Side::Buy { 2 } else { 1 },
             held,
             accept_seq: 1,
-            cancel_requested: false,
-            created_ms: 0,
-            updated_ms: 0,
+            ..crate::test_rows::limit_order(user, user, side, price, qty)
         }
     }
 

@@ -265,9 +265,10 @@ impl CandleSeries {
             }
             bucket += step;
         }
-        if out.len() > limit {
-            out.drain(..out.len() - limit);
-        }
+        debug_assert!(
+            out.len() <= limit,
+            "the range starts `limit` buckets before its end"
+        );
         out
     }
 }

@@ -244,13 +244,16 @@ mod tests {
     };
     use proptest::prelude::*;
 
+    /// An order of one of 5 users, so that orders often meet their own user's, with every
+    /// self-trade prevention mode in turn (expired makers leave the book by `Done`).
     fn place(id: u64, side: Side, price: i64, qty: i64, tif: TimeInForce) -> Command {
+        use SelfTradePrevention::*;
         Command::Place(NewOrder {
             id,
             user: id % 5,
             side,
             kind: OrderKind::Limit { price, qty, tif },
-            stp: SelfTradePrevention::None,
+            stp: [None, ExpireTaker, ExpireMaker, ExpireBoth][(id % 4) as usize],
         })
     }
 
