@@ -8,6 +8,15 @@
 pub mod clock;
 pub mod store;
 
+/// The core's schema (accounts, journal, outbox, relay position, fences, consumer offsets,
+/// inbox), applied as component `core` before any venue's.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: include_str!("../migrations/sqlite/0001_core.sql"),
+    postgres: "",
+    mysql: "",
+}];
+
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use store::{
     Database, Dialect, Fence, Migration, ReadDatabase, Row, StoreError, StoreResult, Table, Value,

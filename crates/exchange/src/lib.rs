@@ -32,8 +32,10 @@ pub use sequencer::Placed;
 pub use shard::BookSnapshot;
 
 use agora_bus::{partition_for, EmbeddedLog};
+use agora_core::{Clock, ReadDatabase};
 use agora_engine::{Book, RestingOrder, Side};
-use agora_store::sqlite::{Checkpointer, Durability, SqliteAuditor, SqliteReader, SqliteStore};
+use agora_store::queries::{Loads, Reads};
+use agora_store::sqlite::{Checkpointer, Durability, SqliteAuditor, SqliteStore};
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sequencer::{Request, Sequencer, SequencerLimits};
@@ -57,6 +59,8 @@ pub struct Config {
     pub read_connections: usize,
     /// Batches of book inputs queued per shard before the sequencer waits.
     pub shard_queue_batches: usize,
+    /// Stamps every row the writer makes (order times, journal entries, candles).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
@@ -69,6 +73,7 @@ impl Config {
             batch_max: 4_096,
             read_connections: 4,
             shard_queue_batches: 1_024,
+            clock: agora_core::clock::system(),
         }
     }
 }
@@ -131,7 +136,7 @@ pub struct Exchange {
 
 struct Inner {
     requests: mpsc::Sender<Request>,
-    reader: Arc<SqliteReader>,
+    reader: Arc<dyn ReadDatabase>,
     auditor: Arc<SqliteAuditor>,
     /// One reconciliation at a time; later callers wait here, not on a blocking thread
     /// parked on the auditor's lock.
@@ -140,6 +145,7 @@ struct Inner {
     book_audits: Mutex<FxHashMap<u32, Arc<AtomicBool>>>,
     market: Arc<market::MarketData>,
     shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
     shard_control: Vec<crossbeam_channel::Sender<ShardControl>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
@@ -175,12 +181,14 @@ impl Exchange {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let mut store = SqliteStore::open(&config.data_dir.join("agora.db"), config.durability)?;
-        let reader = Arc::new(store.reader(config.read_connections)?);
+        agora_store::schema::migrate(&mut store)?;
+        let reader: Arc<dyn ReadDatabase> = Arc::new(store.reader(config.read_connections)?);
         let auditor = Arc::new(store.auditor()?);
         let checkpointer = Checkpointer::spawn(&store)?;
-        let refdata = RefData::new(store.load_assets()?, store.load_symbols()?);
-        let open_orders = store.load_open_orders()?;
-        let cursors = store.load_cursors()?;
+        let mut loads = Loads(&mut store);
+        let refdata = RefData::new(loads.assets()?, loads.symbols()?);
+        let open_orders = loads.open_orders()?;
+        let cursors = loads.cursors()?;
         let books = restore_books(&refdata, &open_orders, &cursors)?;
         let depths = books
             .iter()
@@ -188,13 +196,13 @@ impl Exchange {
             .collect();
         let market = Arc::new(market::MarketData::new(
             depths,
-            store.load_recent_trades(market::RECENT_TRADES_MAX)?,
-            store.load_recent_candles(market::CANDLES_KEPT)?,
+            loads.recent_trades(market::RECENT_TRADES_MAX)?,
+            loads.recent_candles(market::CANDLES_KEPT)?,
         ));
 
         let shared = Arc::new(Shared {
             refdata: RwLock::new(Arc::new(refdata.clone())),
-            users: RwLock::new(store.load_users()?.into_iter().map(|u| u.id).collect()),
+            users: RwLock::new(loads.users()?.into_iter().map(|u| u.id).collect()),
             published: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             trades: AtomicU64::new(0), // set by the sequencer from its counters
@@ -242,6 +250,7 @@ impl Exchange {
         );
         let sequencer = Sequencer::new(
             store,
+            config.clock.clone(),
             Arc::new(log),
             shared.clone(),
             limits,
@@ -268,11 +277,17 @@ impl Exchange {
                 book_audits: Mutex::default(),
                 market,
                 shared,
+                clock: config.clock.clone(),
                 shard_control,
                 threads: Mutex::new(threads),
                 checkpointer: Mutex::new(Some(checkpointer)),
             }),
         })
+    }
+
+    /// The exchange's clock (the one its rows are stamped with).
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     pub fn status(&self) -> Status {
@@ -332,10 +347,10 @@ impl Exchange {
 
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&SqliteReader) -> StoreResult<T> + Send + 'static,
+        f: impl FnOnce(&Reads<dyn ReadDatabase>) -> StoreResult<T> + Send + 'static,
     ) -> ExchangeResult<T> {
-        let reader = self.inner.reader.clone();
-        tokio::task::spawn_blocking(move || f(&reader))
+        let reads = Reads(self.inner.reader.clone());
+        tokio::task::spawn_blocking(move || f(&reads))
             .await
             .map_err(|e| ExchangeError::unavailable(format!("read task: {e}")))?
             .map_err(|e| {
@@ -352,8 +367,7 @@ impl Exchange {
         let reference_price = match refdata.symbol_by_name.get(&request.symbol) {
             Some(&id) if market_sell => {
                 let base_unit = refdata.book_spec(&refdata.symbols[&id]).base_unit;
-                self.market()
-                    .reference_price(id, agora_store::sqlite::now_ms(), base_unit)
+                self.market().reference_price(id, self.now_ms(), base_unit)
             }
             _ => None,
         };

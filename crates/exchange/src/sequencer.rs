@@ -20,10 +20,11 @@ use crate::settlement::settle_trade;
 use crate::shard::BookAudit;
 use crate::Shared;
 use agora_bus::{partition_for, EventLog, Record};
+use agora_core::{Clock, Database, WriteBatch};
 use agora_engine::{DoneReason, Event, NewOrder, Side};
 use agora_ledger::{Account, Balance, Bucket, Entry, EntryKind, LedgerError};
 use agora_market::{candles::fold, Candle, Interval};
-use agora_store::sqlite::now_ms;
+use agora_store::queries::Loads;
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::Ordering;
@@ -137,8 +138,9 @@ struct Dirty {
     settled_inputs: u64,
 }
 
-pub(crate) struct Sequencer<S: Store> {
+pub(crate) struct Sequencer<S: Database> {
     store: S,
+    clock: Arc<dyn Clock>,
     log: Arc<dyn EventLog>,
     shared: Arc<Shared>,
     limits: SequencerLimits,
@@ -162,7 +164,9 @@ pub(crate) struct Sequencer<S: Store> {
     last_trade_ms: FxHashMap<u32, i64>,
     feed: crossbeam_channel::Sender<Committed>,
     next: Counters,
-    write: WriteBatch,
+    write: Changes,
+    /// The store port's batch, refilled from `write` at each commit (its buffers reused).
+    batch: WriteBatch,
     dirty: Dirty,
     commits: u64,
 }
@@ -175,9 +179,10 @@ fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
     std::process::abort();
 }
 
-impl<S: Store> Sequencer<S> {
+impl<S: Database> Sequencer<S> {
     pub(crate) fn new(
         mut store: S,
+        clock: Arc<dyn Clock>,
         log: Arc<dyn EventLog>,
         shared: Arc<Shared>,
         limits: SequencerLimits,
@@ -189,22 +194,22 @@ impl<S: Store> Sequencer<S> {
             open_orders,
             cursors,
         } = recovered;
-        let loaded = store.load_users()?;
+        let loaded = Loads(&mut store).users()?;
         let users = loaded.iter().map(|u| u.id).collect();
         let user_names = loaded.into_iter().map(|u| u.name).collect();
-        let venue = store
-            .load_venue_balances()?
+        let venue = Loads(&mut store)
+            .venue_balances()?
             .into_iter()
             .map(|v| ((v.account, v.asset), v.amount))
             .collect();
-        let next = store.load_counters()?;
+        let next = Loads(&mut store).counters()?;
         shared
             .trades
             .store(next.max_trade_seq as u64, Ordering::Release);
-        let relay_position = store.load_relay_position()?;
+        let relay_position = Loads(&mut store).relay_position()?;
         let mut candles = FxHashMap::default();
         let mut last_trade_ms = FxHashMap::default();
-        for row in store.load_recent_candles(1)? {
+        for row in Loads(&mut store).recent_candles(1)? {
             let (interval, candle) = candle_of(&row);
             if interval == Interval::M1 {
                 last_trade_ms.insert(row.symbol, candle.open_ms);
@@ -217,6 +222,7 @@ impl<S: Store> Sequencer<S> {
         }
         Ok(Sequencer {
             store,
+            clock,
             log,
             shared,
             limits,
@@ -235,7 +241,8 @@ impl<S: Store> Sequencer<S> {
             last_trade_ms,
             feed,
             next,
-            write: WriteBatch::default(),
+            write: Changes::default(),
+            batch: WriteBatch::default(),
             dirty: Dirty::default(),
             commits: 0,
         })
@@ -330,8 +337,7 @@ impl<S: Store> Sequencer<S> {
         let started = std::time::Instant::now();
         let mut relayed = 0usize;
         loop {
-            let rows = self
-                .store
+            let rows = Loads(&mut self.store)
                 .outbox_after(from, self.limits.relay_page_rows)
                 .unwrap_or_else(|e| fatal("reading the outbox", e));
             let Some(last) = rows.last() else { break };
@@ -397,7 +403,7 @@ impl<S: Store> Sequencer<S> {
     }
 
     fn commit(&mut self) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let d = std::mem::take(&mut self.dirty);
         let w = &mut self.write;
         for key in &d.balances {
@@ -463,7 +469,9 @@ impl<S: Store> Sequencer<S> {
         }
         count_in_flight(&self.shared, &w.outbox);
         let mut attempt = 0;
-        while let Err(e) = self.store.commit(w) {
+        self.batch.clear();
+        w.write_to(&mut self.batch);
+        while let Err(e) = self.store.commit(&self.batch) {
             attempt += 1;
             tracing::warn!(error = %e, attempt, "commit failed; retrying");
             if attempt == 5 {
@@ -564,9 +572,8 @@ impl<S: Store> Sequencer<S> {
         if let Some(b) = self.balances.get(&(user, asset)) {
             return *b;
         }
-        let b = self
-            .store
-            .load_balance(user, asset)
+        let b = Loads(&mut self.store)
+            .balance(user, asset)
             .unwrap_or_else(|e| fatal("loading a balance", e))
             .map_or(Balance::default(), |r| Balance {
                 available: r.available,
@@ -632,7 +639,7 @@ impl<S: Store> Sequencer<S> {
             kind: entry.kind.as_str(),
             ref_id,
             postings: entry.postings_json(),
-            created_ms: now_ms(),
+            created_ms: self.clock.now_ms(),
         });
         Ok(())
     }
@@ -648,7 +655,7 @@ impl<S: Store> Sequencer<S> {
             aggregate_id: symbol.name.clone(),
             event_type: input.event_type().to_string(),
             payload: serde_json::to_string(input).expect("book input serializes"),
-            created_ms: now_ms(),
+            created_ms: self.clock.now_ms(),
         });
         seq
     }
@@ -678,9 +685,8 @@ impl<S: Store> Sequencer<S> {
         if let Some(client_id) = &o.client_order_id {
             let existing = match self.dirty.client_ids.get(&(user, client_id.clone())) {
                 Some(id) => self.open.get(id).cloned(),
-                None => self
-                    .store
-                    .find_order_by_client_id(user, client_id)
+                None => Loads(&mut self.store)
+                    .order_by_client_id(user, client_id)
                     .unwrap_or_else(|e| fatal("looking up a client order id", e)),
             };
             if let Some(order) = existing {
@@ -734,7 +740,7 @@ impl<S: Store> Sequencer<S> {
                 stp: o.stp,
             },
         });
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let row = OrderRow {
             id,
             user,
@@ -775,9 +781,8 @@ impl<S: Store> Sequencer<S> {
         let not_found = || crate::order_not_found(id);
         let Some(order) = self.open.get(&id) else {
             // Closed, someone else's, or never existed: only the owner learns which.
-            let row = self
-                .store
-                .find_order(id)
+            let row = Loads(&mut self.store)
+                .order(id)
                 .unwrap_or_else(|e| fatal("looking up an order", e));
             return match row {
                 Some(row) if row.user == user => Err(ExchangeError::new(
@@ -859,7 +864,7 @@ impl<S: Store> Sequencer<S> {
         let row = UserRow {
             id: self.next.max_user_id,
             name,
-            created_ms: now_ms(),
+            created_ms: self.clock.now_ms(),
         };
         self.users.insert(row.id);
         self.write.users.push(row.clone());
@@ -957,8 +962,8 @@ impl<S: Store> Sequencer<S> {
                     .symbols
                     .get(&symbol)
                     .map_or_else(|| symbol.to_string(), |s| s.name.clone());
-                let orders = self.store.load_book_orders(symbol, snapshot.input_seq);
-                let cursors = self.store.load_cursors();
+                let orders = Loads(&mut self.store).book_orders(symbol, snapshot.input_seq);
+                let cursors = Loads(&mut self.store).cursors();
                 match (orders, cursors) {
                     (Ok(orders), Ok(cursors)) => {
                         let cursor = cursors.into_iter().find(|c| c.symbol == symbol);
@@ -987,7 +992,7 @@ impl<S: Store> Sequencer<S> {
         let symbol = self.refdata.symbols[&out.symbol].clone();
         let spec = self.refdata.book_spec(&symbol);
         let last = self.last_trade_ms.get(&symbol.id).copied().unwrap_or(0);
-        let now = now_ms().max(last);
+        let now = self.clock.now_ms().max(last);
         for &event in &out.events {
             match event {
                 Event::Trade {

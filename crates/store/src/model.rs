@@ -214,10 +214,11 @@ pub struct Counters {
     pub max_symbol_id: u32,
 }
 
-/// Everything one group commit writes. Rows are final values (upserts), so a batch that
-/// touched a balance ten times writes it once.
+/// Everything one group commit changes, as typed rows (encoded into the store port's batch by
+/// [`Changes::write_to`]). Rows are final values (upserts), so a batch that touched a balance
+/// ten times writes it once.
 #[derive(Debug, Default)]
-pub struct WriteBatch {
+pub struct Changes {
     pub users: Vec<UserRow>,
     pub assets: Vec<AssetRow>,
     pub symbols: Vec<SymbolRow>,
@@ -235,7 +236,7 @@ pub struct WriteBatch {
     pub outbox_prune_through: Option<i64>,
 }
 
-impl WriteBatch {
+impl Changes {
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
             && self.assets.is_empty()
