@@ -3,9 +3,13 @@
 //!
 //! - [`store`]: the store port — portable rows, batches and queries over SQLite, PostgreSQL
 //!   and MySQL/MariaDB adapters, with per-component migrations and commit fencing.
+//! - [`accounts`]: the accounts working set and ledger posting with holds.
+//! - [`outbox`]: the transactional outbox and its relay to the event log.
 //! - [`clock`]: the clock port.
 
+pub mod accounts;
 pub mod clock;
+pub mod outbox;
 pub mod store;
 
 /// The core's schema (accounts, journal, outbox, relay position, fences, consumer offsets,

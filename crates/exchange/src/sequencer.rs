@@ -19,7 +19,9 @@ use crate::rules::{NewAsset, RefData, SymbolUpdate, ValidOrder, OPEN_ORDERS_PER_
 use crate::settlement::settle_trade;
 use crate::shard::BookAudit;
 use crate::Shared;
-use agora_bus::{partition_for, EventLog, Record};
+use agora_bus::EventLog;
+use agora_core::accounts::{Accounts, PostError};
+use agora_core::outbox::{self, Outbox};
 use agora_core::{Clock, Database, WriteBatch};
 use agora_engine::{DoneReason, Event, NewOrder, Side};
 use agora_ledger::{Account, Balance, Bucket, Entry, EntryKind, LedgerError};
@@ -123,8 +125,6 @@ pub(crate) struct Recovered {
 /// Rows touched since the last commit.
 #[derive(Default)]
 struct Dirty {
-    balances: FxHashSet<(u64, u32)>,
-    venue: FxHashSet<(VenueAccount, u32)>,
     orders: FxHashSet<u64>,
     /// Orders that left `open` in this batch, kept until they are written.
     finished: FxHashMap<u64, OrderRow>,
@@ -147,17 +147,12 @@ pub(crate) struct Sequencer<S: Database> {
     refdata: RefData,
     users: FxHashSet<u64>,
     user_names: FxHashSet<String>,
-    balances: FxHashMap<(u64, u32), Balance>,
-    venue: FxHashMap<(VenueAccount, u32), i64>,
+    accounts: Accounts,
+    outbox: Outbox,
     open: FxHashMap<u64, OrderRow>,
     /// Open orders per (user, symbol), for the limit above.
     open_count: FxHashMap<(u64, u32), u32>,
     cursors: FxHashMap<u32, CursorRow>,
-    /// Highest book-input seq published, per symbol and overall.
-    published_max: FxHashMap<u32, i64>,
-    published_max_all: i64,
-    /// Persisted: every book input at or below it is settled. Catch-up starts here.
-    relay_position: i64,
     /// The current candle of every series that has traded.
     candles: FxHashMap<(u32, Interval), Candle>,
     /// Latest trade time per symbol: trade times never go backwards, even if the clock does.
@@ -165,10 +160,9 @@ pub(crate) struct Sequencer<S: Database> {
     feed: crossbeam_channel::Sender<Committed>,
     next: Counters,
     write: Changes,
-    /// The store port's batch, refilled from `write` at each commit (its buffers reused).
+    /// The store port's batch, refilled at each commit (its buffers reused).
     batch: WriteBatch,
     dirty: Dirty,
-    commits: u64,
 }
 
 fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
@@ -197,16 +191,12 @@ impl<S: Database> Sequencer<S> {
         let loaded = Loads(&mut store).users()?;
         let users = loaded.iter().map(|u| u.id).collect();
         let user_names = loaded.into_iter().map(|u| u.name).collect();
-        let venue = Loads(&mut store)
-            .venue_balances()?
-            .into_iter()
-            .map(|v| ((v.account, v.asset), v.amount))
-            .collect();
+        let accounts = Accounts::load(&mut store, limits.balance_cache_max)?;
+        let outbox = Outbox::load(&mut store)?;
         let next = Loads(&mut store).counters()?;
         shared
             .trades
             .store(next.max_trade_seq as u64, Ordering::Release);
-        let relay_position = Loads(&mut store).relay_position()?;
         let mut candles = FxHashMap::default();
         let mut last_trade_ms = FxHashMap::default();
         for row in Loads(&mut store).recent_candles(1)? {
@@ -229,14 +219,11 @@ impl<S: Database> Sequencer<S> {
             refdata,
             users,
             user_names,
-            balances: FxHashMap::default(),
-            venue,
+            accounts,
+            outbox,
             open: open_orders.into_iter().map(|o| (o.id, o)).collect(),
             open_count,
             cursors: cursors.into_iter().map(|c| (c.symbol, c)).collect(),
-            published_max: FxHashMap::default(),
-            published_max_all: 0,
-            relay_position,
             candles,
             last_trade_ms,
             feed,
@@ -244,7 +231,6 @@ impl<S: Database> Sequencer<S> {
             write: Changes::default(),
             batch: WriteBatch::default(),
             dirty: Dirty::default(),
-            commits: 0,
         })
     }
 
@@ -333,12 +319,11 @@ impl<S: Database> Sequencer<S> {
     /// Re-publishes every book input the engine may not have settled (the relay's restart
     /// path), settling as it goes, until the engine has caught up with the outbox.
     async fn catch_up(&mut self, outputs: &mut mpsc::UnboundedReceiver<ShardOutput>) {
-        let mut from = self.relay_position;
+        let mut from = self.outbox.relay_position();
         let started = std::time::Instant::now();
         let mut relayed = 0usize;
         loop {
-            let rows = Loads(&mut self.store)
-                .outbox_after(from, self.limits.relay_page_rows)
+            let rows = outbox::rows_after(&mut self.store, from, self.limits.relay_page_rows)
                 .unwrap_or_else(|e| fatal("reading the outbox", e));
             let Some(last) = rows.last() else { break };
             from = last.seq;
@@ -374,31 +359,11 @@ impl<S: Database> Sequencer<S> {
 
     /// Hands book inputs to the log; `count_in_flight` has counted them.
     fn publish(&mut self, rows: Vec<OutboxRow>) {
-        let partitions = self.log.partitions();
-        let mut by_partition: FxHashMap<u32, Vec<Record>> = FxHashMap::default();
-        for row in rows {
-            if row.aggregate_type != BOOK_AGGREGATE {
-                continue;
-            }
-            let symbol = self.refdata.symbol_by_name[&row.aggregate_id];
-            self.published_max.insert(symbol, row.seq);
-            self.published_max_all = self.published_max_all.max(row.seq);
-            by_partition
-                .entry(partition_for(&row.aggregate_id, partitions))
-                .or_default()
-                .push(Record {
-                    offset: row.seq,
-                    key: row.aggregate_id.into(),
-                    event_type: row.event_type.into(),
-                    payload: row.payload.into(),
-                });
-        }
-        let mut partitions: Vec<_> = by_partition.into_iter().collect();
-        partitions.sort_by_key(|(p, _)| *p);
-        for (partition, records) in partitions {
-            if self.log.append(partition, records).is_err() {
-                fatal("publishing to the event log", "log closed");
-            }
+        if let Err(e) = self
+            .outbox
+            .publish(&*self.log, rows, |r| r.aggregate_type == BOOK_AGGREGATE)
+        {
+            fatal("publishing to the event log", e);
         }
     }
 
@@ -406,22 +371,6 @@ impl<S: Database> Sequencer<S> {
         let now = self.clock.now_ms();
         let d = std::mem::take(&mut self.dirty);
         let w = &mut self.write;
-        for key in &d.balances {
-            let b = self.balances[key];
-            w.balances.push(BalanceRow {
-                user: key.0,
-                asset: key.1,
-                available: b.available,
-                held: b.held,
-            });
-        }
-        for key in &d.venue {
-            w.venue_balances.push(VenueBalanceRow {
-                account: key.0,
-                asset: key.1,
-                amount: self.venue[key],
-            });
-        }
         for id in &d.orders {
             let row = self.open.get(id).or_else(|| d.finished.get(id));
             let mut row = row.expect("dirty order is open or finished").clone();
@@ -438,28 +387,20 @@ impl<S: Database> Sequencer<S> {
                 &self.candles[&(symbol, interval)],
             ));
         }
-        // Every input at or below a symbol's cursor is settled, and a symbol with nothing in
-        // flight holds nothing back: the relay can restart after the lowest cursor among
-        // symbols that still have inputs in flight, or after everything published.
-        let settled_through = self
-            .published_max
-            .iter()
-            .filter_map(|(symbol, &published)| {
-                let cursor = self.cursors.get(symbol).map_or(0, |c| c.input_seq);
-                (published > cursor).then_some(cursor)
-            })
-            .min()
-            .unwrap_or(self.published_max_all);
-        if settled_through > self.relay_position {
-            self.relay_position = settled_through;
-            w.relay_position = Some(settled_through);
-        }
-        self.commits += 1;
-        if self.commits.is_multiple_of(1024) {
-            // Nothing at or below the relay position is ever read again.
-            w.outbox_prune_through = Some(self.relay_position);
-        }
-        if w.is_empty() {
+        self.batch.clear();
+        let balances = self.accounts.flush(&mut self.batch);
+        w.write_to(&mut self.batch);
+        // A symbol's book inputs are consumed up to its engine cursor (committed, or in this
+        // batch).
+        let (cursors, refdata) = (&self.cursors, &self.refdata);
+        self.outbox.flush(&mut self.batch, |name| {
+            refdata
+                .symbol_by_name
+                .get(name)
+                .and_then(|id| cursors.get(id))
+                .map_or(0, |c| c.input_seq)
+        });
+        if self.batch.is_empty() {
             // Nothing to write (e.g. only duplicates were consumed): settled as they are.
             self.shared
                 .settled
@@ -467,10 +408,8 @@ impl<S: Database> Sequencer<S> {
             d.replies.into_iter().for_each(|r| r());
             return;
         }
-        count_in_flight(&self.shared, &w.outbox);
+        count_in_flight(&self.shared, self.outbox.pending());
         let mut attempt = 0;
-        self.batch.clear();
-        w.write_to(&mut self.batch);
         while let Err(e) = self.store.commit(&self.batch) {
             attempt += 1;
             tracing::warn!(error = %e, attempt, "commit failed; retrying");
@@ -479,8 +418,8 @@ impl<S: Database> Sequencer<S> {
             }
             std::thread::sleep(Duration::from_millis(50 << attempt));
         }
-        let mut w = std::mem::take(&mut self.write);
-        let outbox = std::mem::take(&mut w.outbox);
+        let w = std::mem::take(&mut self.write);
+        let outbox = self.outbox.take_committed();
         self.shared
             .trades
             .fetch_add(w.trades.len() as u64, Ordering::AcqRel);
@@ -489,7 +428,7 @@ impl<S: Database> Sequencer<S> {
             trades: w.trades,
             candles: w.candles,
             orders: w.orders,
-            balances: w.balances,
+            balances,
         };
         self.shared
             .settled
@@ -501,9 +440,7 @@ impl<S: Database> Sequencer<S> {
         if !committed.is_empty() && self.feed.send(committed).is_err() {
             fatal("feeding the market read model", "market thread gone");
         }
-        if self.balances.len() > self.limits.balance_cache_max {
-            self.balances.clear();
-        }
+        self.accounts.committed();
     }
 
     fn apply_request(&mut self, request: Request) {
@@ -569,95 +506,30 @@ impl<S: Database> Sequencer<S> {
     }
 
     fn balance(&mut self, user: u64, asset: u32) -> Balance {
-        if let Some(b) = self.balances.get(&(user, asset)) {
-            return *b;
-        }
-        let b = Loads(&mut self.store)
-            .balance(user, asset)
+        self.accounts
+            .balance(&mut self.store, user, asset)
             .unwrap_or_else(|e| fatal("loading a balance", e))
-            .map_or(Balance::default(), |r| Balance {
-                available: r.available,
-                held: r.held,
-            });
-        self.balances.insert((user, asset), b);
-        b
     }
 
     /// Applies a balanced entry to the working set: all postings or none.
     fn post(&mut self, entry: Entry, ref_id: Option<i64>) -> Result<(), LedgerError> {
-        let mut users: Vec<((u64, u32), Balance)> = Vec::with_capacity(entry.postings.len());
-        let mut venue: Vec<((VenueAccount, u32), i64)> = Vec::new();
-        for p in &entry.postings {
-            match p.account {
-                Account::User { user, bucket } => {
-                    let key = (user, p.asset);
-                    let i = match users.iter().position(|(k, _)| *k == key) {
-                        Some(i) => i,
-                        None => {
-                            users.push((key, self.balance(user, p.asset)));
-                            users.len() - 1
-                        }
-                    };
-                    users[i].1.apply(bucket, p.amount)?;
-                }
-                Account::Fees | Account::External => {
-                    let key = match p.account {
-                        Account::Fees => (VenueAccount::Fees, p.asset),
-                        _ => (VenueAccount::External, p.asset),
-                    };
-                    let i = match venue.iter().position(|(k, _)| *k == key) {
-                        Some(i) => i,
-                        None => {
-                            venue.push((key, self.venue.get(&key).copied().unwrap_or(0)));
-                            venue.len() - 1
-                        }
-                    };
-                    let v = venue[i].1 as i128 + p.amount as i128;
-                    // Fee income never goes negative; the external account mirrors deposits
-                    // and is negative by design.
-                    if (key.0 == VenueAccount::Fees && v < 0) || v.abs() > i64::MAX as i128 {
-                        return Err(LedgerError::Insufficient {
-                            bucket: Bucket::Available,
-                            would_be: v,
-                        });
-                    }
-                    venue[i].1 = v as i64;
-                }
-            }
+        let now = self.clock.now_ms();
+        match self.accounts.post(&mut self.store, entry, ref_id, now) {
+            Ok(_) => Ok(()),
+            Err(PostError::Ledger(e)) => Err(e),
+            Err(PostError::Store(e)) => fatal("loading a balance", e),
         }
-        for (key, b) in users {
-            self.balances.insert(key, b);
-            self.dirty.balances.insert(key);
-        }
-        for (key, v) in venue {
-            self.venue.insert(key, v);
-            self.dirty.venue.insert(key);
-        }
-        self.next.max_journal_id += 1;
-        self.write.journal.push(JournalRow {
-            id: self.next.max_journal_id,
-            kind: entry.kind.as_str(),
-            ref_id,
-            postings: entry.postings_json(),
-            created_ms: self.clock.now_ms(),
-        });
-        Ok(())
     }
 
     fn append_outbox(&mut self, input: &BookInput) -> i64 {
-        self.next.max_outbox_seq += 1;
-        let seq = self.next.max_outbox_seq;
         let symbol = &self.refdata.symbols[&input.symbol()];
-        self.write.outbox.push(OutboxRow {
-            seq,
-            id: format!("evt-{seq}"),
-            aggregate_type: BOOK_AGGREGATE.to_string(),
-            aggregate_id: symbol.name.clone(),
-            event_type: input.event_type().to_string(),
-            payload: serde_json::to_string(input).expect("book input serializes"),
-            created_ms: self.clock.now_ms(),
-        });
-        seq
+        self.outbox.append(
+            BOOK_AGGREGATE,
+            &symbol.name,
+            input.event_type(),
+            serde_json::to_string(input).expect("book input serializes"),
+            self.clock.now_ms(),
+        )
     }
 
     fn require_user(&self, user: u64) -> ExchangeResult<()> {
@@ -843,7 +715,7 @@ impl<S: Database> Sequencer<S> {
                 "the balance would exceed the largest amount",
             )
         })?;
-        let b = self.balances[&(user, asset)];
+        let b = self.balance(user, asset);
         Ok(BalanceRow {
             user,
             asset,

@@ -4,6 +4,7 @@
 
 use crate::model::*;
 use crate::schema::*;
+use agora_core::accounts::{ASSETS, BALANCES, USERS};
 use agora_core::store::{Database, ReadDatabase, Row, StoreResult, Table, Value};
 use agora_engine::Side;
 
@@ -76,30 +77,6 @@ impl<D: Database + ?Sized> Loads<'_, D> {
         )
     }
 
-    /// Every book input at or below this outbox seq is settled (0 when none is).
-    pub fn relay_position(&mut self) -> StoreResult<i64> {
-        let rows = self.rows("SELECT seq FROM relay_position WHERE id = 1", &[])?;
-        rows.first().map_or(Ok(0), |r| r.int(0))
-    }
-
-    pub fn venue_balances(&mut self) -> StoreResult<Vec<VenueBalanceRow>> {
-        decode_all(
-            self.rows(&select_from(&VENUE_BALANCES), &[])?,
-            VenueBalanceRow::decode,
-        )
-    }
-
-    pub fn balance(&mut self, user: u64, asset: u32) -> StoreResult<Option<BalanceRow>> {
-        let sql = format!(
-            "{} WHERE user_id = ? AND asset_id = ?",
-            select_from(&BALANCES)
-        );
-        self.rows(&sql, &[user.into(), asset.into()])?
-            .first()
-            .map(BalanceRow::decode)
-            .transpose()
-    }
-
     pub fn order_by_client_id(
         &mut self,
         user: u64,
@@ -128,8 +105,6 @@ impl<D: Database + ?Sized> Loads<'_, D> {
         let as_u64 = |v: i64| v as u64;
         Ok(Counters {
             max_order_id: as_u64(self.max("id", "orders")?),
-            max_outbox_seq: self.max("seq", "outbox")?,
-            max_journal_id: self.max("id", "journal")?,
             max_trade_seq: self.max("seq", "trades")?,
             max_user_id: as_u64(self.max("id", "users")?),
             max_asset_id: self.max("id", "assets")? as u32,
@@ -172,18 +147,6 @@ impl<D: Database + ?Sized> Loads<'_, D> {
             all.extend(rows);
         }
         Ok(all)
-    }
-
-    /// Outbox rows with `seq > after`, oldest first, at most `limit`.
-    pub fn outbox_after(&mut self, after: i64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
-        let sql = format!(
-            "{} WHERE seq > ? ORDER BY seq LIMIT ?",
-            select_from(&OUTBOX)
-        );
-        decode_all(
-            self.rows(&sql, &[after.into(), (limit as i64).into()])?,
-            OutboxRow::decode,
-        )
     }
 }
 

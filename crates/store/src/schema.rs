@@ -3,7 +3,8 @@
 //! migrations of each component in each dialect.
 
 use crate::model::*;
-use agora_core::store::{Row, StoreError, StoreResult, Table, Value, WriteBatch};
+use agora_core::accounts::{ASSETS, USERS};
+use agora_core::store::{Row, StoreError, StoreResult, Table, WriteBatch};
 use agora_engine::{SelfTradePrevention, Side, TimeInForce};
 
 /// Stable text names of unit enums, both ways, without allocating on the write path.
@@ -48,9 +49,6 @@ text_enum!(SelfTradePrevention, stp_text, stp_parse {
 text_enum!(SymbolStatus, symbol_status_text, symbol_status_parse {
     SymbolStatus::Trading => "TRADING", SymbolStatus::Halted => "HALTED",
 });
-text_enum!(VenueAccount, venue_account_text, venue_account_parse {
-    VenueAccount::Fees => "FEES", VenueAccount::External => "EXTERNAL",
-});
 
 /// Stored interval texts, interned so rows can carry `&'static str`.
 pub const INTERVALS: [&str; 6] = ["1m", "5m", "15m", "1h", "4h", "1d"];
@@ -62,67 +60,6 @@ pub fn interval_parse(text: &str) -> StoreResult<&'static str> {
         .find(|i| *i == text)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown interval {text:?}")))
 }
-
-// ---- the core's tables -------------------------------------------------------------------
-
-pub static USERS: Table = Table {
-    name: "users",
-    columns: &["id", "name", "created_ms"],
-    key_len: 1,
-    update: &[],
-};
-
-pub static ASSETS: Table = Table {
-    name: "assets",
-    columns: &["id", "code", "scale"],
-    key_len: 1,
-    update: &[],
-};
-
-pub static BALANCES: Table = Table {
-    name: "balances",
-    columns: &["user_id", "asset_id", "available", "held"],
-    key_len: 2,
-    update: &["available", "held"],
-};
-
-pub static VENUE_BALANCES: Table = Table {
-    name: "venue_balances",
-    columns: &["account", "asset_id", "amount"],
-    key_len: 2,
-    update: &["amount"],
-};
-
-pub static JOURNAL: Table = Table {
-    name: "journal",
-    columns: &["id", "kind", "ref_id", "postings", "created_ms"],
-    key_len: 1,
-    update: &[],
-};
-
-pub static OUTBOX: Table = Table {
-    name: "outbox",
-    columns: &[
-        "seq",
-        "id",
-        "aggregatetype",
-        "aggregateid",
-        "type",
-        "payload",
-        "created_ms",
-    ],
-    key_len: 1,
-    update: &[],
-};
-
-pub static RELAY_POSITION: Table = Table {
-    name: "relay_position",
-    columns: &["id", "seq"],
-    key_len: 1,
-    update: &["seq"],
-};
-
-pub const OUTBOX_PRUNE: &str = "DELETE FROM outbox WHERE seq <= ?";
 
 // ---- the exchange's tables ---------------------------------------------------------------
 
@@ -274,91 +211,6 @@ impl AssetRow {
             id: r.get(0)?,
             code: r.text(1)?.to_string(),
             scale: r.get(2)?,
-        })
-    }
-}
-
-impl BalanceRow {
-    pub fn put(&self, b: &mut WriteBatch) {
-        b.put(
-            &BALANCES,
-            [
-                self.user.into(),
-                self.asset.into(),
-                self.available.into(),
-                self.held.into(),
-            ],
-        );
-    }
-    pub fn decode(r: &Row) -> StoreResult<BalanceRow> {
-        Ok(BalanceRow {
-            user: r.get(0)?,
-            asset: r.get(1)?,
-            available: r.int(2)?,
-            held: r.int(3)?,
-        })
-    }
-}
-
-impl VenueBalanceRow {
-    pub fn put(&self, b: &mut WriteBatch) {
-        b.put(
-            &VENUE_BALANCES,
-            [
-                venue_account_text(self.account).into(),
-                self.asset.into(),
-                self.amount.into(),
-            ],
-        );
-    }
-    pub fn decode(r: &Row) -> StoreResult<VenueBalanceRow> {
-        Ok(VenueBalanceRow {
-            account: venue_account_parse(r.text(0)?)?,
-            asset: r.get(1)?,
-            amount: r.int(2)?,
-        })
-    }
-}
-
-impl JournalRow {
-    pub fn put(self, b: &mut WriteBatch) {
-        b.put(
-            &JOURNAL,
-            [
-                self.id.into(),
-                self.kind.into(),
-                self.ref_id.into(),
-                self.postings.into(),
-                self.created_ms.into(),
-            ],
-        );
-    }
-}
-
-impl OutboxRow {
-    pub fn put(&self, b: &mut WriteBatch) {
-        b.put(
-            &OUTBOX,
-            [
-                self.seq.into(),
-                self.id.clone().into(),
-                self.aggregate_type.clone().into(),
-                self.aggregate_id.clone().into(),
-                self.event_type.clone().into(),
-                self.payload.clone().into(),
-                self.created_ms.into(),
-            ],
-        );
-    }
-    pub fn decode(r: &Row) -> StoreResult<OutboxRow> {
-        Ok(OutboxRow {
-            seq: r.int(0)?,
-            id: r.text(1)?.to_string(),
-            aggregate_type: r.text(2)?.to_string(),
-            aggregate_id: r.text(3)?.to_string(),
-            event_type: r.text(4)?.to_string(),
-            payload: r.text(5)?.to_string(),
-            created_ms: r.int(6)?,
         })
     }
 }
@@ -560,20 +412,10 @@ impl Changes {
         self.users.iter().for_each(|r| r.put(b));
         self.assets.iter().for_each(|r| r.put(b));
         self.symbols.iter().for_each(|r| r.put(b));
-        self.balances.iter().for_each(|r| r.put(b));
-        self.venue_balances.iter().for_each(|r| r.put(b));
-        self.journal.iter().for_each(|r| r.clone().put(b));
         self.orders.iter().for_each(|r| r.put(b));
         self.trades.iter().for_each(|r| r.put(b));
-        self.outbox.iter().for_each(|r| r.put(b));
         self.cursors.iter().for_each(|r| r.put(b));
         self.candles.iter().for_each(|r| r.put(b));
-        if let Some(seq) = self.relay_position {
-            b.put(&RELAY_POSITION, [Value::Int(1), seq.into()]);
-        }
-        if let Some(seq) = self.outbox_prune_through {
-            b.exec(OUTBOX_PRUNE, [seq.into()]);
-        }
     }
 }
 

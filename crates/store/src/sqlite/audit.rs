@@ -23,7 +23,7 @@
 //! reported, not make the audit fail or round.
 
 use super::{db_error, open, row_of, SqliteStore};
-use crate::schema::{select_list, venue_account_parse, ORDERS};
+use crate::schema::{select_list, ORDERS};
 use crate::*;
 use agora_ledger::{Account, Bucket, Posting};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -323,7 +323,7 @@ fn stream_accounts(tx: &Transaction, sink: &mut dyn AuditSink) -> AuditResult<()
         let mut s = tx.prepare("SELECT account, asset_id, amount FROM main.venue_balances")?;
         let mut rows = s.query([])?;
         while let Some(r) = rows.next()? {
-            let account = venue_account_parse(&r.get::<_, String>(0)?)?;
+            let account = VenueAccount::parse(&r.get::<_, String>(0)?)?;
             let account = match account {
                 VenueAccount::Fees => Account::Fees,
                 VenueAccount::External => Account::External,
@@ -530,13 +530,31 @@ mod tests {
     use crate::sqlite::Durability;
     use agora_core::Database;
 
-    trait CommitChanges {
-        fn commit_changes(&mut self, changes: &Changes) -> StoreResult<()>;
+    /// Rows to store as they are, however unbalanced (the audit must find what is wrong).
+    #[derive(Default)]
+    struct Rows {
+        balances: Vec<BalanceRow>,
+        venue_balances: Vec<VenueBalanceRow>,
+        journal: Vec<JournalRow>,
+        orders: Vec<OrderRow>,
+        trades: Vec<TradeRow>,
     }
 
-    impl CommitChanges for SqliteStore {
-        fn commit_changes(&mut self, changes: &Changes) -> StoreResult<()> {
+    trait CommitRows {
+        fn commit_rows(&mut self, rows: Rows) -> StoreResult<()>;
+    }
+
+    impl CommitRows for SqliteStore {
+        fn commit_rows(&mut self, rows: Rows) -> StoreResult<()> {
             let mut batch = agora_core::WriteBatch::default();
+            rows.balances.iter().for_each(|r| r.put(&mut batch));
+            rows.venue_balances.iter().for_each(|r| r.put(&mut batch));
+            rows.journal.into_iter().for_each(|r| r.put(&mut batch));
+            let changes = Changes {
+                orders: rows.orders,
+                trades: rows.trades,
+                ..Changes::default()
+            };
             changes.write_to(&mut batch);
             self.commit(&batch)
         }
@@ -656,7 +674,7 @@ mod tests {
         let mut store = open_store(&dir.path().join("a.db"));
         let auditor = store.auditor().unwrap();
         store
-            .commit_changes(&Changes {
+            .commit_rows(Rows {
                 balances: vec![BalanceRow {
                     user: 1,
                     asset: 1,
@@ -673,7 +691,7 @@ mod tests {
                     journal(2, r#"[["A",1,1,-10],["H",1,1,10]]"#),
                 ],
                 orders: vec![order(1, OrderStatus::New, 0)],
-                ..Changes::default()
+                ..Rows::default()
             })
             .unwrap();
         let (first, c1) = run(&auditor, false);
@@ -691,7 +709,7 @@ mod tests {
 
         // More activity: a new entry, a new order, and trades on the old and new orders.
         store
-            .commit_changes(&Changes {
+            .commit_rows(Rows {
                 balances: vec![BalanceRow {
                     user: 1,
                     asset: 1,
@@ -704,7 +722,7 @@ mod tests {
                     order(2, OrderStatus::New, 3),
                 ],
                 trades: vec![trade(1, 2, 1, 3), trade(2, 2, 1, 7)],
-                ..Changes::default()
+                ..Rows::default()
             })
             .unwrap();
         let (second, c2) = run(&auditor, false);
@@ -750,7 +768,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open_store(&dir.path().join("a.db"));
         store
-            .commit_changes(&Changes {
+            .commit_rows(Rows {
                 balances: vec![
                     BalanceRow {
                         user: 2,
@@ -772,7 +790,7 @@ mod tests {
                 }],
                 // User 3 has postings but no balance row.
                 journal: vec![journal(1, r#"[["X",0,1,-4],["A",3,1,4]]"#)],
-                ..Changes::default()
+                ..Rows::default()
             })
             .unwrap();
         let (r, _) = run(&store.auditor().unwrap(), false);
@@ -803,7 +821,7 @@ mod tests {
         let mut store = open_store(&dir.path().join("a.db"));
         let max = i64::MAX;
         store
-            .commit_changes(&Changes {
+            .commit_rows(Rows {
                 journal: vec![
                     journal(1, &format!(r#"[["A",1,1,{max}]]"#)),
                     journal(2, &format!(r#"[["A",1,1,{max}]]"#)),
@@ -815,7 +833,7 @@ mod tests {
                     order(2, OrderStatus::Filled, 10),
                 ],
                 trades: vec![trade(1, 2, 1, max), trade(2, 2, 1, max)],
-                ..Changes::default()
+                ..Rows::default()
             })
             .unwrap();
         let (r, _) = run(&store.auditor().unwrap(), false);
