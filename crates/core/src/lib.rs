@@ -5,12 +5,15 @@
 //!   and MySQL/MariaDB adapters, with per-component migrations and commit fencing.
 //! - [`accounts`]: the accounts working set and ledger posting with holds.
 //! - [`outbox`]: the transactional outbox and its relay to the event log.
+//! - [`writer`]: the group-commit writer loop, generic over [`writer::Venue`]s, and the
+//!   request port that reaches it.
 //! - [`clock`]: the clock port.
 
 pub mod accounts;
 pub mod clock;
 pub mod outbox;
 pub mod store;
+pub mod writer;
 
 /// The core's schema (accounts, journal, outbox, relay position, fences, consumer offsets,
 /// inbox), applied as component `core` before any venue's.
@@ -26,3 +29,4 @@ pub use store::{
     Database, Dialect, Fence, Migration, ReadDatabase, Row, StoreError, StoreResult, Table, Value,
     Write, WriteBatch,
 };
+pub use writer::{Core, RequestPort, Venue, Writer, WriterLimits};

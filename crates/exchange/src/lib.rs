@@ -33,12 +33,13 @@ pub use shard::BookSnapshot;
 
 use agora_bus::{partition_for, EmbeddedLog};
 use agora_core::{Clock, ReadDatabase};
+use agora_core::{Core, RequestPort, Writer, WriterLimits};
 use agora_engine::{Book, RestingOrder, Side};
 use agora_store::queries::{Loads, Reads};
 use agora_store::sqlite::{Checkpointer, Durability, SqliteAuditor, SqliteStore};
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
-use sequencer::{Request, Sequencer, SequencerLimits};
+use sequencer::{ExchangeVenue, Request};
 use shard::{InFlight, Shard, ShardBook, ShardControl};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -135,7 +136,7 @@ pub struct Exchange {
 }
 
 struct Inner {
-    requests: mpsc::Sender<Request>,
+    requests: RequestPort<Request>,
     reader: Arc<dyn ReadDatabase>,
     auditor: Arc<SqliteAuditor>,
     /// One reconciliation at a time; later callers wait here, not on a blocking thread
@@ -150,6 +151,9 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
 }
+
+/// Balances the writer keeps in memory before its cache is dropped and refilled lazily.
+const BALANCE_CACHE_MAX: usize = 1_000_000;
 
 /// How long a reconciliation waits for the engine books' audits.
 pub const BOOK_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -235,10 +239,9 @@ impl Exchange {
             );
         }
         drop(output_tx);
-        let limits = SequencerLimits {
+        let limits = WriterLimits {
             batch_max: config.batch_max,
-            balance_cache_max: 1_000_000,
-            relay_page_rows: 4_096,
+            ..WriterLimits::default()
         };
         let (feed_tx, feed_rx) = crossbeam_channel::bounded(market::FEED_QUEUE_MAX);
         let (market_thread, market_shared) = (market.clone(), shared.clone());
@@ -248,12 +251,9 @@ impl Exchange {
                 .spawn(move || market::run(market_thread, feed_rx, market_shared, observer))
                 .expect("spawn market thread"),
         );
-        let sequencer = Sequencer::new(
-            store,
-            config.clock.clone(),
-            Arc::new(log),
+        let venue = ExchangeVenue::new(
+            &mut store,
             shared.clone(),
-            limits,
             sequencer::Recovered {
                 refdata,
                 open_orders,
@@ -261,12 +261,19 @@ impl Exchange {
             },
             feed_tx,
         )?;
-        let (request_tx, request_rx) = mpsc::channel(config.request_queue_max);
+        let core = Core::load(
+            Box::new(store),
+            config.clock.clone(),
+            Arc::new(log),
+            BALANCE_CACHE_MAX,
+        )?;
+        let writer = Writer::new(core, venue, limits);
+        let (request_tx, request_rx) = RequestPort::bounded(config.request_queue_max);
         threads.push(
             std::thread::Builder::new()
-                .name("sequencer".into())
-                .spawn(move || sequencer.run(request_rx, output_rx))
-                .expect("spawn sequencer thread"),
+                .name("writer".into())
+                .spawn(move || writer.run(request_rx, output_rx))
+                .expect("spawn writer thread"),
         );
         Ok(Exchange {
             inner: Arc::new(Inner {
@@ -606,16 +613,7 @@ impl Exchange {
 
     /// Stops taking requests, lets the engine and settlement drain, and joins the threads.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .inner
-            .requests
-            .send(Request::Shutdown { reply: tx })
-            .await
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
+        self.inner.requests.shutdown().await;
         for control in &self.inner.shard_control {
             let _ = control.send(ShardControl::Stop);
         }

@@ -1,12 +1,12 @@
-//! The sequencer: the one thread that writes.
+//! The exchange as a venue on the core's writer (`agora_core::writer`).
 //!
-//! Every state change — an order's hold, its row and its outbox event; a cancel request; a
-//! deposit; the settlement of the engine's output — is applied here to an in-memory working
-//! set (balances, open orders, cursors) and then committed to the store in one transaction
-//! per batch. Batches form by themselves: while one commit is on its way to disk, new
-//! requests queue up, and the next loop takes all of them (up to `batch_max`). Replies are
-//! sent and outbox records published only after the commit, so an answered request is
-//! durable (invariant 3) and the engine never sees an input the store has not got.
+//! Every state change of the exchange — an order's hold, its row and its outbox event; a
+//! cancel request; a deposit; the settlement of the engine's output — is applied here to
+//! the exchange's working set (open orders, engine cursors, candles, reference data) and to
+//! the core's (balances, journal, outbox), and committed with everything else of its batch
+//! by the writer. Replies go out and book inputs are published only after the commit, so an
+//! answered request is durable (invariant 3) and the engine never sees an input the store
+//! has not got.
 //!
 //! Being the only writer is what lets the working set be authoritative: no other process
 //! changes these rows behind its back, so a balance check is a map lookup, not a query.
@@ -19,10 +19,10 @@ use crate::rules::{NewAsset, RefData, SymbolUpdate, ValidOrder, OPEN_ORDERS_PER_
 use crate::settlement::settle_trade;
 use crate::shard::BookAudit;
 use crate::Shared;
-use agora_bus::EventLog;
-use agora_core::accounts::{Accounts, PostError};
-use agora_core::outbox::{self, Outbox};
-use agora_core::{Clock, Database, WriteBatch};
+use agora_core::accounts::{BalanceRow, PostError};
+use agora_core::outbox::OutboxRow;
+use agora_core::writer::{fatal, Core, Venue};
+use agora_core::{Database, WriteBatch};
 use agora_engine::{DoneReason, Event, NewOrder, Side};
 use agora_ledger::{Account, Balance, Bucket, Entry, EntryKind, LedgerError};
 use agora_market::{candles::fold, Candle, Interval};
@@ -31,8 +31,7 @@ use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub type Reply<T> = oneshot::Sender<ExchangeResult<T>>;
 
@@ -72,10 +71,6 @@ pub enum Request {
         update: SymbolUpdate,
         reply: Reply<SymbolRow>,
     },
-    /// Stop taking requests, settle everything in flight, then exit.
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
 }
 
 /// The answer to a placement: the order, and whether this call created it (false when a
@@ -105,16 +100,6 @@ pub(crate) enum ShardOutput {
     BookAudit(BookAudit),
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct SequencerLimits {
-    /// Most requests (and, separately, engine outputs) taken into one commit.
-    pub batch_max: usize,
-    /// Balances kept in memory before the cache is dropped and refilled lazily.
-    pub balance_cache_max: usize,
-    /// Outbox rows read per page while catching up after a restart.
-    pub relay_page_rows: usize,
-}
-
 /// What `Exchange::start` already loaded from the store.
 pub(crate) struct Recovered {
     pub refdata: RefData,
@@ -134,21 +119,14 @@ struct Dirty {
     events: Vec<(u32, Vec<Event>)>,
     /// Client order ids placed in this batch, not yet findable in the store.
     client_ids: FxHashMap<(u64, String), u64>,
-    replies: Vec<Box<dyn FnOnce() + Send>>,
     settled_inputs: u64,
 }
 
-pub(crate) struct Sequencer<S: Database> {
-    store: S,
-    clock: Arc<dyn Clock>,
-    log: Arc<dyn EventLog>,
+pub(crate) struct ExchangeVenue {
     shared: Arc<Shared>,
-    limits: SequencerLimits,
     refdata: RefData,
     users: FxHashSet<u64>,
     user_names: FxHashSet<String>,
-    accounts: Accounts,
-    outbox: Outbox,
     open: FxHashMap<u64, OrderRow>,
     /// Open orders per (user, symbol), for the limit above.
     open_count: FxHashMap<(u64, u32), u32>,
@@ -160,26 +138,15 @@ pub(crate) struct Sequencer<S: Database> {
     feed: crossbeam_channel::Sender<Committed>,
     next: Counters,
     write: Changes,
-    /// The store port's batch, refilled at each commit (its buffers reused).
-    batch: WriteBatch,
     dirty: Dirty,
+    /// What the batch being committed made true, for the market read model.
+    committed: Option<Committed>,
 }
 
-fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
-    // The store is the source of truth; if it cannot be read or written, carrying on would
-    // diverge from it. Stop, and let recovery rebuild from what was committed.
-    tracing::error!(error = %e, "{what}; stopping so recovery can replay from the store");
-    eprintln!("fatal: {what}: {e}");
-    std::process::abort();
-}
-
-impl<S: Database> Sequencer<S> {
+impl ExchangeVenue {
     pub(crate) fn new(
-        mut store: S,
-        clock: Arc<dyn Clock>,
-        log: Arc<dyn EventLog>,
+        db: &mut dyn Database,
         shared: Arc<Shared>,
-        limits: SequencerLimits,
         recovered: Recovered,
         feed: crossbeam_channel::Sender<Committed>,
     ) -> StoreResult<Self> {
@@ -188,18 +155,17 @@ impl<S: Database> Sequencer<S> {
             open_orders,
             cursors,
         } = recovered;
-        let loaded = Loads(&mut store).users()?;
+        let mut loads = Loads(db);
+        let loaded = loads.users()?;
         let users = loaded.iter().map(|u| u.id).collect();
         let user_names = loaded.into_iter().map(|u| u.name).collect();
-        let accounts = Accounts::load(&mut store, limits.balance_cache_max)?;
-        let outbox = Outbox::load(&mut store)?;
-        let next = Loads(&mut store).counters()?;
+        let next = loads.counters()?;
         shared
             .trades
             .store(next.max_trade_seq as u64, Ordering::Release);
         let mut candles = FxHashMap::default();
         let mut last_trade_ms = FxHashMap::default();
-        for row in Loads(&mut store).recent_candles(1)? {
+        for row in loads.recent_candles(1)? {
             let (interval, candle) = candle_of(&row);
             if interval == Interval::M1 {
                 last_trade_ms.insert(row.symbol, candle.open_ms);
@@ -210,17 +176,11 @@ impl<S: Database> Sequencer<S> {
         for o in &open_orders {
             *open_count.entry((o.user, o.symbol)).or_default() += 1;
         }
-        Ok(Sequencer {
-            store,
-            clock,
-            log,
+        Ok(ExchangeVenue {
             shared,
-            limits,
             refdata,
             users,
             user_names,
-            accounts,
-            outbox,
             open: open_orders.into_iter().map(|o| (o.id, o)).collect(),
             open_count,
             cursors: cursors.into_iter().map(|c| (c.symbol, c)).collect(),
@@ -229,232 +189,135 @@ impl<S: Database> Sequencer<S> {
             feed,
             next,
             write: Changes::default(),
-            batch: WriteBatch::default(),
             dirty: Dirty::default(),
+            committed: None,
         })
     }
+}
 
-    /// Runs until shutdown: catch up the engine from the outbox, mark ready, then serve.
-    pub(crate) fn run(
-        mut self,
-        mut requests: mpsc::Receiver<Request>,
-        mut outputs: mpsc::UnboundedReceiver<ShardOutput>,
-    ) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap_or_else(|e| fatal("sequencer runtime", e));
-        rt.block_on(async move {
-            self.catch_up(&mut outputs).await;
-            self.shared.ready.store(true, Ordering::Release);
-            tracing::info!("exchange ready");
-            let mut shutdown: Option<oneshot::Sender<()>> = None;
-            let batch_max = self.limits.batch_max;
-            let mut engine_batch = Vec::with_capacity(batch_max);
-            let mut request_batch = Vec::with_capacity(batch_max);
-            loop {
-                if shutdown.is_some() {
-                    if self.pending_inputs() == 0 {
-                        break;
-                    }
-                    match tokio::time::timeout(Duration::from_secs(10), outputs.recv()).await {
-                        Ok(Some(o)) => engine_batch.push(o),
-                        _ => {
-                            tracing::warn!("engine did not drain in time; stopping anyway");
-                            break;
-                        }
-                    }
-                } else {
-                    tokio::select! {
-                        biased;
-                        Some(o) = outputs.recv() => engine_batch.push(o),
-                        r = requests.recv() => match r {
-                            Some(r) => request_batch.push(r),
-                            None => break,
-                        },
-                    }
-                }
-                while engine_batch.len() < batch_max {
-                    match outputs.try_recv() {
-                        Ok(o) => engine_batch.push(o),
-                        Err(_) => break,
-                    }
-                }
-                if shutdown.is_none() {
-                    while request_batch.len() < batch_max {
-                        match requests.try_recv() {
-                            Ok(r) => request_batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                for o in engine_batch.drain(..) {
-                    self.apply_output(o);
-                }
-                for r in request_batch.drain(..) {
-                    if let Request::Shutdown { reply } = r {
-                        shutdown = Some(reply);
-                        continue;
-                    }
-                    self.apply_request(r);
-                }
-                self.commit();
-            }
-            // Refuse whatever is still queued rather than leave callers hanging.
-            requests.close();
-            while let Ok(r) = requests.try_recv() {
-                refuse(r);
-            }
-            if let Some(reply) = shutdown {
-                let _ = reply.send(());
-            }
-            tracing::info!("sequencer stopped");
-        });
+impl Venue for ExchangeVenue {
+    type Request = Request;
+    type Feedback = ShardOutput;
+    type Deferred = BookAudit;
+
+    fn apply_request(&mut self, core: &mut Core, request: Request) {
+        self.apply(core, request);
     }
 
-    fn pending_inputs(&self) -> u64 {
+    fn apply_feedback(&mut self, core: &mut Core, feedback: ShardOutput) -> Option<BookAudit> {
+        match feedback {
+            ShardOutput::Engine(o) => {
+                self.apply_engine_output(core, o);
+                None
+            }
+            // Compared after the outputs before it are committed (see `audit_book`).
+            ShardOutput::BookAudit(a) if a.snapshot.is_some() => Some(a),
+            ShardOutput::BookAudit(a) => {
+                self.audit_book(core, a);
+                None
+            }
+        }
+    }
+
+    fn resume(&mut self, core: &mut Core, audit: BookAudit) {
+        self.audit_book(core, audit);
+    }
+
+    fn refuse(&mut self, request: Request) {
+        refuse(request);
+    }
+
+    fn in_flight(&self) -> u64 {
         self.shared.pending_inputs()
     }
 
-    /// Re-publishes every book input the engine may not have settled (the relay's restart
-    /// path), settling as it goes, until the engine has caught up with the outbox.
-    async fn catch_up(&mut self, outputs: &mut mpsc::UnboundedReceiver<ShardOutput>) {
-        let mut from = self.outbox.relay_position();
-        let started = std::time::Instant::now();
-        let mut relayed = 0usize;
-        loop {
-            let rows = outbox::rows_after(&mut self.store, from, self.limits.relay_page_rows)
-                .unwrap_or_else(|e| fatal("reading the outbox", e));
-            let Some(last) = rows.last() else { break };
-            from = last.seq;
-            relayed += rows.len();
-            count_in_flight(&self.shared, &rows);
-            self.publish(rows);
-            while let Ok(o) = outputs.try_recv() {
-                self.apply_output(o);
-            }
-            self.commit();
-        }
-        while self.pending_inputs() > 0 {
-            match tokio::time::timeout(Duration::from_secs(30), outputs.recv()).await {
-                Ok(Some(o)) => self.apply_output(o),
-                _ => fatal("catching up", "engine produced no output for 30 s"),
-            }
-            while let Ok(o) = outputs.try_recv() {
-                self.apply_output(o);
-            }
-            self.commit();
-        }
-        self.shared
-            .replayed_at_start
-            .store(relayed as u64, Ordering::Release);
-        if relayed > 0 {
-            tracing::info!(
-                relayed,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "engine caught up"
-            );
-        }
+    fn consumed(&self, symbol_name: &str) -> i64 {
+        self.refdata
+            .symbol_by_name
+            .get(symbol_name)
+            .and_then(|id| self.cursors.get(id))
+            .map_or(0, |c| c.input_seq)
     }
 
-    /// Hands book inputs to the log; `count_in_flight` has counted them.
-    fn publish(&mut self, rows: Vec<OutboxRow>) {
-        if let Err(e) = self
-            .outbox
-            .publish(&*self.log, rows, |r| r.aggregate_type == BOOK_AGGREGATE)
-        {
-            fatal("publishing to the event log", e);
-        }
+    fn publishes(&self, row: &OutboxRow) -> bool {
+        row.aggregate_type == BOOK_AGGREGATE
     }
 
-    fn commit(&mut self) {
-        let now = self.clock.now_ms();
-        let d = std::mem::take(&mut self.dirty);
+    fn stage(&mut self, now_ms: i64, batch: &mut WriteBatch) {
+        let d = &mut self.dirty;
         let w = &mut self.write;
-        for id in &d.orders {
-            let row = self.open.get(id).or_else(|| d.finished.get(id));
+        for id in d.orders.drain() {
+            let row = self.open.get(&id).or_else(|| d.finished.get(&id));
             let mut row = row.expect("dirty order is open or finished").clone();
-            row.updated_ms = now;
+            row.updated_ms = now_ms;
             w.orders.push(row);
         }
-        for symbol in &d.cursors {
-            w.cursors.push(self.cursors[symbol]);
+        d.finished.clear();
+        d.client_ids.clear();
+        for symbol in d.cursors.drain() {
+            w.cursors.push(self.cursors[&symbol]);
         }
-        for &(symbol, interval) in &d.candles {
+        for (symbol, interval) in d.candles.drain() {
             w.candles.push(candle_row(
                 symbol,
                 interval,
                 &self.candles[&(symbol, interval)],
             ));
         }
-        self.batch.clear();
-        let balances = self.accounts.flush(&mut self.batch);
-        w.write_to(&mut self.batch);
-        // A symbol's book inputs are consumed up to its engine cursor (committed, or in this
-        // batch).
-        let (cursors, refdata) = (&self.cursors, &self.refdata);
-        self.outbox.flush(&mut self.batch, |name| {
-            refdata
-                .symbol_by_name
-                .get(name)
-                .and_then(|id| cursors.get(id))
-                .map_or(0, |c| c.input_seq)
-        });
-        if self.batch.is_empty() {
-            // Nothing to write (e.g. only duplicates were consumed): settled as they are.
-            self.shared
-                .settled
-                .fetch_add(d.settled_inputs, Ordering::AcqRel);
-            d.replies.into_iter().for_each(|r| r());
-            return;
-        }
-        count_in_flight(&self.shared, self.outbox.pending());
-        let mut attempt = 0;
-        while let Err(e) = self.store.commit(&self.batch) {
-            attempt += 1;
-            tracing::warn!(error = %e, attempt, "commit failed; retrying");
-            if attempt == 5 {
-                fatal("committing a batch", e);
-            }
-            std::thread::sleep(Duration::from_millis(50 << attempt));
-        }
+        w.write_to(batch);
+    }
+
+    fn committing(&mut self, events: &[OutboxRow]) {
+        count_in_flight(&self.shared, events);
+    }
+
+    fn durable(&mut self, balances: Vec<BalanceRow>) {
         let w = std::mem::take(&mut self.write);
-        let outbox = self.outbox.take_committed();
         self.shared
             .trades
             .fetch_add(w.trades.len() as u64, Ordering::AcqRel);
+        self.shared.settled.fetch_add(
+            std::mem::take(&mut self.dirty.settled_inputs),
+            Ordering::AcqRel,
+        );
         let committed = Committed {
-            events: d.events,
+            events: std::mem::take(&mut self.dirty.events),
             trades: w.trades,
             candles: w.candles,
             orders: w.orders,
             balances,
         };
-        self.shared
-            .settled
-            .fetch_add(d.settled_inputs, Ordering::AcqRel);
-        // Publish before replying (the inputs have counted as in flight since before the
-        // commit): once a caller holds its 202, the engine has its input.
-        self.publish(outbox);
-        d.replies.into_iter().for_each(|r| r());
-        if !committed.is_empty() && self.feed.send(committed).is_err() {
-            fatal("feeding the market read model", "market thread gone");
-        }
-        self.accounts.committed();
+        self.committed = (!committed.is_empty()).then_some(committed);
     }
 
-    fn apply_request(&mut self, request: Request) {
-        if !self.shared.ready.load(Ordering::Acquire) {
-            return refuse(request);
+    fn published(&mut self) {
+        if let Some(committed) = self.committed.take() {
+            if self.feed.send(committed).is_err() {
+                fatal("feeding the market read model", "market thread gone");
+            }
         }
+    }
+
+    fn ready(&mut self) {
+        self.shared.replayed_at_start.store(
+            self.shared.published.load(Ordering::Acquire),
+            Ordering::Release,
+        );
+        self.shared.ready.store(true, Ordering::Release);
+        tracing::info!("exchange ready");
+    }
+}
+
+impl ExchangeVenue {
+    fn apply(&mut self, core: &mut Core, request: Request) {
         match request {
             Request::PlaceOrder { user, order, reply } => {
-                let result = self.place(user, order);
-                self.reply_after_commit(reply, result);
+                let result = self.place(core, user, order);
+                self.reply_after_commit(core, reply, result);
             }
             Request::CancelOrder { user, order, reply } => {
-                let result = self.cancel(user, order);
-                self.reply_after_commit(reply, result);
+                let result = self.cancel(core, user, order);
+                self.reply_after_commit(core, reply, result);
             }
             Request::Deposit {
                 user,
@@ -462,73 +325,73 @@ impl<S: Database> Sequencer<S> {
                 amount,
                 reply,
             } => {
-                let result = self.deposit(user, asset, amount);
-                self.reply_after_commit(reply, result);
+                let result = self.deposit(core, user, asset, amount);
+                self.reply_after_commit(core, reply, result);
             }
             Request::CreateUser { name, reply } => {
-                let result = self.create_user(name);
-                self.reply_after_commit(reply, result);
+                let result = self.create_user(core, name);
+                self.reply_after_commit(core, reply, result);
             }
             Request::CreateAsset { asset, reply } => {
-                let result = self.create_asset(asset);
-                self.reply_after_commit(reply, result);
+                let result = self.create_asset(core, asset);
+                self.reply_after_commit(core, reply, result);
             }
             Request::CreateSymbol { symbol, reply } => {
-                let result = self.create_symbol(symbol);
-                self.reply_after_commit(reply, result);
+                let result = self.create_symbol(core, symbol);
+                self.reply_after_commit(core, reply, result);
             }
             Request::UpdateSymbol {
                 symbol,
                 update,
                 reply,
             } => {
-                let result = self.update_symbol(symbol, update);
-                self.reply_after_commit(reply, result);
+                let result = self.update_symbol(core, symbol, update);
+                self.reply_after_commit(core, reply, result);
             }
-            Request::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
 
     /// Successes wait for the commit; refusals changed nothing and go out at once.
     fn reply_after_commit<T: Send + 'static>(
         &mut self,
+        core: &mut Core,
         reply: Reply<T>,
         result: ExchangeResult<T>,
     ) {
         match result {
-            Ok(_) => self.dirty.replies.push(Box::new(move || {
-                let _ = reply.send(result);
-            })),
+            Ok(_) => core.reply_after_commit(reply, result),
             Err(_) => {
                 let _ = reply.send(result);
             }
         }
     }
 
-    fn balance(&mut self, user: u64, asset: u32) -> Balance {
-        self.accounts
-            .balance(&mut self.store, user, asset)
+    fn balance(&mut self, core: &mut Core, user: u64, asset: u32) -> Balance {
+        core.balance(user, asset)
             .unwrap_or_else(|e| fatal("loading a balance", e))
     }
 
     /// Applies a balanced entry to the working set: all postings or none.
-    fn post(&mut self, entry: Entry, ref_id: Option<i64>) -> Result<(), LedgerError> {
-        let now = self.clock.now_ms();
-        match self.accounts.post(&mut self.store, entry, ref_id, now) {
+    fn post(
+        &mut self,
+        core: &mut Core,
+        entry: Entry,
+        ref_id: Option<i64>,
+    ) -> Result<(), LedgerError> {
+        match core.post(entry, ref_id) {
             Ok(_) => Ok(()),
             Err(PostError::Ledger(e)) => Err(e),
             Err(PostError::Store(e)) => fatal("loading a balance", e),
         }
     }
 
-    fn append_outbox(&mut self, input: &BookInput) -> i64 {
+    fn append_outbox(&mut self, core: &mut Core, input: &BookInput) -> i64 {
         let symbol = &self.refdata.symbols[&input.symbol()];
-        self.outbox.append(
+        core.append_event(
             BOOK_AGGREGATE,
             &symbol.name,
             input.event_type(),
             serde_json::to_string(input).expect("book input serializes"),
-            self.clock.now_ms(),
         )
     }
 
@@ -544,7 +407,7 @@ impl<S: Database> Sequencer<S> {
         }
     }
 
-    fn place(&mut self, user: u64, o: ValidOrder) -> ExchangeResult<Placed> {
+    fn place(&mut self, core: &mut Core, user: u64, o: ValidOrder) -> ExchangeResult<Placed> {
         self.require_user(user)?;
         let symbol = &self.refdata.symbols[&o.symbol];
         if symbol.status != SymbolStatus::Trading {
@@ -557,7 +420,7 @@ impl<S: Database> Sequencer<S> {
         if let Some(client_id) = &o.client_order_id {
             let existing = match self.dirty.client_ids.get(&(user, client_id.clone())) {
                 Some(id) => self.open.get(id).cloned(),
-                None => Loads(&mut self.store)
+                None => Loads(core.db())
                     .order_by_client_id(user, client_id)
                     .unwrap_or_else(|e| fatal("looking up a client order id", e)),
             };
@@ -586,8 +449,8 @@ impl<S: Database> Sequencer<S> {
             o.hold_amount,
         )
         .expect("a transfer balances");
-        if let Err(e) = self.post(hold, Some(id as i64)) {
-            let available = self.balance(user, o.hold_asset).available;
+        if let Err(e) = self.post(core, hold, Some(id as i64)) {
+            let available = self.balance(core, user, o.hold_asset).available;
             let asset = self.refdata.asset(o.hold_asset);
             tracing::debug!(error = %e, "hold refused");
             return Err(ExchangeError::new(
@@ -602,17 +465,20 @@ impl<S: Database> Sequencer<S> {
             ));
         }
         self.next.max_order_id = id;
-        let accept_seq = self.append_outbox(&BookInput::OrderAccepted {
-            symbol: o.symbol,
-            order: NewOrder {
-                id,
-                user,
-                side: o.side,
-                kind: o.kind,
-                stp: o.stp,
+        let accept_seq = self.append_outbox(
+            core,
+            &BookInput::OrderAccepted {
+                symbol: o.symbol,
+                order: NewOrder {
+                    id,
+                    user,
+                    side: o.side,
+                    kind: o.kind,
+                    stp: o.stp,
+                },
             },
-        });
-        let now = self.clock.now_ms();
+        );
+        let now = core.now_ms();
         let row = OrderRow {
             id,
             user,
@@ -648,12 +514,12 @@ impl<S: Database> Sequencer<S> {
         })
     }
 
-    fn cancel(&mut self, user: u64, id: u64) -> ExchangeResult<OrderRow> {
+    fn cancel(&mut self, core: &mut Core, user: u64, id: u64) -> ExchangeResult<OrderRow> {
         self.require_user(user)?;
         let not_found = || crate::order_not_found(id);
         let Some(order) = self.open.get(&id) else {
             // Closed, someone else's, or never existed: only the owner learns which.
-            let row = Loads(&mut self.store)
+            let row = Loads(core.db())
                 .order(id)
                 .unwrap_or_else(|e| fatal("looking up an order", e));
             return match row {
@@ -675,18 +541,27 @@ impl<S: Database> Sequencer<S> {
             return Ok(order.clone()); // idempotent: one cancel input per order
         }
         let symbol = order.symbol;
-        self.append_outbox(&BookInput::CancelRequested {
-            symbol,
-            order: id,
-            user,
-        });
+        self.append_outbox(
+            core,
+            &BookInput::CancelRequested {
+                symbol,
+                order: id,
+                user,
+            },
+        );
         let order = self.open.get_mut(&id).expect("checked above");
         order.cancel_requested = true;
         self.dirty.orders.insert(id);
         Ok(order.clone())
     }
 
-    fn deposit(&mut self, user: u64, asset: u32, amount: i64) -> ExchangeResult<BalanceRow> {
+    fn deposit(
+        &mut self,
+        core: &mut Core,
+        user: u64,
+        asset: u32,
+        amount: i64,
+    ) -> ExchangeResult<BalanceRow> {
         self.require_user(user)
             .map_err(|e| ExchangeError::new(ErrorClass::NotFound, e.code, e.detail))?;
         assert!(amount > 0 && self.refdata.assets.contains_key(&asset));
@@ -709,13 +584,13 @@ impl<S: Database> Sequencer<S> {
             ],
         )
         .expect("a deposit balances");
-        self.post(entry, None).map_err(|_| {
+        self.post(core, entry, None).map_err(|_| {
             ExchangeError::invalid(
                 "OUT_OF_RANGE",
                 "the balance would exceed the largest amount",
             )
         })?;
-        let b = self.balance(user, asset);
+        let b = self.balance(core, user, asset);
         Ok(BalanceRow {
             user,
             asset,
@@ -724,7 +599,7 @@ impl<S: Database> Sequencer<S> {
         })
     }
 
-    fn create_user(&mut self, name: String) -> ExchangeResult<UserRow> {
+    fn create_user(&mut self, core: &mut Core, name: String) -> ExchangeResult<UserRow> {
         if !self.user_names.insert(name.clone()) {
             return Err(ExchangeError::new(
                 ErrorClass::Conflict,
@@ -736,19 +611,19 @@ impl<S: Database> Sequencer<S> {
         let row = UserRow {
             id: self.next.max_user_id,
             name,
-            created_ms: self.clock.now_ms(),
+            created_ms: core.now_ms(),
         };
         self.users.insert(row.id);
         self.write.users.push(row.clone());
         let shared = self.shared.clone();
         let id = row.id;
-        self.dirty.replies.push(Box::new(move || {
+        core.after_commit(move || {
             shared.users.write().expect("lock").insert(id);
-        }));
+        });
         Ok(row)
     }
 
-    fn create_asset(&mut self, asset: NewAsset) -> ExchangeResult<AssetRow> {
+    fn create_asset(&mut self, core: &mut Core, asset: NewAsset) -> ExchangeResult<AssetRow> {
         crate::rules::validate_asset(&asset, &self.refdata)?;
         self.next.max_asset_id += 1;
         let row = AssetRow {
@@ -758,11 +633,15 @@ impl<S: Database> Sequencer<S> {
         };
         self.refdata.add_asset(row.clone());
         self.write.assets.push(row.clone());
-        self.share_refdata();
+        self.share_refdata(core);
         Ok(row)
     }
 
-    fn create_symbol(&mut self, mut symbol: SymbolRow) -> ExchangeResult<SymbolRow> {
+    fn create_symbol(
+        &mut self,
+        core: &mut Core,
+        mut symbol: SymbolRow,
+    ) -> ExchangeResult<SymbolRow> {
         if self.refdata.symbol_by_name.contains_key(&symbol.name) {
             return Err(ExchangeError::new(
                 ErrorClass::Conflict,
@@ -774,17 +653,25 @@ impl<S: Database> Sequencer<S> {
         symbol.id = self.next.max_symbol_id;
         self.refdata.add_symbol(symbol.clone());
         let spec = self.refdata.book_spec(&symbol);
-        self.append_outbox(&BookInput::SymbolListed {
-            symbol: symbol.id,
-            base_unit: spec.base_unit,
-            lot_size: spec.lot_size,
-        });
+        self.append_outbox(
+            core,
+            &BookInput::SymbolListed {
+                symbol: symbol.id,
+                base_unit: spec.base_unit,
+                lot_size: spec.lot_size,
+            },
+        );
         self.write.symbols.push(symbol.clone());
-        self.share_refdata();
+        self.share_refdata(core);
         Ok(symbol)
     }
 
-    fn update_symbol(&mut self, id: u32, update: SymbolUpdate) -> ExchangeResult<SymbolRow> {
+    fn update_symbol(
+        &mut self,
+        core: &mut Core,
+        id: u32,
+        update: SymbolUpdate,
+    ) -> ExchangeResult<SymbolRow> {
         let mut symbol = self.refdata.symbols[&id].clone();
         symbol.status = update.status.unwrap_or(symbol.status);
         symbol.default_stp = update
@@ -792,33 +679,26 @@ impl<S: Database> Sequencer<S> {
             .unwrap_or(symbol.default_stp);
         self.refdata.add_symbol(symbol.clone());
         self.write.symbols.push(symbol.clone());
-        self.share_refdata();
+        self.share_refdata(core);
         Ok(symbol)
     }
 
     /// Makes reference data visible to the API once the batch holding it has committed.
-    fn share_refdata(&mut self) {
+    fn share_refdata(&mut self, core: &mut Core) {
         let snapshot = Arc::new(self.refdata.clone());
         let shared = self.shared.clone();
-        self.dirty.replies.push(Box::new(move || {
+        core.after_commit(move || {
             *shared.refdata.write().expect("lock") = snapshot;
-        }));
-    }
-
-    fn apply_output(&mut self, out: ShardOutput) {
-        match out {
-            ShardOutput::Engine(o) => self.apply_engine_output(o),
-            ShardOutput::BookAudit(a) => self.audit_book(a),
-        }
+        });
     }
 
     /// Compares a book with the store at the cut its audit marks in the output stream:
     /// every output of the symbol up to the snapshot's input has been applied to the
-    /// working set, and none after it. Committing here, before any later output, puts the
-    /// store exactly at that cut; orders accepted after it are not in the engine's book
+    /// working set, and none after it. The writer commits right before this (the audit is
+    /// `Venue::Deferred`), before any later output, which puts the store exactly at that cut; orders accepted after it are not in the engine's book
     /// yet and are left out by their `accept_seq`. Reads once per book per
     /// reconciliation, on this thread, like a balance miss does.
-    fn audit_book(&mut self, audit: BookAudit) {
+    fn audit_book(&mut self, core: &mut Core, audit: BookAudit) {
         let BookAudit {
             symbol,
             snapshot,
@@ -828,14 +708,13 @@ impl<S: Database> Sequencer<S> {
         let verdict = match snapshot {
             None => BookVerdict::NotCompared("the engine has no book for it yet".into()),
             Some(snapshot) => {
-                self.commit();
                 let name = self
                     .refdata
                     .symbols
                     .get(&symbol)
                     .map_or_else(|| symbol.to_string(), |s| s.name.clone());
-                let orders = Loads(&mut self.store).book_orders(symbol, snapshot.input_seq);
-                let cursors = Loads(&mut self.store).cursors();
+                let orders = Loads(core.db()).book_orders(symbol, snapshot.input_seq);
+                let cursors = Loads(core.db()).cursors();
                 match (orders, cursors) {
                     (Ok(orders), Ok(cursors)) => {
                         let cursor = cursors.into_iter().find(|c| c.symbol == symbol);
@@ -854,7 +733,7 @@ impl<S: Database> Sequencer<S> {
         let _ = reply.send(verdict);
     }
 
-    fn apply_engine_output(&mut self, out: EngineOutput) {
+    fn apply_engine_output(&mut self, core: &mut Core, out: EngineOutput) {
         self.dirty.settled_inputs += out.inputs;
         let cursor = self.cursors.get(&out.symbol).map_or(0, |c| c.input_seq);
         if out.last_input_seq <= cursor {
@@ -864,7 +743,7 @@ impl<S: Database> Sequencer<S> {
         let symbol = self.refdata.symbols[&out.symbol].clone();
         let spec = self.refdata.book_spec(&symbol);
         let last = self.last_trade_ms.get(&symbol.id).copied().unwrap_or(0);
-        let now = self.clock.now_ms().max(last);
+        let now = core.now_ms().max(last);
         for &event in &out.events {
             match event {
                 Event::Trade {
@@ -885,7 +764,7 @@ impl<S: Database> Sequencer<S> {
                     let s = settle_trade(&symbol, spec, price, qty, buy, sell, taker_side)
                         .expect("settlement entries balance");
                     let (buyer, seller) = (buy.user, sell.user);
-                    self.post(s.entry.clone(), Some(id as i64))
+                    self.post(core, s.entry.clone(), Some(id as i64))
                         .expect("a trade never exceeds the holds that back it");
                     for (order_id, held, fee) in [
                         (buy_id, s.buyer_held_after, s.buyer_fee),
@@ -950,7 +829,7 @@ impl<S: Database> Sequencer<S> {
                             row.held,
                         )
                         .expect("a transfer balances");
-                        self.post(release, Some(order as i64))
+                        self.post(core, release, Some(order as i64))
                             .expect("an order's hold is held");
                         row.held = 0;
                     }
@@ -991,7 +870,6 @@ fn refuse(request: Request) {
         Request::CreateAsset { reply, .. } => drop(reply.send(Err(e()))),
         Request::CreateSymbol { reply, .. } => drop(reply.send(Err(e()))),
         Request::UpdateSymbol { reply, .. } => drop(reply.send(Err(e()))),
-        Request::Shutdown { reply } => drop(reply.send(())),
     }
 }
 
