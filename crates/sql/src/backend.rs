@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use agora_core::store::{Dialect, Row, StoreResult, Value};
+use agora_core::store::{Dialect, Row, StoreResult, Table, Value};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
@@ -59,6 +59,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> BoxStream<'c, Result<DbRow<Self>, sqlx::Error>>;
 
     fn decode(row: &DbRow<Self>) -> StoreResult<Row>;
+
+    /// Whether an upsert of `table` failed because a row matched an existing one on a
+    /// unique key other than the primary key (see `plan::insert_sql`).
+    fn other_key_conflict(e: &sqlx::Error, table: &Table) -> bool;
 
     /// Takes the lock that makes one process at a time apply migrations (a session lock:
     /// it is released by [`Backend::unlock_migrations`] or when the connection closes).

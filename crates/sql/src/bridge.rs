@@ -112,8 +112,9 @@ impl Drop for Bridge {
     }
 }
 
+/// The operation ended without an answer: its runtime stopped, or it panicked (a bug).
 fn stopped() -> StoreError {
-    StoreError::Database("the SQL adapter's runtime stopped".into())
+    StoreError::Database("the SQL adapter's operation ended without an answer".into())
 }
 
 enum Chunk {

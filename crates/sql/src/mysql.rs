@@ -3,12 +3,14 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 
-use agora_core::store::{Dialect, Row, StoreError, StoreResult, Value};
+use agora_core::store::{Dialect, Row, StoreError, StoreResult, Table, Value};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use sqlx::error::BoxDynError;
-use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlRow};
+use sqlx::mysql::{
+    MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlRow,
+};
 use sqlx::{Arguments, Column, Executor, MySql, Row as _, TypeInfo, ValueRef};
 
 use crate::backend::{decimal_to_int, Backend};
@@ -122,8 +124,8 @@ impl Backend for My {
                 "BIGINT" | "INT" | "MEDIUMINT" | "SMALLINT" | "TINYINT" | "BOOLEAN" => {
                     row.try_get::<i64, _>(i).map(Value::Int).map_err(Into::into)
                 }
-                "BIGINT UNSIGNED" | "INT UNSIGNED" | "MEDIUMINT UNSIGNED"
-                | "SMALLINT UNSIGNED" | "TINYINT UNSIGNED" => row
+                "BIGINT UNSIGNED" | "INT UNSIGNED" | "MEDIUMINT UNSIGNED" | "SMALLINT UNSIGNED"
+                | "TINYINT UNSIGNED" => row
                     .try_get::<u64, _>(i)
                     .map_err(BoxDynError::from)
                     .and_then(|v| Ok(Value::Int(i64::try_from(v)?))),
@@ -149,13 +151,31 @@ impl Backend for My {
         Ok(Row(values))
     }
 
+    fn other_key_conflict(e: &sqlx::Error, table: &Table) -> bool {
+        // The upsert's guard set the key's first column to NULL: "Column 'id' cannot be
+        // null" (ER_BAD_NULL_ERROR).
+        const ER_BAD_NULL_ERROR: u16 = 1048;
+        match e {
+            sqlx::Error::Database(db) => {
+                !table.update.is_empty()
+                    && db
+                        .try_downcast_ref::<MySqlDatabaseError>()
+                        .is_some_and(|e| e.number() == ER_BAD_NULL_ERROR)
+                    && db.message().contains(&format!("'{}'", table.columns[0]))
+            }
+            _ => false,
+        }
+    }
+
     fn lock_migrations(conn: &mut MySqlConnection) -> BoxFuture<'_, Result<(), Failure>> {
         async move {
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('agora_migrations', ?)")
-                .bind(MIGRATION_LOCK_WAIT_S)
-                .fetch_one(conn)
-                .await
-                .map_err(sql("taking the migration lock"))?;
+            // Named after the database: MySQL's named locks are server-wide.
+            let got: Option<i64> =
+                sqlx::query_scalar("SELECT GET_LOCK(CONCAT('agora_migrations.', DATABASE()), ?)")
+                    .bind(MIGRATION_LOCK_WAIT_S)
+                    .fetch_one(conn)
+                    .await
+                    .map_err(sql("taking the migration lock"))?;
             if got != Some(1) {
                 return Err(StoreError::Migration(format!(
                     "another process held the migration lock for {MIGRATION_LOCK_WAIT_S} s"
@@ -169,7 +189,7 @@ impl Backend for My {
 
     fn unlock_migrations(conn: &mut MySqlConnection) -> BoxFuture<'_, Result<(), Failure>> {
         async move {
-            sqlx::query("SELECT RELEASE_LOCK('agora_migrations')")
+            sqlx::query("SELECT RELEASE_LOCK(CONCAT('agora_migrations.', DATABASE()))")
                 .execute(conn)
                 .await
                 .map_err(sql("releasing the migration lock"))?;

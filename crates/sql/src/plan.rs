@@ -128,7 +128,8 @@ fn key<'b>(table: &Table, row: &'b [Value]) -> Key<'b> {
 
 /// The insert of `rows` rows of `table` in `dialect`: an upsert of the `update` columns
 /// when the table has some, else a plain insert that fails on a duplicate key. Spelled
-/// like the port's [`agora_core::store::upsert_sql`], with more than one row.
+/// like the port's [`agora_core::store::upsert_sql`], with more than one row (and, for
+/// MySQL, a guard against matching another unique key).
 pub(crate) fn insert_sql(dialect: Dialect, table: &Table, rows: usize) -> String {
     let quote = |c: &str| match dialect {
         Dialect::Mysql => format!("`{c}`"),
@@ -161,11 +162,28 @@ pub(crate) fn insert_sql(dialect: Dialect, table: &Table, rows: usize) -> String
     }
     match dialect {
         Dialect::Mysql => {
-            let set: Vec<String> = table
-                .update
+            // MySQL updates the row that any unique key matched, where PostgreSQL's
+            // ON CONFLICT (key) updates only the row with the same primary key and refuses
+            // the others. The guard keeps MySQL to that: when the existing row's key differs
+            // from the new row's (a secondary unique key matched), it sets the key's first
+            // column to NULL, which strict mode refuses (see `Backend::other_key_conflict`),
+            // before any column is updated.
+            let first = quote(table.columns[0]);
+            let same_key: Vec<String> = table
+                .key()
                 .iter()
                 .map(|c| format!("{0} = VALUES({0})", quote(c)))
                 .collect();
+            let mut set = vec![format!(
+                "{first} = IF({}, {first}, NULL)",
+                same_key.join(" AND ")
+            )];
+            set.extend(
+                table
+                    .update
+                    .iter()
+                    .map(|c| format!("{0} = VALUES({0})", quote(c))),
+            );
             sql += &format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "));
         }
         _ => {
@@ -275,12 +293,19 @@ mod tests {
         let Step::Rows { rows, .. } = &steps[1] else {
             panic!("{steps:?}")
         };
-        assert_eq!(rows.len(), 2, "a duplicate insert is left for the database to refuse");
+        assert_eq!(
+            rows.len(),
+            2,
+            "a duplicate insert is left for the database to refuse"
+        );
     }
 
     #[test]
     fn large_groups_are_split_into_power_of_two_statements() {
-        assert_eq!(chunks(1_000, 1_024).collect::<Vec<_>>(), [512, 256, 128, 64, 32, 8]);
+        assert_eq!(
+            chunks(1_000, 1_024).collect::<Vec<_>>(),
+            [512, 256, 128, 64, 32, 8]
+        );
         assert_eq!(chunks(2_049, 1_024).collect::<Vec<_>>(), [1_024, 1_024, 1]);
         assert_eq!(chunks(0, 1_024).count(), 0);
         assert_eq!(rows_max(&ITEMS), 1_024);
@@ -290,7 +315,11 @@ mod tests {
             key_len: 1,
             update: &[],
         };
-        assert_eq!(rows_max(&wide), 256, "65,535 / 200 = 327 parameters' worth of rows");
+        assert_eq!(
+            rows_max(&wide),
+            256,
+            "65,535 / 200 = 327 parameters' worth of rows"
+        );
 
         let mut b = WriteBatch::default();
         for id in 0..1_000 {
@@ -309,9 +338,32 @@ mod tests {
     #[test]
     fn one_row_inserts_are_spelled_like_the_ports_upsert() {
         for dialect in [Dialect::Postgres, Dialect::Mysql, Dialect::Sqlite] {
-            assert_eq!(insert_sql(dialect, &ITEMS, 1), upsert_sql(dialect, &ITEMS));
-            assert_eq!(insert_sql(dialect, &EVENTS, 1), upsert_sql(dialect, &EVENTS));
+            assert_eq!(
+                insert_sql(dialect, &EVENTS, 1),
+                upsert_sql(dialect, &EVENTS)
+            );
         }
+        for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+            assert_eq!(insert_sql(dialect, &ITEMS, 1), upsert_sql(dialect, &ITEMS));
+        }
+    }
+
+    #[test]
+    fn mysql_upserts_refuse_a_match_on_another_unique_key() {
+        assert_eq!(
+            insert_sql(Dialect::Mysql, &ITEMS, 1),
+            "INSERT INTO `items` (`id`, `kind`, `qty`) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE `id` = IF(`id` = VALUES(`id`), `id`, NULL), \
+             `qty` = VALUES(`qty`)"
+        );
+        let pair = Table {
+            name: "pair",
+            columns: &["a", "b", "v"],
+            key_len: 2,
+            update: &["v"],
+        };
+        assert!(insert_sql(Dialect::Mysql, &pair, 1)
+            .contains("`a` = IF(`a` = VALUES(`a`) AND `b` = VALUES(`b`), `a`, NULL)"));
     }
 
     #[test]
@@ -321,9 +373,8 @@ mod tests {
             "INSERT INTO \"events\" (\"stream\", \"n\", \"body\") VALUES ($1, $2, $3), ($4, $5, $6)"
         );
         assert_eq!(
-            insert_sql(Dialect::Mysql, &ITEMS, 2),
-            "INSERT INTO `items` (`id`, `kind`, `qty`) VALUES (?, ?, ?), (?, ?, ?) \
-             ON DUPLICATE KEY UPDATE `qty` = VALUES(`qty`)"
+            insert_sql(Dialect::Mysql, &EVENTS, 2),
+            "INSERT INTO `events` (`stream`, `n`, `body`) VALUES (?, ?, ?), (?, ?, ?)"
         );
     }
 }

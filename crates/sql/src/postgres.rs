@@ -3,7 +3,9 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 
-use agora_core::store::{numbered_placeholders, Dialect, Row, StoreError, StoreResult, Value};
+use agora_core::store::{
+    numbered_placeholders, Dialect, Row, StoreError, StoreResult, Table, Value,
+};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
@@ -110,20 +112,35 @@ impl Backend for Pg {
             }
             let decoded: Result<Value, BoxDynError> = match column.type_info().name() {
                 "INT8" => row.try_get::<i64, _>(i).map(Value::Int).map_err(Into::into),
-                "INT4" => row.try_get::<i32, _>(i).map(|v| Value::Int(v.into())).map_err(Into::into),
-                "INT2" => row.try_get::<i16, _>(i).map(|v| Value::Int(v.into())).map_err(Into::into),
+                "INT4" => row
+                    .try_get::<i32, _>(i)
+                    .map(|v| Value::Int(v.into()))
+                    .map_err(Into::into),
+                "INT2" => row
+                    .try_get::<i16, _>(i)
+                    .map(|v| Value::Int(v.into()))
+                    .map_err(Into::into),
                 // Booleans are integers on the port (`EXISTS (…)` answers one here).
-                "BOOL" => row.try_get::<bool, _>(i).map(|v| Value::Int(v.into())).map_err(Into::into),
+                "BOOL" => row
+                    .try_get::<bool, _>(i)
+                    .map(|v| Value::Int(v.into()))
+                    .map_err(Into::into),
                 // `SUM` of BIGINT, `COALESCE(SUM(…), 0)`.
                 "NUMERIC" => numeric_to_int(raw).map(Value::Int),
-                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "UNKNOWN" => {
-                    row.try_get::<String, _>(i).map(Value::Text).map_err(Into::into)
-                }
+                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "UNKNOWN" => row
+                    .try_get::<String, _>(i)
+                    .map(Value::Text)
+                    .map_err(Into::into),
                 other => Err(format!("unsupported type {other}").into()),
             };
             values.push(decoded.map_err(|e| corrupt(&e))?);
         }
         Ok(Row(values))
+    }
+
+    fn other_key_conflict(_: &sqlx::Error, _: &Table) -> bool {
+        // ON CONFLICT names the primary key: another key's violation is a unique violation.
+        false
     }
 
     fn lock_migrations(conn: &mut PgConnection) -> BoxFuture<'_, Result<(), Failure>> {
@@ -180,9 +197,7 @@ fn numeric_to_int(raw: PgValueRef<'_>) -> Result<i64, BoxDynError> {
     }
     let bytes = raw.as_bytes()?;
     let word = |i: usize| -> Result<i16, BoxDynError> {
-        let b = bytes
-            .get(2 * i..2 * i + 2)
-            .ok_or("a truncated NUMERIC")?;
+        let b = bytes.get(2 * i..2 * i + 2).ok_or("a truncated NUMERIC")?;
         Ok(i16::from_be_bytes([b[0], b[1]]))
     };
     let ndigits = usize::try_from(word(0)?)?;

@@ -5,9 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agora_core::store::{
-    Fence, Migration, Row, StoreError, StoreResult, Table, Value, WriteBatch,
-};
+use agora_core::store::{Fence, Migration, Row, StoreError, StoreResult, Table, Value, WriteBatch};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, TryStreamExt};
 use sqlx::{ConnectOptions, Connection};
@@ -46,15 +44,31 @@ struct Statement<B: Backend> {
 
 /// What a statement does, for an error's message.
 enum Doing {
-    Insert(&'static str),
+    Insert(&'static Table),
     Exec(&'static str),
 }
 
 impl fmt::Display for Doing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Doing::Insert(table) => write!(f, "insert into {table}"),
+            Doing::Insert(table) => write!(f, "insert into {}", table.name),
             Doing::Exec(sql) => write!(f, "{sql}"),
+        }
+    }
+}
+
+impl Doing {
+    /// The port's error for a failed statement.
+    fn failed<B: Backend>(self, e: sqlx::Error) -> Failure {
+        match self {
+            Doing::Insert(table) if B::other_key_conflict(&e, table) => {
+                StoreError::Conflict(format!(
+                    "insert into {}: a row has the unique key of another row (or a NULL key)",
+                    table.name
+                ))
+                .into()
+            }
+            doing => sql(doing)(e),
         }
     }
 }
@@ -88,6 +102,9 @@ impl<B: Backend> Writer<B> {
     }
 
     pub(crate) fn commit(&mut self, batch: &WriteBatch) -> StoreResult<()> {
+        if batch.is_empty() && batch.fence.is_none() {
+            return Ok(());
+        }
         let statements = self.statements(batch)?;
         let fence = batch.fence.clone();
         self.with_conn(move |conn| {
@@ -99,7 +116,7 @@ impl<B: Backend> Writer<B> {
                 for s in statements {
                     B::execute(&mut tx, &s.sql, s.args)
                         .await
-                        .map_err(sql(s.doing))?;
+                        .map_err(|e| s.doing.failed::<B>(e))?;
                 }
                 tx.commit().await.map_err(sql("COMMIT"))
             }
@@ -125,7 +142,7 @@ impl<B: Backend> Writer<B> {
                     Ok(Statement {
                         sql,
                         args,
-                        doing: Doing::Insert(table.name),
+                        doing: Doing::Insert(table),
                     })
                 }
                 Step::Exec { sql, params } => Ok(Statement {
@@ -298,7 +315,11 @@ async fn apply<B: Backend>(
     let mut applied = HashSet::new();
     let listed = B::statement("SELECT version FROM agora_migrations WHERE component = ?");
     let mut rows = B::fetch(conn, &listed, args::<B>(&[component.to_string().into()])?);
-    while let Some(row) = rows.try_next().await.map_err(sql("reading agora_migrations"))? {
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(sql("reading agora_migrations"))?
+    {
         applied.insert(B::decode(&row)?.int(0)?);
     }
     drop(rows);
@@ -321,7 +342,11 @@ async fn apply<B: Backend>(
                 .map_err(sql(format!("{} script", B::NAME)))
                 .map_err(failed)?;
         }
-        let params = [component.to_string().into(), version.into(), now_ms().into()];
+        let params = [
+            component.to_string().into(),
+            version.into(),
+            now_ms().into(),
+        ];
         B::execute(&mut tx, &record, args::<B>(&params)?)
             .await
             .map_err(sql("recording it"))

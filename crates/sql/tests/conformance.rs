@@ -42,6 +42,7 @@ conformance!(
     a_failing_migration_is_not_recorded,
     a_batch_commits_all_or_nothing,
     upserts_change_only_the_update_columns,
+    an_upsert_matching_another_unique_key_is_a_conflict,
     an_insert_only_duplicate_is_a_conflict_and_writes_nothing,
     exec_binds_its_parameters,
     coalesced_puts_keep_the_last_row_per_key_and_the_order_of_execs,
@@ -179,7 +180,10 @@ fn a_batch_commits_all_or_nothing(t: &TestDb) {
     // A statement the database refuses (no such column) is an error too, and nothing stays.
     let refused = batch(|b| {
         b.put(&BALANCES, balance(1, 1, 10, 0));
-        b.exec("UPDATE balances SET nope = ? WHERE user_id = ?", [1i64.into(), 1i64.into()]);
+        b.exec(
+            "UPDATE balances SET nope = ? WHERE user_id = ?",
+            [1i64.into(), 1i64.into()],
+        );
     });
     let err = db.commit(&refused).unwrap_err();
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
@@ -189,7 +193,11 @@ fn a_batch_commits_all_or_nothing(t: &TestDb) {
     db.commit(&batch(|b| b.put(&BALANCES, balance(1, 1, 10, 0))))
         .unwrap();
     assert_eq!(
-        int(&mut *db, "SELECT available FROM balances WHERE user_id = ?", &[1i64.into()]),
+        int(
+            &mut *db,
+            "SELECT available FROM balances WHERE user_id = ?",
+            &[1i64.into()]
+        ),
         10
     );
 }
@@ -202,13 +210,46 @@ fn upserts_change_only_the_update_columns(t: &TestDb) {
     db.commit(&batch(|b| b.put(&ORDERS, order(7, 1, 999, "FILLED"))))
         .unwrap();
     let row = db
-        .query_one("SELECT price, status, held FROM orders WHERE id = ?", &[7i64.into()])
+        .query_one(
+            "SELECT price, status, held FROM orders WHERE id = ?",
+            &[7i64.into()],
+        )
         .unwrap()
         .unwrap();
     assert_eq!(row.int(0).unwrap(), 100, "price is not an update column");
     assert_eq!(row.text(1).unwrap(), "FILLED");
     assert_eq!(row.int(2).unwrap(), 999, "held is");
     assert_eq!(count(&mut *db, "orders"), 1);
+}
+
+fn an_upsert_matching_another_unique_key_is_a_conflict(t: &TestDb) {
+    let mut db = t.migrated();
+    let with_client_id = |id: i64, status: &'static str| {
+        let mut row = order(id, 1, 100, status);
+        row[9] = "client-1".into();
+        row
+    };
+    db.commit(&batch(|b| b.put(&ORDERS, with_client_id(1, "NEW"))))
+        .unwrap();
+    // Order 2 reuses order 1's client id: refused, as PostgreSQL's ON CONFLICT (id) does,
+    // not an update of order 1 (what MySQL's ON DUPLICATE KEY UPDATE alone would do).
+    let err = db
+        .commit(&batch(|b| {
+            b.put(&BALANCES, balance(1, 1, 1, 0));
+            b.put(&ORDERS, with_client_id(2, "FILLED"));
+        }))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let rows = db.query("SELECT id, status FROM orders", &[]).unwrap();
+    assert_eq!(rows, [Row(vec![Value::Int(1), Value::Text("NEW".into())])]);
+    assert_eq!(count(&mut *db, "balances"), 0);
+    // The same order again still updates.
+    db.commit(&batch(|b| b.put(&ORDERS, with_client_id(1, "FILLED"))))
+        .unwrap();
+    let status = db
+        .query_one("SELECT status FROM orders WHERE id = ?", &[1i64.into()])
+        .unwrap();
+    assert_eq!(status, Some(Row(vec![Value::Text("FILLED".into())])));
 }
 
 fn an_insert_only_duplicate_is_a_conflict_and_writes_nothing(t: &TestDb) {
@@ -292,7 +333,7 @@ fn coalesced_puts_keep_the_last_row_per_key_and_the_order_of_execs(t: &TestDb) {
         b.put(&JOURNAL, journal(1, "A"));
         b.put(&BALANCES, balance(2, 1, 1, 0));
         b.put(&BALANCES, balance(1, 1, 20, 5)); // last for (1, 1) before the Exec
-        // Sees (1, 1) as 20/5: no Put moves across an Exec.
+                                                // Sees (1, 1) as 20/5: no Put moves across an Exec.
         b.exec(
             "UPDATE balances SET held = held * 10 WHERE user_id = ? AND asset_id = ?",
             [1i64.into(), 1i64.into()],
@@ -360,7 +401,11 @@ fn claim(db: &mut dyn Database, role: &str, epoch: i64) {
     .unwrap();
 }
 
-fn fenced(role: &str, epoch: i64, fill: impl FnOnce(&mut agora_core::store::WriteBatch)) -> agora_core::store::WriteBatch {
+fn fenced(
+    role: &str,
+    epoch: i64,
+    fill: impl FnOnce(&mut agora_core::store::WriteBatch),
+) -> agora_core::store::WriteBatch {
     let mut b = batch(fill);
     b.fence = Some(Fence {
         role: role.into(),
@@ -373,13 +418,17 @@ fn a_stale_epoch_is_fenced_and_writes_nothing(t: &TestDb) {
     let mut db = t.migrated();
     // A role nobody holds.
     let err = db
-        .commit(&fenced("sequencer", 1, |b| b.put(&JOURNAL, journal(1, "A"))))
+        .commit(&fenced("sequencer", 1, |b| {
+            b.put(&JOURNAL, journal(1, "A"))
+        }))
         .unwrap_err();
     assert!(matches!(err, StoreError::Fenced(_)), "{err:?}");
 
     claim(&mut *db, "sequencer", 1);
-    db.commit(&fenced("sequencer", 1, |b| b.put(&JOURNAL, journal(1, "A"))))
-        .unwrap();
+    db.commit(&fenced("sequencer", 1, |b| {
+        b.put(&JOURNAL, journal(1, "A"))
+    }))
+    .unwrap();
     // Another process takes the role.
     let mut other = t.writer();
     claim(&mut *other, "sequencer", 2);
@@ -397,7 +446,9 @@ fn a_stale_epoch_is_fenced_and_writes_nothing(t: &TestDb) {
     assert_eq!(count(&mut *db, "balances"), 0);
     // The new holder commits.
     other
-        .commit(&fenced("sequencer", 2, |b| b.put(&JOURNAL, journal(2, "B"))))
+        .commit(&fenced("sequencer", 2, |b| {
+            b.put(&JOURNAL, journal(2, "B"))
+        }))
         .unwrap();
     assert_eq!(count(&mut *db, "journal"), 2);
 }
@@ -413,7 +464,9 @@ fn a_writer_is_fenced_as_soon_as_a_new_holder_bumps_the_epoch(t: &TestDb) {
         thread::spawn(move || {
             for id in 0.. {
                 let bumped_before = bumped.load(Ordering::SeqCst);
-                match db.commit(&fenced("sequencer", 1, |b| b.put(&JOURNAL, journal(id, "A")))) {
+                match db.commit(&fenced("sequencer", 1, |b| {
+                    b.put(&JOURNAL, journal(id, "A"))
+                })) {
                     Ok(()) => {
                         assert!(!bumped_before, "committed after the epoch was bumped");
                         committed.fetch_add(1, Ordering::SeqCst);
@@ -431,7 +484,10 @@ fn a_writer_is_fenced_as_soon_as_a_new_holder_bumps_the_epoch(t: &TestDb) {
     bumped.store(true, Ordering::SeqCst);
     old.join().unwrap();
     // Every commit that returned Ok is there, and nothing of the fenced one.
-    assert_eq!(count(&mut *setup, "journal"), committed.load(Ordering::SeqCst));
+    assert_eq!(
+        count(&mut *setup, "journal"),
+        committed.load(Ordering::SeqCst)
+    );
 }
 
 fn values_round_trip(t: &TestDb) {
@@ -491,7 +547,14 @@ fn values_round_trip(t: &TestDb) {
             )
             .unwrap()
             .unwrap();
-        assert_eq!(row, Row(vec![Value::Text(text.to_string()), Value::Null, Value::Text(text.to_string())]));
+        assert_eq!(
+            row,
+            Row(vec![
+                Value::Text(text.to_string()),
+                Value::Null,
+                Value::Text(text.to_string())
+            ])
+        );
     }
     // Text compares exactly (a case-insensitive collation would find "PLAIN").
     assert_eq!(
@@ -501,7 +564,10 @@ fn values_round_trip(t: &TestDb) {
         0
     );
     let row = db
-        .query_one("SELECT ref_id, created_ms FROM journal WHERE id = ?", &[100i64.into()])
+        .query_one(
+            "SELECT ref_id, created_ms FROM journal WHERE id = ?",
+            &[100i64.into()],
+        )
         .unwrap()
         .unwrap();
     assert_eq!(row, Row(vec![Value::Int(i64::MAX), Value::Int(i64::MIN)]));
@@ -520,7 +586,11 @@ fn values_round_trip(t: &TestDb) {
             .unwrap();
         assert_eq!(row, Some(Row(vec![ref_id])));
     }
-    let nulls = int(&mut *db, "SELECT COUNT(*) FROM journal WHERE ref_id IS NULL", &[]);
+    let nulls = int(
+        &mut *db,
+        "SELECT COUNT(*) FROM journal WHERE ref_id IS NULL",
+        &[],
+    );
     assert_eq!(nulls, texts.len() as i64);
     // A keyword column, quoted the portable way.
     let row = db
@@ -532,7 +602,11 @@ fn values_round_trip(t: &TestDb) {
         .unwrap();
     assert_eq!(
         row,
-        Row(vec![Value::Text("1m".into()), Value::Int(i64::MAX), Value::Int(i64::MIN)])
+        Row(vec![
+            Value::Text("1m".into()),
+            Value::Int(i64::MAX),
+            Value::Int(i64::MIN)
+        ])
     );
     // An upsert of a table whose key holds "interval".
     db.commit(&batch(|b| {
@@ -553,17 +627,32 @@ fn values_round_trip(t: &TestDb) {
         )
     }))
     .unwrap();
-    assert_eq!(int(&mut *db, "SELECT high FROM candles WHERE \"interval\" = ?", &["1m".into()]), 9);
+    assert_eq!(
+        int(
+            &mut *db,
+            "SELECT high FROM candles WHERE \"interval\" = ?",
+            &["1m".into()]
+        ),
+        9
+    );
 }
 
 fn aggregates_decode_to_integers(t: &TestDb) {
     let mut db = t.migrated();
     // SUM over nothing is NULL; COALESCE makes it a NUMERIC/DECIMAL 0.
     assert_eq!(
-        db.query_one("SELECT SUM(available) FROM balances", &[]).unwrap(),
+        db.query_one("SELECT SUM(available) FROM balances", &[])
+            .unwrap(),
         Some(Row(vec![Value::Null]))
     );
-    assert_eq!(int(&mut *db, "SELECT COALESCE(SUM(available), 0) FROM balances", &[]), 0);
+    assert_eq!(
+        int(
+            &mut *db,
+            "SELECT COALESCE(SUM(available), 0) FROM balances",
+            &[]
+        ),
+        0
+    );
     db.commit(&batch(|b| {
         b.put(&BALANCES, balance(1, 1, i64::MAX - 5, 0));
         b.put(&BALANCES, balance(2, 1, 5, 0));
@@ -572,24 +661,46 @@ fn aggregates_decode_to_integers(t: &TestDb) {
     }))
     .unwrap();
     assert_eq!(
-        int(&mut *db, "SELECT SUM(available) FROM balances WHERE asset_id = ?", &[1i64.into()]),
+        int(
+            &mut *db,
+            "SELECT SUM(available) FROM balances WHERE asset_id = ?",
+            &[1i64.into()]
+        ),
         i64::MAX
     );
     assert_eq!(
-        int(&mut *db, "SELECT SUM(available - held) FROM balances WHERE user_id = ?", &[3i64.into()]),
+        int(
+            &mut *db,
+            "SELECT SUM(available - held) FROM balances WHERE user_id = ?",
+            &[3i64.into()]
+        ),
         123_456_789_012_344
     );
     assert_eq!(
-        int(&mut *db, "SELECT -SUM(available) FROM balances WHERE asset_id = ?", &[2i64.into()]),
+        int(
+            &mut *db,
+            "SELECT -SUM(available) FROM balances WHERE asset_id = ?",
+            &[2i64.into()]
+        ),
         -123_456_789_012_345
     );
     assert_eq!(int(&mut *db, "SELECT COUNT(*) FROM balances", &[]), 4);
     assert_eq!(int(&mut *db, "SELECT MAX(user_id) FROM balances", &[]), 3);
     // A sum past 64 bits is reported, not wrapped.
-    let err = db.query("SELECT SUM(available) FROM balances", &[]).unwrap_err();
-    assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("64-bit")), "{err:?}");
+    let err = db
+        .query("SELECT SUM(available) FROM balances", &[])
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("64-bit")),
+        "{err:?}"
+    );
     // So is a fraction.
-    let err = db.query("SELECT SUM(available) / 2 FROM balances WHERE user_id = 2", &[]).unwrap_err();
+    let err = db
+        .query(
+            "SELECT SUM(available) / 2 FROM balances WHERE user_id = 2",
+            &[],
+        )
+        .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
 }
 
@@ -635,10 +746,14 @@ fn query_each_streams_many_rows_and_stops_when_asked(t: &TestDb) {
     let reader = t.reader();
     let mut total = 0;
     reader
-        .query_each("SELECT seq FROM outbox WHERE seq >= ?", &[10i64.into()], &mut |_| {
-            total += 1;
-            Ok(())
-        })
+        .query_each(
+            "SELECT seq FROM outbox WHERE seq >= ?",
+            &[10i64.into()],
+            &mut |_| {
+                total += 1;
+                Ok(())
+            },
+        )
         .unwrap();
     assert_eq!(total, N + 1 - 10);
 }
@@ -724,13 +839,19 @@ fn concurrent_writers_on_overlapping_rows_do_not_deadlock(t: &TestDb) {
         w.join().unwrap();
     }
     assert_eq!(count(&mut *setup, "balances"), 50);
-    assert_eq!(int(&mut *setup, "SELECT MIN(available) FROM balances", &[]), 39);
+    assert_eq!(
+        int(&mut *setup, "SELECT MIN(available) FROM balances", &[]),
+        39
+    );
 }
 
 fn a_broken_connection_is_replaced(t: &TestDb) {
     let mut db = t.migrated();
     let (whoami, kill) = match t.server {
-        Server::Postgres => ("SELECT pg_backend_pid()", "SELECT pg_terminate_backend(CAST(? AS INTEGER))"),
+        Server::Postgres => (
+            "SELECT pg_backend_pid()",
+            "SELECT pg_terminate_backend(CAST(? AS INTEGER))",
+        ),
         Server::Mysql => ("SELECT CONNECTION_ID()", "KILL ?"),
     };
     let id = int(&mut *db, whoami, &[]);
@@ -742,6 +863,7 @@ fn a_broken_connection_is_replaced(t: &TestDb) {
         assert!(matches!(e, StoreError::Database(_)), "{e:?}");
     }
     // The next opens a new connection.
-    db.commit(&batch(|b| b.put(&JOURNAL, journal(2, "B")))).unwrap();
+    db.commit(&batch(|b| b.put(&JOURNAL, journal(2, "B"))))
+        .unwrap();
     assert_ne!(int(&mut *db, whoami, &[]), id);
 }

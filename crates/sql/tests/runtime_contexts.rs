@@ -20,7 +20,10 @@ fn round_trip(t: &TestDb) {
     assert_eq!(int(&mut *db, "SELECT COUNT(*) FROM journal", &[]), 1);
     let reader = t.reader();
     let row = reader
-        .query_one("SELECT available FROM balances WHERE user_id = ?", &[1i64.into()])
+        .query_one(
+            "SELECT available FROM balances WHERE user_id = ?",
+            &[1i64.into()],
+        )
         .unwrap()
         .unwrap();
     assert_eq!(row.int(0).unwrap(), 10);
@@ -77,7 +80,10 @@ async fn from_spawn_blocking_with_a_reader_made_by_the_writer() {
                 let reader = reader.clone();
                 tokio::task::spawn_blocking(move || {
                     reader
-                        .query_one("SELECT held FROM balances WHERE user_id = ?", &[7i64.into()])
+                        .query_one(
+                            "SELECT held FROM balances WHERE user_id = ?",
+                            &[7i64.into()],
+                        )
                         .unwrap()
                         .unwrap()
                         .int(0)

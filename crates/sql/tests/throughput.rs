@@ -1,4 +1,5 @@
-//! Commit throughput: batches of 1,000 rows of the exchange's write mix, on each server.
+//! Commit throughput: batches of 1,000 rows of the exchange's write mix, on each server; and
+//! for scale, the latency of a commit of one order (4 rows), which bounds a quiet writer.
 //! Ignored by default (it measures, it does not check); run it with
 //!
 //!     cargo test -p agora-sql --release --test throughput -- --ignored --nocapture
@@ -20,7 +21,10 @@ fn orders_mix(b: &mut WriteBatch, batch_no: i64) {
         let id = batch_no * 1_000 + i;
         b.put(&ORDERS, order(id, id % 997, 100, "NEW"));
         b.put(&JOURNAL, journal(id, "HOLD"));
-        b.put(&BALANCES, balance(id % 997, 2, 1_000_000 - batch_no, 100 + batch_no));
+        b.put(
+            &BALANCES,
+            balance(id % 997, 2, 1_000_000 - batch_no, 100 + batch_no),
+        );
         b.put(&OUTBOX, outbox(id));
     }
 }
@@ -59,6 +63,27 @@ fn measure(db: &mut dyn Database, name: &str, mix: fn(&mut WriteBatch, i64), fir
     );
 }
 
+/// Commits of one order each, one after the other.
+fn one_order_commits(db: &mut dyn Database) {
+    const COMMITS: u32 = 200;
+    let started = Instant::now();
+    for n in 0..COMMITS {
+        let mut b = WriteBatch::default();
+        let id = 10_000_000 + i64::from(n);
+        b.put(&ORDERS, order(id, id % 997, 100, "NEW"));
+        b.put(&JOURNAL, journal(id, "HOLD"));
+        b.put(&BALANCES, balance(id % 997, 2, 1_000, 100));
+        b.put(&OUTBOX, outbox(id));
+        db.commit(&b).unwrap();
+    }
+    let per_commit = started.elapsed() / COMMITS;
+    println!(
+        "{:>7}: {:>7.0} commits/s ({per_commit:.2?} per commit of 4 rows)",
+        "single",
+        1.0 / per_commit.as_secs_f64()
+    );
+}
+
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture (and --release)"]
 fn commit_throughput() {
@@ -70,5 +95,6 @@ fn commit_throughput() {
         println!("{server:?}");
         measure(&mut *db, "orders", orders_mix, 0);
         measure(&mut *db, "trades", trades_mix, 1_000);
+        one_order_commits(&mut *db);
     }
 }

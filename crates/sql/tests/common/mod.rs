@@ -108,7 +108,8 @@ impl TestDb {
     pub fn migrated(&self) -> Box<dyn Database> {
         let mut db = self.writer();
         db.migrate("core", CORE).expect("core migrations");
-        db.migrate("exchange", EXCHANGE).expect("exchange migrations");
+        db.migrate("exchange", EXCHANGE)
+            .expect("exchange migrations");
         db
     }
 }
@@ -165,7 +166,9 @@ fn admin(server: Server, url: &str, statement: &str) -> Result<(), String> {
 
 /// `url` with its database replaced by `name` (query options kept).
 fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let (scheme, rest) = base.split_once("://").expect("a URL");
     let authority = rest.split('/').next().unwrap_or(rest);
     match query {
@@ -300,14 +303,7 @@ pub static CANDLES: Table = Table {
         "trades",
     ],
     key_len: 3,
-    update: &[
-        "high",
-        "low",
-        "close",
-        "volume",
-        "quote_volume",
-        "trades",
-    ],
+    update: &["high", "low", "close", "volume", "quote_volume", "trades"],
 };
 
 pub static FENCES: Table = Table {
