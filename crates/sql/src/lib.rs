@@ -12,14 +12,22 @@
 //! into multi-row upserts (see `plan.rs`).
 //!
 //! ```no_run
-//! use agora_core::store::{Database, ReadDatabase};
-//! use agora_sql::{PostgresDatabase, MysqlReader};
+//! use agora_core::store::{Database, ReadDatabase, WriteBatch};
+//! use agora_sql::{MysqlReader, PostgresDatabase};
 //!
 //! let mut writer = PostgresDatabase::connect("postgres://agora@127.0.0.1:5432/agora")?;
-//! let reader = writer.reader(8)?; // shares the writer's runtime
+//! writer.commit(&WriteBatch::default())?;
+//! let reader = writer.reader(8)?; // a pool on the writer's runtime
 //! let api_only = MysqlReader::connect("mysql://agora@127.0.0.1:3306/agora", 8)?;
+//! let users = api_only.query("SELECT id, name FROM users WHERE id > ?", &[0i64.into()])?;
 //! # Ok::<(), agora_core::store::StoreError>(())
 //! ```
+//!
+//! Portable SQL on PostgreSQL, beyond the port's rules: statements are prepared and cached
+//! per connection by their text, with the parameter types of their first run, so a
+//! statement binds the same kind of value (integer or text) in each place every time; a
+//! NULL parameter has no type of its own and takes the one of the column it is written to
+//! or compared with (`? IS NULL` alone cannot be typed).
 
 mod backend;
 mod bridge;
