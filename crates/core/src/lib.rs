@@ -20,8 +20,8 @@ pub mod writer;
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     sqlite: include_str!("../migrations/sqlite/0001_core.sql"),
-    postgres: "",
-    mysql: "",
+    postgres: include_str!("../migrations/postgres/0001_core.sql"),
+    mysql: include_str!("../migrations/mysql/0001_core.sql"),
 }];
 
 pub use clock::{Clock, ManualClock, SystemClock};

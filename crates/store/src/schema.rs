@@ -427,26 +427,27 @@ pub const EXCHANGE_MIGRATIONS: &[agora_core::Migration] = &[
     agora_core::Migration {
         version: 1,
         sqlite: include_str!("../migrations/sqlite/0001_exchange.sql"),
-        postgres: "",
-        mysql: "",
+        // The server dialects start from the exchange's schema as it is after version 4.
+        postgres: include_str!("../migrations/postgres/0001_exchange.sql"),
+        mysql: include_str!("../migrations/mysql/0001_exchange.sql"),
     },
     agora_core::Migration {
         version: 2,
         sqlite: include_str!("../migrations/sqlite/0002_relay_position.sql"),
-        postgres: "",
-        mysql: "",
+        postgres: "SELECT 1",
+        mysql: "SELECT 1",
     },
     agora_core::Migration {
         version: 3,
         sqlite: include_str!("../migrations/sqlite/0003_candles.sql"),
-        postgres: "",
-        mysql: "",
+        postgres: "SELECT 1",
+        mysql: "SELECT 1",
     },
     agora_core::Migration {
         version: 4,
         sqlite: include_str!("../migrations/sqlite/0004_order_limits_and_stp.sql"),
-        postgres: "",
-        mysql: "",
+        postgres: "SELECT 1",
+        mysql: "SELECT 1",
     },
 ];
 

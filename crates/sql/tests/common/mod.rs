@@ -177,134 +177,16 @@ fn with_database(url: &str, name: &str) -> String {
     }
 }
 
-pub const CORE: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: "",
-    postgres: include_str!("../../../core/migrations/postgres/0001_core.sql"),
-    mysql: include_str!("../../../core/migrations/mysql/0001_core.sql"),
-}];
+pub const CORE: &[Migration] = agora_core::MIGRATIONS;
+pub const EXCHANGE: &[Migration] = agora_store::schema::EXCHANGE_MIGRATIONS;
 
-pub const EXCHANGE: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: "",
-    postgres: include_str!("../../../exchange/migrations/postgres/0001_exchange.sql"),
-    mysql: include_str!("../../../exchange/migrations/mysql/0001_exchange.sql"),
-}];
-
-// The schema's tables as a venue declares them for `Put`.
-
-pub static USERS: Table = Table {
-    name: "users",
-    columns: &["id", "name", "created_ms"],
-    key_len: 1,
-    update: &[],
-};
-
-pub static BALANCES: Table = Table {
-    name: "balances",
-    columns: &["user_id", "asset_id", "available", "held"],
-    key_len: 2,
-    update: &["available", "held"],
-};
-
-pub static JOURNAL: Table = Table {
-    name: "journal",
-    columns: &["id", "kind", "ref_id", "postings", "created_ms"],
-    key_len: 1,
-    update: &[],
-};
-
-pub static OUTBOX: Table = Table {
-    name: "outbox",
-    columns: &[
-        "seq",
-        "id",
-        "aggregatetype",
-        "aggregateid",
-        "type",
-        "payload",
-        "created_ms",
-    ],
-    key_len: 1,
-    update: &[],
-};
-
-pub static ORDERS: Table = Table {
-    name: "orders",
-    columns: &[
-        "id",
-        "user_id",
-        "symbol_id",
-        "side",
-        "type",
-        "time_in_force",
-        "price",
-        "quantity",
-        "quote_quantity",
-        "client_order_id",
-        "status",
-        "filled_qty",
-        "filled_quote",
-        "fee_paid",
-        "hold_asset",
-        "held",
-        "accept_seq",
-        "cancel_requested",
-        "created_ms",
-        "updated_ms",
-        "stp",
-    ],
-    key_len: 1,
-    update: &[
-        "status",
-        "filled_qty",
-        "filled_quote",
-        "fee_paid",
-        "held",
-        "cancel_requested",
-        "updated_ms",
-    ],
-};
-
-pub static TRADES: Table = Table {
-    name: "trades",
-    columns: &[
-        "seq",
-        "symbol_id",
-        "trade_id",
-        "price",
-        "qty",
-        "quote_qty",
-        "buy_order",
-        "sell_order",
-        "buyer",
-        "seller",
-        "taker_side",
-        "buyer_fee",
-        "seller_fee",
-        "created_ms",
-    ],
-    key_len: 1,
-    update: &[],
-};
-
-pub static CANDLES: Table = Table {
-    name: "candles",
-    columns: &[
-        "symbol_id",
-        "interval",
-        "open_ms",
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        "quote_volume",
-        "trades",
-    ],
-    key_len: 3,
-    update: &["high", "low", "close", "volume", "quote_volume", "trades"],
-};
+// The schema's tables as their owners declare them for `Put` (each test binary uses some).
+#[allow(unused_imports)]
+pub use agora_core::accounts::{BALANCES, JOURNAL, USERS};
+#[allow(unused_imports)]
+pub use agora_core::outbox::OUTBOX;
+#[allow(unused_imports)]
+pub use agora_store::schema::{CANDLES, ORDERS, TRADES};
 
 pub static FENCES: Table = Table {
     name: "agora_fences",
