@@ -66,18 +66,26 @@ impl KafkaConfig {
         }
     }
 
-    /// From the log URL of the configuration: `kafka://host:port,host:port,…`.
+    /// From the log URL of the configuration: `kafka://host:port,host:port,…`, optionally
+    /// with librdkafka properties as a query: `kafka://k1:9092?batch.num.messages=1&linger.ms=0`.
     pub fn from_url(url: &str) -> Result<KafkaConfig, LogError> {
-        let brokers = url
-            .strip_prefix("kafka://")
-            .map(|rest| rest.trim_end_matches('/'))
-            .filter(|brokers| !brokers.is_empty())
-            .ok_or_else(|| {
-                LogError::Broker(format!(
-                    "not a Kafka log URL: {url:?} (expected kafka://host:port,…)"
-                ))
-            })?;
-        Ok(KafkaConfig::new(brokers))
+        let invalid = || {
+            LogError::Broker(format!(
+                "not a Kafka log URL: {url:?} (expected kafka://host:port,…[?property=value&…])"
+            ))
+        };
+        let rest = url.strip_prefix("kafka://").ok_or_else(invalid)?;
+        let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let brokers = brokers.trim_end_matches('/');
+        if brokers.is_empty() {
+            return Err(invalid());
+        }
+        let mut config = KafkaConfig::new(brokers);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').ok_or_else(invalid)?;
+            config = config.set(key, value);
+        }
+        Ok(config)
     }
 
     /// Sets a librdkafka property (see librdkafka's CONFIGURATION.md), applied after ours:
@@ -117,7 +125,19 @@ mod tests {
     fn brokers_come_from_the_log_url() {
         let config = KafkaConfig::from_url("kafka://k1:9092,k2:9092/").unwrap();
         assert_eq!(config.brokers(), "k1:9092,k2:9092");
-        for bad in ["kafka://", "embedded", "redis://x:1"] {
+        let config = KafkaConfig::from_url("kafka://k:1?batch.num.messages=1&linger.ms=0")
+            .unwrap()
+            .client_config(&[]);
+        assert_eq!(config.get("bootstrap.servers"), Some("k:1"));
+        assert_eq!(config.get("batch.num.messages"), Some("1"));
+        assert_eq!(config.get("linger.ms"), Some("0"));
+        for bad in [
+            "kafka://",
+            "kafka://?a=b",
+            "kafka://k:1?flag",
+            "embedded",
+            "redis://x:1",
+        ] {
             assert!(KafkaConfig::from_url(bad).is_err(), "{bad}");
         }
     }

@@ -104,7 +104,11 @@ fn poll_until(consumer: &mut KafkaConsumer, done: impl Fn(&Seen) -> bool) -> See
             "gave up waiting; saw {:?}",
             seen.events
         );
-        seen.take(consumer.poll(POLL).unwrap());
+        let p = consumer.poll(POLL).unwrap();
+        if !matches!(p, Polled::Idle) {
+            eprintln!("DEBUG {p:?}");
+        }
+        seen.take(p);
     }
     seen
 }
@@ -240,7 +244,11 @@ pub fn seek_rereads_from_an_offset(cluster: &Cluster) {
     let deadline = Instant::now() + PATIENCE;
     while again.len() < 3 {
         assert!(Instant::now() < deadline, "no records after seek");
-        if let Polled::Records(batch) = consumer.poll(POLL).unwrap() {
+        let p = consumer.poll(POLL).unwrap();
+        if !matches!(p, Polled::Idle) {
+            eprintln!("DEBUG after seek {p:?}");
+        }
+        if let Polled::Records(batch) = p {
             again.extend(batch.into_iter().map(|d| (d.offset, d.record.seq)));
         }
     }
