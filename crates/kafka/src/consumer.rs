@@ -1,11 +1,11 @@
 use crate::{broker_error, KafkaConfig, EVENT_TYPE_HEADER, REQUEST_TIMEOUT, SEQ_HEADER};
 use agora_bus::{Delivered, LogConsumer, LogError, Polled, Record};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, Message};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,11 @@ pub struct KafkaConsumer {
     owned: BTreeSet<u32>,
     /// An undecodable record met while filling a batch, reported by the next poll.
     deferred: Option<LogError>,
+    /// Seeks librdkafka has not taken yet: right after an assignment a partition's fetcher
+    /// waits for the committed offset, and until it has started librdkafka refuses a seek.
+    /// Retried on every poll; meanwhile the partition's records (read from the committed
+    /// offset) are dropped, so the first ones delivered start at the offset asked for.
+    pending_seeks: BTreeMap<u32, i64>,
 }
 
 impl KafkaConsumer {
@@ -71,6 +76,7 @@ impl KafkaConsumer {
             topic: topic.to_string(),
             owned: BTreeSet::new(),
             deferred: None,
+            pending_seeks: BTreeMap::new(),
         })
     }
 
@@ -87,6 +93,7 @@ impl KafkaConsumer {
             Polled::Assigned(partitions) => self.owned.extend(partitions),
             Polled::Revoked(partitions) => partitions.iter().for_each(|p| {
                 self.owned.remove(p);
+                self.pending_seeks.remove(p);
             }),
             Polled::Idle | Polled::Records(_) => unreachable!("only assignment changes are queued"),
         }
@@ -115,6 +122,43 @@ impl KafkaConsumer {
             .is_empty()
     }
 
+    /// Asks librdkafka for the pending seeks; keeps those it cannot take yet.
+    fn start_pending_seeks(&mut self) -> Result<(), LogError> {
+        if self.pending_seeks.is_empty() {
+            return Ok(());
+        }
+        let mut seeks = TopicPartitionList::new();
+        for (&partition, &offset) in &self.pending_seeks {
+            seeks
+                .add_partition_offset(&self.topic, partition as i32, Offset::Offset(offset))
+                .map_err(|e| broker_error("seeking", e))?;
+        }
+        let results = self
+            .consumer
+            .seek_partitions(seeks, REQUEST_TIMEOUT)
+            .map_err(|e| broker_error(&format!("seeking in {}", self.topic), e))?;
+        for result in results.elements() {
+            let partition = result.partition() as u32;
+            match result.error() {
+                Ok(()) => {}
+                // Not started yet, or the assignment's start at the committed offset came
+                // after the seek and overrode it: again later.
+                Err(KafkaError::OffsetFetch(
+                    RDKafkaErrorCode::State | RDKafkaErrorCode::Outdated,
+                )) => continue,
+                Err(e) => {
+                    self.pending_seeks.remove(&partition);
+                    return Err(broker_error(
+                        &format!("seeking {}/{partition}", self.topic),
+                        e,
+                    ));
+                }
+            }
+            self.pending_seeks.remove(&partition);
+        }
+        Ok(())
+    }
+
     fn owned(&self, partition: u32) -> Result<(), LogError> {
         if self.owned.contains(&partition) {
             Ok(())
@@ -132,6 +176,7 @@ impl LogConsumer for KafkaConsumer {
         if let Some(event) = self.next_event() {
             return Ok(event);
         }
+        self.start_pending_seeks()?;
         let deadline = Instant::now() + timeout;
         let mut batch = Vec::new();
         loop {
@@ -147,6 +192,16 @@ impl LogConsumer for KafkaConsumer {
                     if !batch.is_empty() || self.has_events() || Instant::now() >= deadline {
                         break;
                     }
+                }
+                // Read from where the partition was before a seek librdkafka has not taken;
+                // a record means the fetcher runs, so now it will.
+                Some(Ok(message))
+                    if self
+                        .pending_seeks
+                        .contains_key(&(message.partition() as u32)) =>
+                {
+                    drop(message);
+                    self.start_pending_seeks()?;
                 }
                 Some(Ok(message)) => match decode(&message) {
                     Ok(delivered) => {
@@ -192,21 +247,12 @@ impl LogConsumer for KafkaConsumer {
             .map_err(|e| broker_error(&format!("committing {}/{partition}", self.topic), e))
     }
 
+    /// Takes effect at once, or (right after an assignment) before the partition's next
+    /// record is delivered.
     fn seek(&mut self, partition: u32, offset: i64) -> Result<(), LogError> {
         self.owned(partition)?;
-        self.consumer
-            .seek(
-                &self.topic,
-                partition as i32,
-                Offset::Offset(offset),
-                REQUEST_TIMEOUT,
-            )
-            .map_err(|e| {
-                broker_error(
-                    &format!("seeking {}/{partition} to {offset}", self.topic),
-                    e,
-                )
-            })
+        self.pending_seeks.insert(partition, offset);
+        self.start_pending_seeks()
     }
 }
 

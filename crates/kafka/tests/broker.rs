@@ -74,3 +74,8 @@ fn two_members_split_partitions_and_one_takes_over() {
 fn an_undecodable_record_is_reported_and_passed() {
     with_broker(scenarios::an_undecodable_record_is_reported_and_passed);
 }
+
+#[test]
+fn seek_right_after_assignment_starts_there() {
+    with_broker(scenarios::seek_right_after_assignment_starts_there);
+}

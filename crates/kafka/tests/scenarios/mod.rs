@@ -253,6 +253,39 @@ pub fn seek_rereads_from_an_offset(cluster: &Cluster) {
     );
 }
 
+/// A new owner rebuilds a partition from a snapshot and seeks to the snapshot's offset
+/// before reading anything: the first records it gets start there.
+pub fn seek_right_after_assignment_starts_there(cluster: &Cluster) {
+    let config = cluster.config();
+    let topic = cluster.new_topic("seek-assigned");
+    let log = KafkaProducer::new(&config).unwrap().log(&topic).unwrap();
+    let partition = partition_for("XRP-USDT", PARTITIONS);
+    let records = (1..=5)
+        .map(|seq| Record::new(seq, "XRP-USDT", "T", "{}"))
+        .collect();
+    log.append(partition, records).unwrap();
+
+    let mut consumer = KafkaConsumer::join(&config, &unique("g"), &topic).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "no assignment");
+        match consumer.poll(POLL).unwrap() {
+            Polled::Assigned(_) => break,
+            Polled::Idle => {}
+            other => panic!("{other:?} before the assignment"),
+        }
+    }
+    consumer.seek(partition, 3).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        assert!(Instant::now() < deadline, "no records after the seek");
+        if let Polled::Records(batch) = consumer.poll(POLL).unwrap() {
+            got.extend(batch.into_iter().map(|d| (d.offset, d.record.seq)));
+        }
+    }
+    assert_eq!(got, vec![(3, 4), (4, 5)]);
+}
+
 /// Two members split the partitions (each told `Revoked` before its new `Assigned`), each
 /// gets only its own partitions' records, and when one leaves the other takes all.
 pub fn two_members_split_partitions_and_one_takes_over(cluster: &Cluster) {
