@@ -79,3 +79,8 @@ fn an_undecodable_record_is_reported_and_passed() {
 fn seek_right_after_assignment_starts_there() {
     with_broker(scenarios::seek_right_after_assignment_starts_there);
 }
+
+#[test]
+fn missing_topics_and_partitions_are_refused() {
+    with_broker(scenarios::missing_topics_and_partitions_are_refused);
+}

@@ -52,3 +52,8 @@ fn an_undecodable_record_is_reported_and_passed() {
 fn seek_right_after_assignment_starts_there() {
     with_mock_cluster(scenarios::seek_right_after_assignment_starts_there);
 }
+
+#[test]
+fn missing_topics_and_partitions_are_refused() {
+    with_mock_cluster(scenarios::missing_topics_and_partitions_are_refused);
+}

@@ -339,6 +339,28 @@ pub fn two_members_split_partitions_and_one_takes_over(cluster: &Cluster) {
     }
 }
 
+/// Appending to a partition the topic does not have, and using a topic that does not
+/// exist, are refused instead of creating anything.
+pub fn missing_topics_and_partitions_are_refused(cluster: &Cluster) {
+    let config = cluster.config();
+    let topic = cluster.new_topic("refused");
+    let producer = KafkaProducer::new(&config).unwrap();
+    let log = producer.log(&topic).unwrap();
+    assert_eq!(
+        log.append(PARTITIONS, vec![Record::new(1, "k", "T", "{}")]),
+        Err(LogError::NoSuchPartition {
+            partition: PARTITIONS,
+            partitions: PARTITIONS
+        })
+    );
+    let missing = unique("missing");
+    assert!(matches!(producer.log(&missing), Err(LogError::Broker(_))));
+    assert!(matches!(
+        KafkaConsumer::join(&config, &unique("g"), &missing),
+        Err(LogError::Broker(_))
+    ));
+}
+
 /// A record without our headers (another producer's) is reported with its position, and
 /// the records after it still come.
 pub fn an_undecodable_record_is_reported_and_passed(cluster: &Cluster) {
