@@ -206,7 +206,7 @@ impl Outbox {
                 .entry(partition_for(&key, partitions))
                 .or_default()
                 .push(Record {
-                    offset: row.seq,
+                    seq: row.seq,
                     key,
                     event_type: row.event_type.into(),
                     payload: row.payload.into(),

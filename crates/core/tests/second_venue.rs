@@ -8,7 +8,7 @@
 //! and feeds back `Issued`; the writer then spends the hold and marks the voucher ISSUED,
 //! recording the issuer's position in the same commit.
 
-use agora_bus::{EmbeddedLog, Record};
+use agora_bus::{Delivered, EmbeddedLog, LogConsumer, Polled};
 use agora_core::accounts::BalanceRow;
 use agora_core::outbox::OutboxRow;
 use agora_core::store::{Database, Migration, Table, WriteBatch};
@@ -246,7 +246,8 @@ fn start(path: &Path, issuing: bool) -> Running {
     db.migrate("core", agora_core::MIGRATIONS).unwrap();
     let (published, applied) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let venue = Vouchers::load(&mut db, published, applied);
-    let (log, mut partitions) = EmbeddedLog::new(1, 64);
+    let log = EmbeddedLog::new(1, 64);
+    let mut events = log.consumer([0]).unwrap();
     let core = Core::load(Box::new(db), Arc::new(SystemClock), Arc::new(log), 1_000).unwrap();
     let limits = WriterLimits {
         drain_max: Duration::from_millis(300),
@@ -255,21 +256,28 @@ fn start(path: &Path, issuing: bool) -> Running {
     let writer = Writer::new(core, venue, limits);
     let (port, requests) = RequestPort::bounded(64);
     let (feedback_tx, feedback) = mpsc::unbounded_channel();
-    let events = partitions.remove(0);
     std::thread::spawn(move || {
-        // The issuer: issues each requested voucher (a stopped one never answers).
+        // The issuer: a consumer on the log that issues each requested voucher (a stopped
+        // one never answers).
         if !issuing {
             return std::thread::park();
         }
-        for batch in events.iter() {
-            for Record {
-                offset, payload, ..
-            } in batch
-            {
-                let id = payload.parse().unwrap();
-                if feedback_tx.send(Issued { seq: offset, id }).is_err() {
-                    return;
+        loop {
+            match events.poll(Duration::from_millis(50)) {
+                Ok(Polled::Records(batch)) => {
+                    for Delivered { record, .. } in batch {
+                        let id = record.payload.parse().unwrap();
+                        let issued = Issued {
+                            seq: record.seq,
+                            id,
+                        };
+                        if feedback_tx.send(issued).is_err() {
+                            return;
+                        }
+                    }
                 }
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
     });

@@ -213,7 +213,7 @@ impl Exchange {
             replayed_at_start: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         });
-        let (log, partitions) = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
+        let log = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
         let (output_tx, output_rx) = mpsc::unbounded_channel();
         let mut shard_books: Vec<FxHashMap<u32, ShardBook>> = (0..config.engine_shards)
             .map(|_| FxHashMap::default())
@@ -224,7 +224,10 @@ impl Exchange {
         }
         let mut threads = Vec::new();
         let mut shard_control = Vec::new();
-        for (i, (books, log_rx)) in shard_books.into_iter().zip(partitions).enumerate() {
+        for (i, books) in shard_books.into_iter().enumerate() {
+            let log_rx = log
+                .consumer([i as u32])
+                .expect("each shard owns its partition");
             let (control_tx, control_rx) = crossbeam_channel::bounded(64);
             shard_control.push(control_tx);
             let shard = Shard {
