@@ -249,10 +249,7 @@ fn sigterm_drains_in_flight_work_and_stops_cleanly() {
         assert!(status.success(), "exit status {status:?}");
         // What the drained process left: every input it published is settled, so a
         // restart replays nothing and trades no more.
-        let stored_trades: u64 = rusqlite::Connection::open(s.data_dir().join("agora.db"))
-            .unwrap()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM trades", [], |r| r.get(0))
-            .unwrap();
+        let stored_trades = s.stored_i64("SELECT COALESCE(MAX(seq), 0) FROM trades");
         s.restart(); // without the bots: nothing trades before we look
         let first = s.json("/api/v1/admin/status", None);
         assert_eq!(first["replayed_at_start"], 0, "round {round}: {first}");

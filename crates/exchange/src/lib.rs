@@ -32,11 +32,11 @@ pub use sequencer::Placed;
 pub use shard::BookSnapshot;
 
 use agora_bus::{partition_for, EmbeddedLog};
-use agora_core::{Clock, ReadDatabase};
+use agora_core::{Clock, Database, ReadDatabase};
 use agora_core::{Core, RequestPort, Writer, WriterLimits};
 use agora_engine::{Book, RestingOrder, Side};
 use agora_store::queries::{Loads, Reads};
-use agora_store::sqlite::{Checkpointer, Durability, SqliteAuditor, SqliteStore};
+use agora_store::sqlite::{Checkpointer, Durability, SqliteStore};
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sequencer::{ExchangeVenue, Request};
@@ -62,6 +62,8 @@ pub struct Config {
     pub shard_queue_batches: usize,
     /// Stamps every row the writer makes (order times, journal entries, candles).
     pub clock: Arc<dyn Clock>,
+    /// A PostgreSQL or MySQL/MariaDB URL; `None` is SQLite in `data_dir`.
+    pub store_url: Option<String>,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ impl Config {
             read_connections: 4,
             shard_queue_batches: 1_024,
             clock: agora_core::clock::system(),
+            store_url: None,
         }
     }
 }
@@ -138,7 +141,8 @@ pub struct Exchange {
 struct Inner {
     requests: RequestPort<Request>,
     reader: Arc<dyn ReadDatabase>,
-    auditor: Arc<SqliteAuditor>,
+    /// `None` where the store has no reconciliation reader yet.
+    auditor: Option<Arc<dyn AuditStore>>,
     /// One reconciliation at a time; later callers wait here, not on a blocking thread
     /// parked on the auditor's lock.
     reconciling: tokio::sync::Mutex<()>,
@@ -150,6 +154,40 @@ struct Inner {
     shard_control: Vec<crossbeam_channel::Sender<ShardControl>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
+}
+
+/// The store's connections, as the configuration chose them.
+struct OpenStore {
+    store: Box<dyn Database>,
+    reader: Arc<dyn ReadDatabase>,
+    auditor: Option<Arc<dyn AuditStore>>,
+    checkpointer: Option<Checkpointer>,
+}
+
+fn open_store(config: &Config) -> Result<OpenStore, StartError> {
+    match &config.store_url {
+        None => {
+            let store = SqliteStore::open(&config.data_dir.join("agora.db"), config.durability)?;
+            let reader: Arc<dyn ReadDatabase> = Arc::new(store.reader(config.read_connections)?);
+            let auditor: Arc<dyn AuditStore> = Arc::new(store.auditor()?);
+            let checkpointer = Checkpointer::spawn(&store)?;
+            Ok(OpenStore {
+                store: Box::new(store),
+                reader,
+                auditor: Some(auditor),
+                checkpointer: Some(checkpointer),
+            })
+        }
+        Some(url) => {
+            let (store, reader) = agora_sql::connect(url, config.read_connections as u32)?;
+            Ok(OpenStore {
+                store,
+                reader,
+                auditor: None,
+                checkpointer: None,
+            })
+        }
+    }
 }
 
 /// Balances the writer keeps in memory before its cache is dropped and refilled lazily.
@@ -184,12 +222,14 @@ impl Exchange {
         assert!(config.engine_shards > 0 && config.batch_max > 0);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
-        let mut store = SqliteStore::open(&config.data_dir.join("agora.db"), config.durability)?;
-        agora_store::schema::migrate(&mut store)?;
-        let reader: Arc<dyn ReadDatabase> = Arc::new(store.reader(config.read_connections)?);
-        let auditor = Arc::new(store.auditor()?);
-        let checkpointer = Checkpointer::spawn(&store)?;
-        let mut loads = Loads(&mut store);
+        let OpenStore {
+            mut store,
+            reader,
+            auditor,
+            checkpointer,
+        } = open_store(&config)?;
+        agora_store::schema::migrate(&mut *store)?;
+        let mut loads = Loads(&mut *store);
         let refdata = RefData::new(loads.assets()?, loads.symbols()?);
         let open_orders = loads.open_orders()?;
         let cursors = loads.cursors()?;
@@ -255,7 +295,7 @@ impl Exchange {
                 .expect("spawn market thread"),
         );
         let venue = ExchangeVenue::new(
-            &mut store,
+            &mut *store,
             shared.clone(),
             sequencer::Recovered {
                 refdata,
@@ -265,7 +305,7 @@ impl Exchange {
             feed_tx,
         )?;
         let core = Core::load(
-            Box::new(store),
+            store,
             config.clock.clone(),
             Arc::new(log),
             BALANCE_CACHE_MAX,
@@ -290,7 +330,7 @@ impl Exchange {
                 clock: config.clock.clone(),
                 shard_control,
                 threads: Mutex::new(threads),
-                checkpointer: Mutex::new(Some(checkpointer)),
+                checkpointer: Mutex::new(checkpointer),
             }),
         })
     }
@@ -527,6 +567,11 @@ impl Exchange {
             .map(|s| (s.id, s.name.clone()))
             .collect();
         symbols.sort_unstable();
+        let Some(auditor) = self.inner.auditor.clone() else {
+            return Err(ExchangeError::unavailable(
+                "reconciliation is not available on this store yet",
+            ));
+        };
         // Ask for the books first: they are answered while the ledger is read.
         let deadline = tokio::time::Instant::now() + BOOK_AUDIT_WAIT;
         let mut books = Vec::with_capacity(symbols.len());
@@ -534,7 +579,6 @@ impl Exchange {
             let request = self.request_book_audit(id, &name, deadline).await;
             books.push((name, request));
         }
-        let auditor = self.inner.auditor.clone();
         let shared = self.inner.shared.clone();
         let latest = move || shared.refdata.read().expect("lock").clone();
         let mut report =

@@ -89,6 +89,7 @@ pub fn exchange_config(settings: &Settings) -> Config {
         DurabilitySetting::Normal => Durability::Normal,
     };
     config.engine_shards = settings.engine_shards;
+    config.store_url = settings.store_url.clone();
     config.batch_max = settings.batch_max;
     config
 }

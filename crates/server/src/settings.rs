@@ -20,6 +20,11 @@ pub struct ServeArgs {
     /// Where the embedded store lives [default: ./agora-data].
     #[arg(long, env = "AGORA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The store: `sqlite` (the embedded default, in the data directory),
+    /// `postgres://user@host:port/db` or `mysql://user@host:port/db` (MariaDB too). The
+    /// database must exist; agora creates its tables [default: sqlite].
+    #[arg(long, env = "AGORA_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Seed demo assets, symbols, funded users and a starting book if the store is empty.
     #[arg(long, env = "AGORA_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
@@ -98,6 +103,8 @@ pub enum DurabilitySetting {
 pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// A server database's URL; `None` is the embedded SQLite store in `data_dir`.
+    pub store_url: Option<String>,
     pub demo: bool,
     /// The bots' configuration, if bots run.
     pub bots: Option<agora_exchange::bots::BotConfig>,
@@ -185,6 +192,18 @@ impl ServeArgs {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("agora-data")),
+            store_url: match self.store.or(file.store).as_deref() {
+                None | Some("sqlite") => None,
+                Some(url) => {
+                    anyhow::ensure!(
+                        ["postgres://", "postgresql://", "mysql://"]
+                            .iter()
+                            .any(|scheme| url.starts_with(scheme)),
+                        "store must be sqlite, postgres://… or mysql://…"
+                    );
+                    Some(url.to_string())
+                }
+            },
             demo: self.demo || file.demo,
             bots: {
                 let on = (self.bots || file.bots || self.demo || file.demo)

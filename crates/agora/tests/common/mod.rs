@@ -14,10 +14,65 @@ pub fn agora_bin() -> String {
     std::env::var("AGORA_TEST_BIN").unwrap_or(env!("CARGO_BIN_EXE_agora").into())
 }
 
+/// The store the suite runs on: `AGORA_TEST_STORE` names a server (a base URL such as
+/// `postgres://postgres@127.0.0.1:5432` or `mysql://root@127.0.0.1:3306`), and each test
+/// server gets a database of its own there; unset, each gets an SQLite store in its data
+/// directory.
+pub fn test_store_base() -> Option<String> {
+    std::env::var("AGORA_TEST_STORE")
+        .ok()
+        .filter(|s| !s.is_empty() && s != "sqlite")
+}
+
+/// Whether the suite runs on the embedded SQLite store (some tests edit it directly).
+pub fn on_sqlite() -> bool {
+    test_store_base().is_none()
+}
+
+/// A new, empty database on the server at `base`; returns its URL.
+fn fresh_database(base: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "agora_e2e_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let base = base.trim_end_matches('/');
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        if base.starts_with("mysql://") {
+            let mut c = sqlx::MySqlConnection::connect(base).await.expect(base);
+            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        } else {
+            let admin = format!("{base}/postgres");
+            let mut c = sqlx::PgConnection::connect(&admin).await.expect(base);
+            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    });
+    format!("{base}/{name}")
+}
+
 pub struct Server {
     child: Option<Child>,
     pub url: String,
     pub data_dir: PathBuf,
+    /// `--store` for every boot of this server (`sqlite` unless `AGORA_TEST_STORE` is set).
+    pub store: String,
     _dir: Option<tempfile::TempDir>,
     pub http: Client,
 }
@@ -31,6 +86,7 @@ impl Server {
             child: None,
             url: String::new(),
             data_dir,
+            store: test_store_base().map_or_else(|| "sqlite".into(), |b| fresh_database(&b)),
             _dir: Some(dir),
             http: Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -53,6 +109,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(["--store", &self.store])
             .args(extra)
             .env("AGORA_LOG", "warn")
             .stdout(Stdio::piped())
@@ -121,6 +178,30 @@ impl Server {
     pub fn restart_with(&mut self, args: &[&str]) {
         self.kill9();
         self.boot(args);
+    }
+
+    /// One integer read straight from the server's store (stopped or running).
+    pub fn stored_i64(&self, sql: &str) -> i64 {
+        if self.store == "sqlite" {
+            return rusqlite::Connection::open(self.data_dir.join("agora.db"))
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use sqlx::Connection;
+            if self.store.starts_with("mysql://") {
+                let mut c = sqlx::MySqlConnection::connect(&self.store).await.unwrap();
+                sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut c).await.unwrap()
+            } else {
+                let mut c = sqlx::PgConnection::connect(&self.store).await.unwrap();
+                sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut c).await.unwrap()
+            }
+        })
     }
 
     pub fn data_dir(&self) -> &Path {
