@@ -16,7 +16,10 @@
 //! Portable SQL, the rules: `?` placeholders (PostgreSQL's adapter numbers them); identifiers
 //! that are keywords somewhere in double quotes (MySQL runs with `ANSI_QUOTES`); no string
 //! literals containing `?`; integers are 64-bit (`BIGINT` in the server dialects), text is
-//! text; `LIMIT n` at the end.
+//! text; `LIMIT n` at the end. PostgreSQL types a statement's parameters from its first run
+//! and cannot type a parameter that is only compared with NULL: give each `?` the same kind
+//! of value every time, and turn optional filters into optional clauses, never
+//! `? IS NULL OR …`.
 
 use thiserror::Error;
 
@@ -338,7 +341,9 @@ pub trait ReadDatabase: Send + Sync {
     }
 }
 
-/// The upsert an adapter runs for a `Put`, in its dialect. Identifiers are quoted, so a
+/// The single-row upsert for a `Put`, in a dialect (the SQLite adapter runs it; the server
+/// adapters merge rows into multi-row statements of their own, and MySQL's refuses a match on
+/// another unique key, as `ON CONFLICT (key)` does). Identifiers are quoted, so a
 /// column may be called `interval` or `type`.
 pub fn upsert_sql(dialect: Dialect, table: &Table) -> String {
     let q = |c: &str| match dialect {
