@@ -222,11 +222,34 @@ pub trait Cache: Idempotency + RateLimiter + Gates + KvCache + 'static {}
 
 impl<T: Idempotency + RateLimiter + Gates + KvCache + 'static> Cache for T {}
 
-/// Which adapter, as configured (`memory` or `redis://host:port/db`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which adapter, as configured (`memory` or `redis://host:port/db`). Printed (`Display`,
+/// `Debug`) without credentials, so it can go to logs.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Backend {
     Memory,
     Redis(String),
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Memory => f.write_str("memory"),
+            Backend::Redis(url) => match ::redis::Client::open(url.as_str()) {
+                Ok(client) => {
+                    let info = client.get_connection_info();
+                    let db = info.redis_settings().db();
+                    write!(f, "redis://{}/{db}", info.addr())
+                }
+                Err(_) => f.write_str("redis://(not a usable URL)"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl Backend {
@@ -236,9 +259,9 @@ impl Backend {
             return Ok(Backend::Memory);
         }
         if url.starts_with("redis://") || url.starts_with("redis+unix://") {
-            ::redis::Client::open(url).map_err(|e| {
-                CacheError::Invalid(format!("{url} is not a usable Redis URL: {e}"))
-            })?;
+            // The error does not repeat the URL: it may hold a password.
+            ::redis::Client::open(url)
+                .map_err(|e| CacheError::Invalid(format!("not a usable Redis URL: {e}")))?;
             return Ok(Backend::Redis(url.to_string()));
         }
         Err(CacheError::Invalid(format!(
@@ -399,5 +422,8 @@ mod tests {
         assert!(Backend::parse("memcached://x").is_err());
         assert!(Backend::parse("redis://127.0.0.1:notaport").is_err());
         assert!(Rate::per_second(0, 1).is_err() && Rate::per_second(1, 0).is_err());
+        let secret = Backend::parse("redis://agora:s3cret@10.0.0.7:6380/2").unwrap();
+        assert_eq!(secret.to_string(), "redis://10.0.0.7:6380/2");
+        assert_eq!(format!("{secret:?}"), "redis://10.0.0.7:6380/2");
     }
 }

@@ -114,7 +114,7 @@ impl RedisCache {
             .set_response_timeout(Some(timeout));
         let connection = bounded(timeout, ConnectionManager::new_with_config(client, config))
             .await
-            .map_err(|e| CacheError::Backend(format!("connecting to {url}: {e}")))?;
+            .map_err(|e| CacheError::Backend(format!("connecting to Redis: {e}")))?;
         Ok(RedisCache {
             connection,
             prefix: prefix.to_string(),
