@@ -26,7 +26,8 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{cmd, Client, RedisResult, Script, Value};
 use std::collections::HashSet;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Members sent per `SADD` and asked per `SSCAN`: big enough to be few round trips, small
 /// enough that no single command blocks Redis for long.
@@ -90,10 +91,18 @@ redis.call('SADD', KEYS[1], ARGV[1])
 return 0
 ";
 
+/// After Redis failed to answer (down, unreachable, too slow), calls fail at once for this
+/// long instead of each waiting out its deadline: an outage then costs callers nothing but
+/// the refusal (the API's rate limit lets requests through, keyed requests get a 503).
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 pub struct RedisCache {
     connection: ConnectionManager,
     prefix: String,
     timeout: Duration,
+    /// Calls fail at once until this moment, µs after `epoch` (0: no pause).
+    paused_until_us: AtomicU64,
+    epoch: Instant,
     begin: Script,
     complete: Script,
     abandon: Script,
@@ -112,13 +121,17 @@ impl RedisCache {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let connection = bounded(timeout, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|e| CacheError::Backend(format!("connecting to Redis: {e}")))?;
+        let connection =
+            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| timed_out(timeout))?
+                .map_err(|e| CacheError::Backend(format!("connecting to Redis: {e}")))?;
         Ok(RedisCache {
             connection,
             prefix: prefix.to_string(),
             timeout,
+            paused_until_us: AtomicU64::new(0),
+            epoch: Instant::now(),
             begin: Script::new(BEGIN),
             complete: Script::new(COMPLETE),
             abandon: Script::new(ABANDON),
@@ -135,8 +148,34 @@ impl RedisCache {
         format!("{}:{kind}:{key}", self.prefix)
     }
 
+    /// Runs a call within the deadline, unless Redis failed a moment ago (see
+    /// `PAUSE_AFTER_FAILURE`); a failure to reach Redis starts such a pause.
     async fn run<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T, CacheError> {
-        bounded(self.timeout, call).await
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        if now_us < self.paused_until_us.load(Ordering::Relaxed) {
+            return Err(CacheError::Backend(
+                "Redis failed to answer a moment ago; not asking again yet".into(),
+            ));
+        }
+        let result = tokio::time::timeout(self.timeout, call).await;
+        let unreachable = match &result {
+            Ok(Ok(_)) => false,
+            Ok(Err(e)) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+            }
+            Err(_) => true,
+        };
+        if unreachable {
+            let until = now_us + PAUSE_AFTER_FAILURE.as_micros() as u64;
+            self.paused_until_us.store(until, Ordering::Relaxed);
+        }
+        match result {
+            Ok(result) => result.map_err(backend),
+            Err(_) => Err(timed_out(self.timeout)),
+        }
     }
 
     async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T, CacheError> {
@@ -145,17 +184,11 @@ impl RedisCache {
     }
 }
 
-/// Runs a Redis call within `timeout`; Redis's errors become `Backend`, with their text.
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl Future<Output = RedisResult<T>>,
-) -> Result<T, CacheError> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => result.map_err(backend),
-        Err(_) => Err(CacheError::Timeout(timeout.as_millis() as u64)),
-    }
+fn timed_out(timeout: Duration) -> CacheError {
+    CacheError::Timeout(timeout.as_millis() as u64)
 }
 
+/// Redis's errors become `Backend`, with their text.
 fn backend(e: ::redis::RedisError) -> CacheError {
     CacheError::Backend(e.to_string())
 }
