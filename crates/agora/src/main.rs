@@ -75,10 +75,11 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate { data_dir } => {
             init_logging(false);
             std::fs::create_dir_all(&data_dir)?;
-            agora_store::sqlite::SqliteStore::open(
+            let mut store = agora_store::sqlite::SqliteStore::open(
                 &data_dir.join("agora.db"),
                 agora_store::sqlite::Durability::Full,
             )?;
+            agora_store::schema::migrate(&mut store)?;
             println!("store at {} is up to date", data_dir.display());
             Ok(())
         }

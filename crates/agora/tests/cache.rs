@@ -11,11 +11,11 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 /// `serve` flags for one cache; `None` when Redis is wanted and missing (skip).
-fn cache_args(cache: &str, test: &str) -> Option<Vec<String>> {
+fn cache_args(cache: &str) -> Option<Vec<String>> {
     match cache {
         "memory" => Some(vec!["--cache".into(), "memory".into()]),
         _ => {
-            let url = agora_cache::testing::redis_or_skip(test)?;
+            let url = agora_cache::testing::redis_or_skip()?;
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
@@ -53,8 +53,8 @@ on_both_caches!(
     the_rate_limit_answers_429_with_retry_after,
 );
 
-fn start(cache: &str, test: &str, extra: &[&str]) -> Option<Server> {
-    let mut args = cache_args(cache, test)?;
+fn start(cache: &str, extra: &[&str]) -> Option<Server> {
+    let mut args = cache_args(cache)?;
     args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Some(Server::start_with(&args))
@@ -87,7 +87,7 @@ fn order_count(s: &Server, user: u64) -> usize {
 }
 
 fn a_keyed_request_is_answered_once_and_replayed(cache: &str) {
-    let Some(s) = start(cache, "a_keyed_request_is_answered_once_and_replayed", &[]) else {
+    let Some(s) = start(cache, &[]) else {
         return;
     };
     let users = market(&s, 2);
@@ -170,7 +170,7 @@ fn a_keyed_request_is_answered_once_and_replayed(cache: &str) {
 }
 
 fn concurrent_duplicates_create_one_order(cache: &str) {
-    let Some(s) = start(cache, "concurrent_duplicates_create_one_order", &[]) else {
+    let Some(s) = start(cache, &[]) else {
         return;
     };
     let user = market(&s, 1)[0];
@@ -211,7 +211,6 @@ fn concurrent_duplicates_create_one_order(cache: &str) {
 }
 
 fn the_rate_limit_answers_429_with_retry_after(cache: &str) {
-    let test = "the_rate_limit_answers_429_with_retry_after";
     let args = [
         "--demo",
         "--no-bots",
@@ -220,7 +219,7 @@ fn the_rate_limit_answers_429_with_retry_after(cache: &str) {
         "--rate-limit-burst",
         "5",
     ];
-    let Some(s) = start(cache, test, &args) else {
+    let Some(s) = start(cache, &args) else {
         return;
     };
     let balances = |user: u64| s.get("/api/v1/balances", Some(user)).status().as_u16();

@@ -25,7 +25,7 @@ impl Fixture {
     }
 
     async fn redis(test: &str) -> Option<Fixture> {
-        let url = agora_cache::testing::redis_or_skip(test)?;
+        let url = agora_cache::testing::redis_or_skip()?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

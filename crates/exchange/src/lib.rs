@@ -32,11 +32,14 @@ pub use sequencer::Placed;
 pub use shard::BookSnapshot;
 
 use agora_bus::{partition_for, EmbeddedLog};
+use agora_core::{Clock, ReadDatabase};
+use agora_core::{Core, RequestPort, Writer, WriterLimits};
 use agora_engine::{Book, RestingOrder, Side};
-use agora_store::sqlite::{Checkpointer, Durability, SqliteAuditor, SqliteReader, SqliteStore};
+use agora_store::queries::{Loads, Reads};
+use agora_store::sqlite::{Checkpointer, Durability, SqliteAuditor, SqliteStore};
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
-use sequencer::{Request, Sequencer, SequencerLimits};
+use sequencer::{ExchangeVenue, Request};
 use shard::{InFlight, Shard, ShardBook, ShardControl};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +60,8 @@ pub struct Config {
     pub read_connections: usize,
     /// Batches of book inputs queued per shard before the sequencer waits.
     pub shard_queue_batches: usize,
+    /// Stamps every row the writer makes (order times, journal entries, candles).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
@@ -69,6 +74,7 @@ impl Config {
             batch_max: 4_096,
             read_connections: 4,
             shard_queue_batches: 1_024,
+            clock: agora_core::clock::system(),
         }
     }
 }
@@ -130,8 +136,8 @@ pub struct Exchange {
 }
 
 struct Inner {
-    requests: mpsc::Sender<Request>,
-    reader: Arc<SqliteReader>,
+    requests: RequestPort<Request>,
+    reader: Arc<dyn ReadDatabase>,
     auditor: Arc<SqliteAuditor>,
     /// One reconciliation at a time; later callers wait here, not on a blocking thread
     /// parked on the auditor's lock.
@@ -140,10 +146,14 @@ struct Inner {
     book_audits: Mutex<FxHashMap<u32, Arc<AtomicBool>>>,
     market: Arc<market::MarketData>,
     shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
     shard_control: Vec<crossbeam_channel::Sender<ShardControl>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
 }
+
+/// Balances the writer keeps in memory before its cache is dropped and refilled lazily.
+const BALANCE_CACHE_MAX: usize = 1_000_000;
 
 /// How long a reconciliation waits for the engine books' audits.
 pub const BOOK_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -175,12 +185,14 @@ impl Exchange {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let mut store = SqliteStore::open(&config.data_dir.join("agora.db"), config.durability)?;
-        let reader = Arc::new(store.reader(config.read_connections)?);
+        agora_store::schema::migrate(&mut store)?;
+        let reader: Arc<dyn ReadDatabase> = Arc::new(store.reader(config.read_connections)?);
         let auditor = Arc::new(store.auditor()?);
         let checkpointer = Checkpointer::spawn(&store)?;
-        let refdata = RefData::new(store.load_assets()?, store.load_symbols()?);
-        let open_orders = store.load_open_orders()?;
-        let cursors = store.load_cursors()?;
+        let mut loads = Loads(&mut store);
+        let refdata = RefData::new(loads.assets()?, loads.symbols()?);
+        let open_orders = loads.open_orders()?;
+        let cursors = loads.cursors()?;
         let books = restore_books(&refdata, &open_orders, &cursors)?;
         let depths = books
             .iter()
@@ -188,20 +200,20 @@ impl Exchange {
             .collect();
         let market = Arc::new(market::MarketData::new(
             depths,
-            store.load_recent_trades(market::RECENT_TRADES_MAX)?,
-            store.load_recent_candles(market::CANDLES_KEPT)?,
+            loads.recent_trades(market::RECENT_TRADES_MAX)?,
+            loads.recent_candles(market::CANDLES_KEPT)?,
         ));
 
         let shared = Arc::new(Shared {
             refdata: RwLock::new(Arc::new(refdata.clone())),
-            users: RwLock::new(store.load_users()?.into_iter().map(|u| u.id).collect()),
+            users: RwLock::new(loads.users()?.into_iter().map(|u| u.id).collect()),
             published: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             trades: AtomicU64::new(0), // set by the sequencer from its counters
             replayed_at_start: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         });
-        let (log, partitions) = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
+        let log = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
         let (output_tx, output_rx) = mpsc::unbounded_channel();
         let mut shard_books: Vec<FxHashMap<u32, ShardBook>> = (0..config.engine_shards)
             .map(|_| FxHashMap::default())
@@ -212,7 +224,10 @@ impl Exchange {
         }
         let mut threads = Vec::new();
         let mut shard_control = Vec::new();
-        for (i, (books, log_rx)) in shard_books.into_iter().zip(partitions).enumerate() {
+        for (i, books) in shard_books.into_iter().enumerate() {
+            let log_rx = log
+                .consumer([i as u32])
+                .expect("each shard owns its partition");
             let (control_tx, control_rx) = crossbeam_channel::bounded(64);
             shard_control.push(control_tx);
             let shard = Shard {
@@ -227,10 +242,9 @@ impl Exchange {
             );
         }
         drop(output_tx);
-        let limits = SequencerLimits {
+        let limits = WriterLimits {
             batch_max: config.batch_max,
-            balance_cache_max: 1_000_000,
-            relay_page_rows: 4_096,
+            ..WriterLimits::default()
         };
         let (feed_tx, feed_rx) = crossbeam_channel::bounded(market::FEED_QUEUE_MAX);
         let (market_thread, market_shared) = (market.clone(), shared.clone());
@@ -240,11 +254,9 @@ impl Exchange {
                 .spawn(move || market::run(market_thread, feed_rx, market_shared, observer))
                 .expect("spawn market thread"),
         );
-        let sequencer = Sequencer::new(
-            store,
-            Arc::new(log),
+        let venue = ExchangeVenue::new(
+            &mut store,
             shared.clone(),
-            limits,
             sequencer::Recovered {
                 refdata,
                 open_orders,
@@ -252,12 +264,19 @@ impl Exchange {
             },
             feed_tx,
         )?;
-        let (request_tx, request_rx) = mpsc::channel(config.request_queue_max);
+        let core = Core::load(
+            Box::new(store),
+            config.clock.clone(),
+            Arc::new(log),
+            BALANCE_CACHE_MAX,
+        )?;
+        let writer = Writer::new(core, venue, limits);
+        let (request_tx, request_rx) = RequestPort::bounded(config.request_queue_max);
         threads.push(
             std::thread::Builder::new()
-                .name("sequencer".into())
-                .spawn(move || sequencer.run(request_rx, output_rx))
-                .expect("spawn sequencer thread"),
+                .name("writer".into())
+                .spawn(move || writer.run(request_rx, output_rx))
+                .expect("spawn writer thread"),
         );
         Ok(Exchange {
             inner: Arc::new(Inner {
@@ -268,11 +287,17 @@ impl Exchange {
                 book_audits: Mutex::default(),
                 market,
                 shared,
+                clock: config.clock.clone(),
                 shard_control,
                 threads: Mutex::new(threads),
                 checkpointer: Mutex::new(Some(checkpointer)),
             }),
         })
+    }
+
+    /// The exchange's clock (the one its rows are stamped with).
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     pub fn status(&self) -> Status {
@@ -332,10 +357,10 @@ impl Exchange {
 
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&SqliteReader) -> StoreResult<T> + Send + 'static,
+        f: impl FnOnce(&Reads<dyn ReadDatabase>) -> StoreResult<T> + Send + 'static,
     ) -> ExchangeResult<T> {
-        let reader = self.inner.reader.clone();
-        tokio::task::spawn_blocking(move || f(&reader))
+        let reads = Reads(self.inner.reader.clone());
+        tokio::task::spawn_blocking(move || f(&reads))
             .await
             .map_err(|e| ExchangeError::unavailable(format!("read task: {e}")))?
             .map_err(|e| {
@@ -352,8 +377,7 @@ impl Exchange {
         let reference_price = match refdata.symbol_by_name.get(&request.symbol) {
             Some(&id) if market_sell => {
                 let base_unit = refdata.book_spec(&refdata.symbols[&id]).base_unit;
-                self.market()
-                    .reference_price(id, agora_store::sqlite::now_ms(), base_unit)
+                self.market().reference_price(id, self.now_ms(), base_unit)
             }
             _ => None,
         };
@@ -592,16 +616,7 @@ impl Exchange {
 
     /// Stops taking requests, lets the engine and settlement drain, and joins the threads.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .inner
-            .requests
-            .send(Request::Shutdown { reply: tx })
-            .await
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
+        self.inner.requests.shutdown().await;
         for control in &self.inner.shard_control {
             let _ = control.send(ShardControl::Stop);
         }

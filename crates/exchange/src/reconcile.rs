@@ -487,10 +487,9 @@ pub fn offline(data_dir: &std::path::Path) -> StoreResult<Report> {
         &data_dir.join("agora.db"),
         agora_store::sqlite::Durability::Full,
     )?;
-    let refdata = Arc::new(RefData::new(
-        agora_store::Store::load_assets(&mut store)?,
-        agora_store::Store::load_symbols(&mut store)?,
-    ));
+    agora_store::schema::migrate(&mut store)?;
+    let mut loads = agora_store::queries::Loads(&mut store);
+    let refdata = Arc::new(RefData::new(loads.assets()?, loads.symbols()?));
     audit_ledger(&store.auditor()?, &|| refdata.clone(), true)
 }
 

@@ -1,12 +1,12 @@
-//! The sequencer: the one thread that writes.
+//! The exchange as a venue on the core's writer (`agora_core::writer`).
 //!
-//! Every state change — an order's hold, its row and its outbox event; a cancel request; a
-//! deposit; the settlement of the engine's output — is applied here to an in-memory working
-//! set (balances, open orders, cursors) and then committed to the store in one transaction
-//! per batch. Batches form by themselves: while one commit is on its way to disk, new
-//! requests queue up, and the next loop takes all of them (up to `batch_max`). Replies are
-//! sent and outbox records published only after the commit, so an answered request is
-//! durable (invariant 3) and the engine never sees an input the store has not got.
+//! Every state change of the exchange — an order's hold, its row and its outbox event; a
+//! cancel request; a deposit; the settlement of the engine's output — is applied here to
+//! the exchange's working set (open orders, engine cursors, candles, reference data) and to
+//! the core's (balances, journal, outbox), and committed with everything else of its batch
+//! by the writer. Replies go out and book inputs are published only after the commit, so an
+//! answered request is durable (invariant 3) and the engine never sees an input the store
+//! has not got.
 //!
 //! Being the only writer is what lets the working set be authoritative: no other process
 //! changes these rows behind its back, so a balance check is a map lookup, not a query.
@@ -19,17 +19,19 @@ use crate::rules::{NewAsset, RefData, SymbolUpdate, ValidOrder, OPEN_ORDERS_PER_
 use crate::settlement::settle_trade;
 use crate::shard::BookAudit;
 use crate::Shared;
-use agora_bus::{partition_for, EventLog, Record};
+use agora_core::accounts::{BalanceRow, PostError};
+use agora_core::outbox::OutboxRow;
+use agora_core::writer::{fatal, Core, Venue};
+use agora_core::{Database, WriteBatch};
 use agora_engine::{DoneReason, Event, NewOrder, Side};
 use agora_ledger::{Account, Balance, Bucket, Entry, EntryKind, LedgerError};
 use agora_market::{candles::fold, Candle, Interval};
-use agora_store::sqlite::now_ms;
+use agora_store::queries::Loads;
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub type Reply<T> = oneshot::Sender<ExchangeResult<T>>;
 
@@ -69,10 +71,6 @@ pub enum Request {
         update: SymbolUpdate,
         reply: Reply<SymbolRow>,
     },
-    /// Stop taking requests, settle everything in flight, then exit.
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
 }
 
 /// The answer to a placement: the order, and whether this call created it (false when a
@@ -102,16 +100,6 @@ pub(crate) enum ShardOutput {
     BookAudit(BookAudit),
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct SequencerLimits {
-    /// Most requests (and, separately, engine outputs) taken into one commit.
-    pub batch_max: usize,
-    /// Balances kept in memory before the cache is dropped and refilled lazily.
-    pub balance_cache_max: usize,
-    /// Outbox rows read per page while catching up after a restart.
-    pub relay_page_rows: usize,
-}
-
 /// What `Exchange::start` already loaded from the store.
 pub(crate) struct Recovered {
     pub refdata: RefData,
@@ -122,8 +110,6 @@ pub(crate) struct Recovered {
 /// Rows touched since the last commit.
 #[derive(Default)]
 struct Dirty {
-    balances: FxHashSet<(u64, u32)>,
-    venue: FxHashSet<(VenueAccount, u32)>,
     orders: FxHashSet<u64>,
     /// Orders that left `open` in this batch, kept until they are written.
     finished: FxHashMap<u64, OrderRow>,
@@ -133,54 +119,34 @@ struct Dirty {
     events: Vec<(u32, Vec<Event>)>,
     /// Client order ids placed in this batch, not yet findable in the store.
     client_ids: FxHashMap<(u64, String), u64>,
-    replies: Vec<Box<dyn FnOnce() + Send>>,
     settled_inputs: u64,
 }
 
-pub(crate) struct Sequencer<S: Store> {
-    store: S,
-    log: Arc<dyn EventLog>,
+pub(crate) struct ExchangeVenue {
     shared: Arc<Shared>,
-    limits: SequencerLimits,
     refdata: RefData,
     users: FxHashSet<u64>,
     user_names: FxHashSet<String>,
-    balances: FxHashMap<(u64, u32), Balance>,
-    venue: FxHashMap<(VenueAccount, u32), i64>,
     open: FxHashMap<u64, OrderRow>,
     /// Open orders per (user, symbol), for the limit above.
     open_count: FxHashMap<(u64, u32), u32>,
     cursors: FxHashMap<u32, CursorRow>,
-    /// Highest book-input seq published, per symbol and overall.
-    published_max: FxHashMap<u32, i64>,
-    published_max_all: i64,
-    /// Persisted: every book input at or below it is settled. Catch-up starts here.
-    relay_position: i64,
     /// The current candle of every series that has traded.
     candles: FxHashMap<(u32, Interval), Candle>,
     /// Latest trade time per symbol: trade times never go backwards, even if the clock does.
     last_trade_ms: FxHashMap<u32, i64>,
     feed: crossbeam_channel::Sender<Committed>,
     next: Counters,
-    write: WriteBatch,
+    write: Changes,
     dirty: Dirty,
-    commits: u64,
+    /// What the batch being committed made true, for the market read model.
+    committed: Option<Committed>,
 }
 
-fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
-    // The store is the source of truth; if it cannot be read or written, carrying on would
-    // diverge from it. Stop, and let recovery rebuild from what was committed.
-    tracing::error!(error = %e, "{what}; stopping so recovery can replay from the store");
-    eprintln!("fatal: {what}: {e}");
-    std::process::abort();
-}
-
-impl<S: Store> Sequencer<S> {
+impl ExchangeVenue {
     pub(crate) fn new(
-        mut store: S,
-        log: Arc<dyn EventLog>,
+        db: &mut dyn Database,
         shared: Arc<Shared>,
-        limits: SequencerLimits,
         recovered: Recovered,
         feed: crossbeam_channel::Sender<Committed>,
     ) -> StoreResult<Self> {
@@ -189,22 +155,17 @@ impl<S: Store> Sequencer<S> {
             open_orders,
             cursors,
         } = recovered;
-        let loaded = store.load_users()?;
+        let mut loads = Loads(db);
+        let loaded = loads.users()?;
         let users = loaded.iter().map(|u| u.id).collect();
         let user_names = loaded.into_iter().map(|u| u.name).collect();
-        let venue = store
-            .load_venue_balances()?
-            .into_iter()
-            .map(|v| ((v.account, v.asset), v.amount))
-            .collect();
-        let next = store.load_counters()?;
+        let next = loads.counters()?;
         shared
             .trades
             .store(next.max_trade_seq as u64, Ordering::Release);
-        let relay_position = store.load_relay_position()?;
         let mut candles = FxHashMap::default();
         let mut last_trade_ms = FxHashMap::default();
-        for row in store.load_recent_candles(1)? {
+        for row in loads.recent_candles(1)? {
             let (interval, candle) = candle_of(&row);
             if interval == Interval::M1 {
                 last_trade_ms.insert(row.symbol, candle.open_ms);
@@ -215,301 +176,148 @@ impl<S: Store> Sequencer<S> {
         for o in &open_orders {
             *open_count.entry((o.user, o.symbol)).or_default() += 1;
         }
-        Ok(Sequencer {
-            store,
-            log,
+        Ok(ExchangeVenue {
             shared,
-            limits,
             refdata,
             users,
             user_names,
-            balances: FxHashMap::default(),
-            venue,
             open: open_orders.into_iter().map(|o| (o.id, o)).collect(),
             open_count,
             cursors: cursors.into_iter().map(|c| (c.symbol, c)).collect(),
-            published_max: FxHashMap::default(),
-            published_max_all: 0,
-            relay_position,
             candles,
             last_trade_ms,
             feed,
             next,
-            write: WriteBatch::default(),
+            write: Changes::default(),
             dirty: Dirty::default(),
-            commits: 0,
+            committed: None,
         })
     }
+}
 
-    /// Runs until shutdown: catch up the engine from the outbox, mark ready, then serve.
-    pub(crate) fn run(
-        mut self,
-        mut requests: mpsc::Receiver<Request>,
-        mut outputs: mpsc::UnboundedReceiver<ShardOutput>,
-    ) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap_or_else(|e| fatal("sequencer runtime", e));
-        rt.block_on(async move {
-            self.catch_up(&mut outputs).await;
-            self.shared.ready.store(true, Ordering::Release);
-            tracing::info!("exchange ready");
-            let mut shutdown: Option<oneshot::Sender<()>> = None;
-            let batch_max = self.limits.batch_max;
-            let mut engine_batch = Vec::with_capacity(batch_max);
-            let mut request_batch = Vec::with_capacity(batch_max);
-            loop {
-                if shutdown.is_some() {
-                    if self.pending_inputs() == 0 {
-                        break;
-                    }
-                    match tokio::time::timeout(Duration::from_secs(10), outputs.recv()).await {
-                        Ok(Some(o)) => engine_batch.push(o),
-                        _ => {
-                            tracing::warn!("engine did not drain in time; stopping anyway");
-                            break;
-                        }
-                    }
-                } else {
-                    tokio::select! {
-                        biased;
-                        Some(o) = outputs.recv() => engine_batch.push(o),
-                        r = requests.recv() => match r {
-                            Some(r) => request_batch.push(r),
-                            None => break,
-                        },
-                    }
-                }
-                while engine_batch.len() < batch_max {
-                    match outputs.try_recv() {
-                        Ok(o) => engine_batch.push(o),
-                        Err(_) => break,
-                    }
-                }
-                if shutdown.is_none() {
-                    while request_batch.len() < batch_max {
-                        match requests.try_recv() {
-                            Ok(r) => request_batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                for o in engine_batch.drain(..) {
-                    self.apply_output(o);
-                }
-                for r in request_batch.drain(..) {
-                    if let Request::Shutdown { reply } = r {
-                        shutdown = Some(reply);
-                        continue;
-                    }
-                    self.apply_request(r);
-                }
-                self.commit();
-            }
-            // Refuse whatever is still queued rather than leave callers hanging.
-            requests.close();
-            while let Ok(r) = requests.try_recv() {
-                refuse(r);
-            }
-            if let Some(reply) = shutdown {
-                let _ = reply.send(());
-            }
-            tracing::info!("sequencer stopped");
-        });
+impl Venue for ExchangeVenue {
+    type Request = Request;
+    type Feedback = ShardOutput;
+    type Deferred = BookAudit;
+
+    fn apply_request(&mut self, core: &mut Core, request: Request) {
+        self.apply(core, request);
     }
 
-    fn pending_inputs(&self) -> u64 {
+    fn apply_feedback(&mut self, core: &mut Core, feedback: ShardOutput) -> Option<BookAudit> {
+        match feedback {
+            ShardOutput::Engine(o) => {
+                self.apply_engine_output(core, o);
+                None
+            }
+            // Compared after the outputs before it are committed (see `audit_book`).
+            ShardOutput::BookAudit(a) if a.snapshot.is_some() => Some(a),
+            ShardOutput::BookAudit(a) => {
+                self.audit_book(core, a);
+                None
+            }
+        }
+    }
+
+    fn resume(&mut self, core: &mut Core, audit: BookAudit) {
+        self.audit_book(core, audit);
+    }
+
+    fn refuse(&mut self, request: Request) {
+        refuse(request);
+    }
+
+    fn in_flight(&self) -> u64 {
         self.shared.pending_inputs()
     }
 
-    /// Re-publishes every book input the engine may not have settled (the relay's restart
-    /// path), settling as it goes, until the engine has caught up with the outbox.
-    async fn catch_up(&mut self, outputs: &mut mpsc::UnboundedReceiver<ShardOutput>) {
-        let mut from = self.relay_position;
-        let started = std::time::Instant::now();
-        let mut relayed = 0usize;
-        loop {
-            let rows = self
-                .store
-                .outbox_after(from, self.limits.relay_page_rows)
-                .unwrap_or_else(|e| fatal("reading the outbox", e));
-            let Some(last) = rows.last() else { break };
-            from = last.seq;
-            relayed += rows.len();
-            count_in_flight(&self.shared, &rows);
-            self.publish(rows);
-            while let Ok(o) = outputs.try_recv() {
-                self.apply_output(o);
-            }
-            self.commit();
-        }
-        while self.pending_inputs() > 0 {
-            match tokio::time::timeout(Duration::from_secs(30), outputs.recv()).await {
-                Ok(Some(o)) => self.apply_output(o),
-                _ => fatal("catching up", "engine produced no output for 30 s"),
-            }
-            while let Ok(o) = outputs.try_recv() {
-                self.apply_output(o);
-            }
-            self.commit();
-        }
-        self.shared
-            .replayed_at_start
-            .store(relayed as u64, Ordering::Release);
-        if relayed > 0 {
-            tracing::info!(
-                relayed,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "engine caught up"
-            );
-        }
+    fn consumed(&self, symbol_name: &str) -> i64 {
+        self.refdata
+            .symbol_by_name
+            .get(symbol_name)
+            .and_then(|id| self.cursors.get(id))
+            .map_or(0, |c| c.input_seq)
     }
 
-    /// Hands book inputs to the log; `count_in_flight` has counted them.
-    fn publish(&mut self, rows: Vec<OutboxRow>) {
-        let partitions = self.log.partitions();
-        let mut by_partition: FxHashMap<u32, Vec<Record>> = FxHashMap::default();
-        for row in rows {
-            if row.aggregate_type != BOOK_AGGREGATE {
-                continue;
-            }
-            let symbol = self.refdata.symbol_by_name[&row.aggregate_id];
-            self.published_max.insert(symbol, row.seq);
-            self.published_max_all = self.published_max_all.max(row.seq);
-            by_partition
-                .entry(partition_for(&row.aggregate_id, partitions))
-                .or_default()
-                .push(Record {
-                    offset: row.seq,
-                    key: row.aggregate_id.into(),
-                    event_type: row.event_type.into(),
-                    payload: row.payload.into(),
-                });
-        }
-        let mut partitions: Vec<_> = by_partition.into_iter().collect();
-        partitions.sort_by_key(|(p, _)| *p);
-        for (partition, records) in partitions {
-            if self.log.append(partition, records).is_err() {
-                fatal("publishing to the event log", "log closed");
-            }
-        }
+    fn publishes(&self, row: &OutboxRow) -> bool {
+        row.aggregate_type == BOOK_AGGREGATE
     }
 
-    fn commit(&mut self) {
-        let now = now_ms();
-        let d = std::mem::take(&mut self.dirty);
+    fn stage(&mut self, now_ms: i64, batch: &mut WriteBatch) {
+        let d = &mut self.dirty;
         let w = &mut self.write;
-        for key in &d.balances {
-            let b = self.balances[key];
-            w.balances.push(BalanceRow {
-                user: key.0,
-                asset: key.1,
-                available: b.available,
-                held: b.held,
-            });
-        }
-        for key in &d.venue {
-            w.venue_balances.push(VenueBalanceRow {
-                account: key.0,
-                asset: key.1,
-                amount: self.venue[key],
-            });
-        }
-        for id in &d.orders {
-            let row = self.open.get(id).or_else(|| d.finished.get(id));
+        for id in d.orders.drain() {
+            let row = self.open.get(&id).or_else(|| d.finished.get(&id));
             let mut row = row.expect("dirty order is open or finished").clone();
-            row.updated_ms = now;
+            row.updated_ms = now_ms;
             w.orders.push(row);
         }
-        for symbol in &d.cursors {
-            w.cursors.push(self.cursors[symbol]);
+        d.finished.clear();
+        d.client_ids.clear();
+        for symbol in d.cursors.drain() {
+            w.cursors.push(self.cursors[&symbol]);
         }
-        for &(symbol, interval) in &d.candles {
+        for (symbol, interval) in d.candles.drain() {
             w.candles.push(candle_row(
                 symbol,
                 interval,
                 &self.candles[&(symbol, interval)],
             ));
         }
-        // Every input at or below a symbol's cursor is settled, and a symbol with nothing in
-        // flight holds nothing back: the relay can restart after the lowest cursor among
-        // symbols that still have inputs in flight, or after everything published.
-        let settled_through = self
-            .published_max
-            .iter()
-            .filter_map(|(symbol, &published)| {
-                let cursor = self.cursors.get(symbol).map_or(0, |c| c.input_seq);
-                (published > cursor).then_some(cursor)
-            })
-            .min()
-            .unwrap_or(self.published_max_all);
-        if settled_through > self.relay_position {
-            self.relay_position = settled_through;
-            w.relay_position = Some(settled_through);
-        }
-        self.commits += 1;
-        if self.commits.is_multiple_of(1024) {
-            // Nothing at or below the relay position is ever read again.
-            w.outbox_prune_through = Some(self.relay_position);
-        }
-        if w.is_empty() {
-            // Nothing to write (e.g. only duplicates were consumed): settled as they are.
-            self.shared
-                .settled
-                .fetch_add(d.settled_inputs, Ordering::AcqRel);
-            d.replies.into_iter().for_each(|r| r());
-            return;
-        }
-        count_in_flight(&self.shared, &w.outbox);
-        let mut attempt = 0;
-        while let Err(e) = self.store.commit(w) {
-            attempt += 1;
-            tracing::warn!(error = %e, attempt, "commit failed; retrying");
-            if attempt == 5 {
-                fatal("committing a batch", e);
-            }
-            std::thread::sleep(Duration::from_millis(50 << attempt));
-        }
-        let mut w = std::mem::take(&mut self.write);
-        let outbox = std::mem::take(&mut w.outbox);
+        w.write_to(batch);
+    }
+
+    fn committing(&mut self, events: &[OutboxRow]) {
+        count_in_flight(&self.shared, events);
+    }
+
+    fn durable(&mut self, balances: Vec<BalanceRow>) {
+        let w = std::mem::take(&mut self.write);
         self.shared
             .trades
             .fetch_add(w.trades.len() as u64, Ordering::AcqRel);
+        self.shared.settled.fetch_add(
+            std::mem::take(&mut self.dirty.settled_inputs),
+            Ordering::AcqRel,
+        );
         let committed = Committed {
-            events: d.events,
+            events: std::mem::take(&mut self.dirty.events),
             trades: w.trades,
             candles: w.candles,
             orders: w.orders,
-            balances: w.balances,
+            balances,
         };
-        self.shared
-            .settled
-            .fetch_add(d.settled_inputs, Ordering::AcqRel);
-        // Publish before replying (the inputs have counted as in flight since before the
-        // commit): once a caller holds its 202, the engine has its input.
-        self.publish(outbox);
-        d.replies.into_iter().for_each(|r| r());
-        if !committed.is_empty() && self.feed.send(committed).is_err() {
-            fatal("feeding the market read model", "market thread gone");
-        }
-        if self.balances.len() > self.limits.balance_cache_max {
-            self.balances.clear();
+        self.committed = (!committed.is_empty()).then_some(committed);
+    }
+
+    fn published(&mut self) {
+        if let Some(committed) = self.committed.take() {
+            if self.feed.send(committed).is_err() {
+                fatal("feeding the market read model", "market thread gone");
+            }
         }
     }
 
-    fn apply_request(&mut self, request: Request) {
-        if !self.shared.ready.load(Ordering::Acquire) {
-            return refuse(request);
-        }
+    fn ready(&mut self) {
+        self.shared.replayed_at_start.store(
+            self.shared.published.load(Ordering::Acquire),
+            Ordering::Release,
+        );
+        self.shared.ready.store(true, Ordering::Release);
+        tracing::info!("exchange ready");
+    }
+}
+
+impl ExchangeVenue {
+    fn apply(&mut self, core: &mut Core, request: Request) {
         match request {
             Request::PlaceOrder { user, order, reply } => {
-                let result = self.place(user, order);
-                self.reply_after_commit(reply, result);
+                let result = self.place(core, user, order);
+                self.reply_after_commit(core, reply, result);
             }
             Request::CancelOrder { user, order, reply } => {
-                let result = self.cancel(user, order);
-                self.reply_after_commit(reply, result);
+                let result = self.cancel(core, user, order);
+                self.reply_after_commit(core, reply, result);
             }
             Request::Deposit {
                 user,
@@ -517,140 +325,74 @@ impl<S: Store> Sequencer<S> {
                 amount,
                 reply,
             } => {
-                let result = self.deposit(user, asset, amount);
-                self.reply_after_commit(reply, result);
+                let result = self.deposit(core, user, asset, amount);
+                self.reply_after_commit(core, reply, result);
             }
             Request::CreateUser { name, reply } => {
-                let result = self.create_user(name);
-                self.reply_after_commit(reply, result);
+                let result = self.create_user(core, name);
+                self.reply_after_commit(core, reply, result);
             }
             Request::CreateAsset { asset, reply } => {
-                let result = self.create_asset(asset);
-                self.reply_after_commit(reply, result);
+                let result = self.create_asset(core, asset);
+                self.reply_after_commit(core, reply, result);
             }
             Request::CreateSymbol { symbol, reply } => {
-                let result = self.create_symbol(symbol);
-                self.reply_after_commit(reply, result);
+                let result = self.create_symbol(core, symbol);
+                self.reply_after_commit(core, reply, result);
             }
             Request::UpdateSymbol {
                 symbol,
                 update,
                 reply,
             } => {
-                let result = self.update_symbol(symbol, update);
-                self.reply_after_commit(reply, result);
+                let result = self.update_symbol(core, symbol, update);
+                self.reply_after_commit(core, reply, result);
             }
-            Request::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
 
     /// Successes wait for the commit; refusals changed nothing and go out at once.
     fn reply_after_commit<T: Send + 'static>(
         &mut self,
+        core: &mut Core,
         reply: Reply<T>,
         result: ExchangeResult<T>,
     ) {
         match result {
-            Ok(_) => self.dirty.replies.push(Box::new(move || {
-                let _ = reply.send(result);
-            })),
+            Ok(_) => core.reply_after_commit(reply, result),
             Err(_) => {
                 let _ = reply.send(result);
             }
         }
     }
 
-    fn balance(&mut self, user: u64, asset: u32) -> Balance {
-        if let Some(b) = self.balances.get(&(user, asset)) {
-            return *b;
-        }
-        let b = self
-            .store
-            .load_balance(user, asset)
+    fn balance(&mut self, core: &mut Core, user: u64, asset: u32) -> Balance {
+        core.balance(user, asset)
             .unwrap_or_else(|e| fatal("loading a balance", e))
-            .map_or(Balance::default(), |r| Balance {
-                available: r.available,
-                held: r.held,
-            });
-        self.balances.insert((user, asset), b);
-        b
     }
 
     /// Applies a balanced entry to the working set: all postings or none.
-    fn post(&mut self, entry: Entry, ref_id: Option<i64>) -> Result<(), LedgerError> {
-        let mut users: Vec<((u64, u32), Balance)> = Vec::with_capacity(entry.postings.len());
-        let mut venue: Vec<((VenueAccount, u32), i64)> = Vec::new();
-        for p in &entry.postings {
-            match p.account {
-                Account::User { user, bucket } => {
-                    let key = (user, p.asset);
-                    let i = match users.iter().position(|(k, _)| *k == key) {
-                        Some(i) => i,
-                        None => {
-                            users.push((key, self.balance(user, p.asset)));
-                            users.len() - 1
-                        }
-                    };
-                    users[i].1.apply(bucket, p.amount)?;
-                }
-                Account::Fees | Account::External => {
-                    let key = match p.account {
-                        Account::Fees => (VenueAccount::Fees, p.asset),
-                        _ => (VenueAccount::External, p.asset),
-                    };
-                    let i = match venue.iter().position(|(k, _)| *k == key) {
-                        Some(i) => i,
-                        None => {
-                            venue.push((key, self.venue.get(&key).copied().unwrap_or(0)));
-                            venue.len() - 1
-                        }
-                    };
-                    let v = venue[i].1 as i128 + p.amount as i128;
-                    // Fee income never goes negative; the external account mirrors deposits
-                    // and is negative by design.
-                    if (key.0 == VenueAccount::Fees && v < 0) || v.abs() > i64::MAX as i128 {
-                        return Err(LedgerError::Insufficient {
-                            bucket: Bucket::Available,
-                            would_be: v,
-                        });
-                    }
-                    venue[i].1 = v as i64;
-                }
-            }
+    fn post(
+        &mut self,
+        core: &mut Core,
+        entry: Entry,
+        ref_id: Option<i64>,
+    ) -> Result<(), LedgerError> {
+        match core.post(entry, ref_id) {
+            Ok(_) => Ok(()),
+            Err(PostError::Ledger(e)) => Err(e),
+            Err(PostError::Store(e)) => fatal("loading a balance", e),
         }
-        for (key, b) in users {
-            self.balances.insert(key, b);
-            self.dirty.balances.insert(key);
-        }
-        for (key, v) in venue {
-            self.venue.insert(key, v);
-            self.dirty.venue.insert(key);
-        }
-        self.next.max_journal_id += 1;
-        self.write.journal.push(JournalRow {
-            id: self.next.max_journal_id,
-            kind: entry.kind.as_str(),
-            ref_id,
-            postings: entry.postings_json(),
-            created_ms: now_ms(),
-        });
-        Ok(())
     }
 
-    fn append_outbox(&mut self, input: &BookInput) -> i64 {
-        self.next.max_outbox_seq += 1;
-        let seq = self.next.max_outbox_seq;
+    fn append_outbox(&mut self, core: &mut Core, input: &BookInput) -> i64 {
         let symbol = &self.refdata.symbols[&input.symbol()];
-        self.write.outbox.push(OutboxRow {
-            seq,
-            id: format!("evt-{seq}"),
-            aggregate_type: BOOK_AGGREGATE.to_string(),
-            aggregate_id: symbol.name.clone(),
-            event_type: input.event_type().to_string(),
-            payload: serde_json::to_string(input).expect("book input serializes"),
-            created_ms: now_ms(),
-        });
-        seq
+        core.append_event(
+            BOOK_AGGREGATE,
+            &symbol.name,
+            input.event_type(),
+            serde_json::to_string(input).expect("book input serializes"),
+        )
     }
 
     fn require_user(&self, user: u64) -> ExchangeResult<()> {
@@ -665,7 +407,7 @@ impl<S: Store> Sequencer<S> {
         }
     }
 
-    fn place(&mut self, user: u64, o: ValidOrder) -> ExchangeResult<Placed> {
+    fn place(&mut self, core: &mut Core, user: u64, o: ValidOrder) -> ExchangeResult<Placed> {
         self.require_user(user)?;
         let symbol = &self.refdata.symbols[&o.symbol];
         if symbol.status != SymbolStatus::Trading {
@@ -678,9 +420,8 @@ impl<S: Store> Sequencer<S> {
         if let Some(client_id) = &o.client_order_id {
             let existing = match self.dirty.client_ids.get(&(user, client_id.clone())) {
                 Some(id) => self.open.get(id).cloned(),
-                None => self
-                    .store
-                    .find_order_by_client_id(user, client_id)
+                None => Loads(core.db())
+                    .order_by_client_id(user, client_id)
                     .unwrap_or_else(|e| fatal("looking up a client order id", e)),
             };
             if let Some(order) = existing {
@@ -708,8 +449,8 @@ impl<S: Store> Sequencer<S> {
             o.hold_amount,
         )
         .expect("a transfer balances");
-        if let Err(e) = self.post(hold, Some(id as i64)) {
-            let available = self.balance(user, o.hold_asset).available;
+        if let Err(e) = self.post(core, hold, Some(id as i64)) {
+            let available = self.balance(core, user, o.hold_asset).available;
             let asset = self.refdata.asset(o.hold_asset);
             tracing::debug!(error = %e, "hold refused");
             return Err(ExchangeError::new(
@@ -724,17 +465,20 @@ impl<S: Store> Sequencer<S> {
             ));
         }
         self.next.max_order_id = id;
-        let accept_seq = self.append_outbox(&BookInput::OrderAccepted {
-            symbol: o.symbol,
-            order: NewOrder {
-                id,
-                user,
-                side: o.side,
-                kind: o.kind,
-                stp: o.stp,
+        let accept_seq = self.append_outbox(
+            core,
+            &BookInput::OrderAccepted {
+                symbol: o.symbol,
+                order: NewOrder {
+                    id,
+                    user,
+                    side: o.side,
+                    kind: o.kind,
+                    stp: o.stp,
+                },
             },
-        });
-        let now = now_ms();
+        );
+        let now = core.now_ms();
         let row = OrderRow {
             id,
             user,
@@ -770,14 +514,13 @@ impl<S: Store> Sequencer<S> {
         })
     }
 
-    fn cancel(&mut self, user: u64, id: u64) -> ExchangeResult<OrderRow> {
+    fn cancel(&mut self, core: &mut Core, user: u64, id: u64) -> ExchangeResult<OrderRow> {
         self.require_user(user)?;
         let not_found = || crate::order_not_found(id);
         let Some(order) = self.open.get(&id) else {
             // Closed, someone else's, or never existed: only the owner learns which.
-            let row = self
-                .store
-                .find_order(id)
+            let row = Loads(core.db())
+                .order(id)
                 .unwrap_or_else(|e| fatal("looking up an order", e));
             return match row {
                 Some(row) if row.user == user => Err(ExchangeError::new(
@@ -798,18 +541,27 @@ impl<S: Store> Sequencer<S> {
             return Ok(order.clone()); // idempotent: one cancel input per order
         }
         let symbol = order.symbol;
-        self.append_outbox(&BookInput::CancelRequested {
-            symbol,
-            order: id,
-            user,
-        });
+        self.append_outbox(
+            core,
+            &BookInput::CancelRequested {
+                symbol,
+                order: id,
+                user,
+            },
+        );
         let order = self.open.get_mut(&id).expect("checked above");
         order.cancel_requested = true;
         self.dirty.orders.insert(id);
         Ok(order.clone())
     }
 
-    fn deposit(&mut self, user: u64, asset: u32, amount: i64) -> ExchangeResult<BalanceRow> {
+    fn deposit(
+        &mut self,
+        core: &mut Core,
+        user: u64,
+        asset: u32,
+        amount: i64,
+    ) -> ExchangeResult<BalanceRow> {
         self.require_user(user)
             .map_err(|e| ExchangeError::new(ErrorClass::NotFound, e.code, e.detail))?;
         assert!(amount > 0 && self.refdata.assets.contains_key(&asset));
@@ -832,13 +584,13 @@ impl<S: Store> Sequencer<S> {
             ],
         )
         .expect("a deposit balances");
-        self.post(entry, None).map_err(|_| {
+        self.post(core, entry, None).map_err(|_| {
             ExchangeError::invalid(
                 "OUT_OF_RANGE",
                 "the balance would exceed the largest amount",
             )
         })?;
-        let b = self.balances[&(user, asset)];
+        let b = self.balance(core, user, asset);
         Ok(BalanceRow {
             user,
             asset,
@@ -847,7 +599,7 @@ impl<S: Store> Sequencer<S> {
         })
     }
 
-    fn create_user(&mut self, name: String) -> ExchangeResult<UserRow> {
+    fn create_user(&mut self, core: &mut Core, name: String) -> ExchangeResult<UserRow> {
         if !self.user_names.insert(name.clone()) {
             return Err(ExchangeError::new(
                 ErrorClass::Conflict,
@@ -859,19 +611,19 @@ impl<S: Store> Sequencer<S> {
         let row = UserRow {
             id: self.next.max_user_id,
             name,
-            created_ms: now_ms(),
+            created_ms: core.now_ms(),
         };
         self.users.insert(row.id);
         self.write.users.push(row.clone());
         let shared = self.shared.clone();
         let id = row.id;
-        self.dirty.replies.push(Box::new(move || {
+        core.after_commit(move || {
             shared.users.write().expect("lock").insert(id);
-        }));
+        });
         Ok(row)
     }
 
-    fn create_asset(&mut self, asset: NewAsset) -> ExchangeResult<AssetRow> {
+    fn create_asset(&mut self, core: &mut Core, asset: NewAsset) -> ExchangeResult<AssetRow> {
         crate::rules::validate_asset(&asset, &self.refdata)?;
         self.next.max_asset_id += 1;
         let row = AssetRow {
@@ -881,11 +633,15 @@ impl<S: Store> Sequencer<S> {
         };
         self.refdata.add_asset(row.clone());
         self.write.assets.push(row.clone());
-        self.share_refdata();
+        self.share_refdata(core);
         Ok(row)
     }
 
-    fn create_symbol(&mut self, mut symbol: SymbolRow) -> ExchangeResult<SymbolRow> {
+    fn create_symbol(
+        &mut self,
+        core: &mut Core,
+        mut symbol: SymbolRow,
+    ) -> ExchangeResult<SymbolRow> {
         if self.refdata.symbol_by_name.contains_key(&symbol.name) {
             return Err(ExchangeError::new(
                 ErrorClass::Conflict,
@@ -897,17 +653,25 @@ impl<S: Store> Sequencer<S> {
         symbol.id = self.next.max_symbol_id;
         self.refdata.add_symbol(symbol.clone());
         let spec = self.refdata.book_spec(&symbol);
-        self.append_outbox(&BookInput::SymbolListed {
-            symbol: symbol.id,
-            base_unit: spec.base_unit,
-            lot_size: spec.lot_size,
-        });
+        self.append_outbox(
+            core,
+            &BookInput::SymbolListed {
+                symbol: symbol.id,
+                base_unit: spec.base_unit,
+                lot_size: spec.lot_size,
+            },
+        );
         self.write.symbols.push(symbol.clone());
-        self.share_refdata();
+        self.share_refdata(core);
         Ok(symbol)
     }
 
-    fn update_symbol(&mut self, id: u32, update: SymbolUpdate) -> ExchangeResult<SymbolRow> {
+    fn update_symbol(
+        &mut self,
+        core: &mut Core,
+        id: u32,
+        update: SymbolUpdate,
+    ) -> ExchangeResult<SymbolRow> {
         let mut symbol = self.refdata.symbols[&id].clone();
         symbol.status = update.status.unwrap_or(symbol.status);
         symbol.default_stp = update
@@ -915,33 +679,26 @@ impl<S: Store> Sequencer<S> {
             .unwrap_or(symbol.default_stp);
         self.refdata.add_symbol(symbol.clone());
         self.write.symbols.push(symbol.clone());
-        self.share_refdata();
+        self.share_refdata(core);
         Ok(symbol)
     }
 
     /// Makes reference data visible to the API once the batch holding it has committed.
-    fn share_refdata(&mut self) {
+    fn share_refdata(&mut self, core: &mut Core) {
         let snapshot = Arc::new(self.refdata.clone());
         let shared = self.shared.clone();
-        self.dirty.replies.push(Box::new(move || {
+        core.after_commit(move || {
             *shared.refdata.write().expect("lock") = snapshot;
-        }));
-    }
-
-    fn apply_output(&mut self, out: ShardOutput) {
-        match out {
-            ShardOutput::Engine(o) => self.apply_engine_output(o),
-            ShardOutput::BookAudit(a) => self.audit_book(a),
-        }
+        });
     }
 
     /// Compares a book with the store at the cut its audit marks in the output stream:
     /// every output of the symbol up to the snapshot's input has been applied to the
-    /// working set, and none after it. Committing here, before any later output, puts the
-    /// store exactly at that cut; orders accepted after it are not in the engine's book
+    /// working set, and none after it. The writer commits right before this (the audit is
+    /// `Venue::Deferred`), before any later output, which puts the store exactly at that cut; orders accepted after it are not in the engine's book
     /// yet and are left out by their `accept_seq`. Reads once per book per
     /// reconciliation, on this thread, like a balance miss does.
-    fn audit_book(&mut self, audit: BookAudit) {
+    fn audit_book(&mut self, core: &mut Core, audit: BookAudit) {
         let BookAudit {
             symbol,
             snapshot,
@@ -951,14 +708,13 @@ impl<S: Store> Sequencer<S> {
         let verdict = match snapshot {
             None => BookVerdict::NotCompared("the engine has no book for it yet".into()),
             Some(snapshot) => {
-                self.commit();
                 let name = self
                     .refdata
                     .symbols
                     .get(&symbol)
                     .map_or_else(|| symbol.to_string(), |s| s.name.clone());
-                let orders = self.store.load_book_orders(symbol, snapshot.input_seq);
-                let cursors = self.store.load_cursors();
+                let orders = Loads(core.db()).book_orders(symbol, snapshot.input_seq);
+                let cursors = Loads(core.db()).cursors();
                 match (orders, cursors) {
                     (Ok(orders), Ok(cursors)) => {
                         let cursor = cursors.into_iter().find(|c| c.symbol == symbol);
@@ -977,7 +733,7 @@ impl<S: Store> Sequencer<S> {
         let _ = reply.send(verdict);
     }
 
-    fn apply_engine_output(&mut self, out: EngineOutput) {
+    fn apply_engine_output(&mut self, core: &mut Core, out: EngineOutput) {
         self.dirty.settled_inputs += out.inputs;
         let cursor = self.cursors.get(&out.symbol).map_or(0, |c| c.input_seq);
         if out.last_input_seq <= cursor {
@@ -987,7 +743,7 @@ impl<S: Store> Sequencer<S> {
         let symbol = self.refdata.symbols[&out.symbol].clone();
         let spec = self.refdata.book_spec(&symbol);
         let last = self.last_trade_ms.get(&symbol.id).copied().unwrap_or(0);
-        let now = now_ms().max(last);
+        let now = core.now_ms().max(last);
         for &event in &out.events {
             match event {
                 Event::Trade {
@@ -1008,7 +764,7 @@ impl<S: Store> Sequencer<S> {
                     let s = settle_trade(&symbol, spec, price, qty, buy, sell, taker_side)
                         .expect("settlement entries balance");
                     let (buyer, seller) = (buy.user, sell.user);
-                    self.post(s.entry.clone(), Some(id as i64))
+                    self.post(core, s.entry.clone(), Some(id as i64))
                         .expect("a trade never exceeds the holds that back it");
                     for (order_id, held, fee) in [
                         (buy_id, s.buyer_held_after, s.buyer_fee),
@@ -1073,7 +829,7 @@ impl<S: Store> Sequencer<S> {
                             row.held,
                         )
                         .expect("a transfer balances");
-                        self.post(release, Some(order as i64))
+                        self.post(core, release, Some(order as i64))
                             .expect("an order's hold is held");
                         row.held = 0;
                     }
@@ -1114,7 +870,6 @@ fn refuse(request: Request) {
         Request::CreateAsset { reply, .. } => drop(reply.send(Err(e()))),
         Request::CreateSymbol { reply, .. } => drop(reply.send(Err(e()))),
         Request::UpdateSymbol { reply, .. } => drop(reply.send(Err(e()))),
-        Request::Shutdown { reply } => drop(reply.send(())),
     }
 }
 

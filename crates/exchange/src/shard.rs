@@ -9,12 +9,13 @@
 use crate::events::BookInput;
 use crate::reconcile::BookVerdict;
 use crate::sequencer::{EngineOutput, ShardOutput};
-use agora_bus::Record;
+use agora_bus::{LogConsumer, LogError, Polled, Record};
 use agora_engine::{Book, BookSpec, RestingOrder};
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{Receiver, TryRecvError};
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// A book as the shard holds it, for comparison with the store.
@@ -81,17 +82,27 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    pub(crate) fn run(mut self, log: Receiver<Vec<Record>>, control: Receiver<ShardControl>) {
+    /// Consumes the book inputs of the partitions `log` is assigned, until stopped.
+    pub(crate) fn run(mut self, mut log: impl LogConsumer, control: Receiver<ShardControl>) {
+        // Records wake `poll` at once; the slice only bounds how long an idle shard takes to
+        // see a control message.
+        const POLL_SLICE: Duration = Duration::from_millis(2);
         loop {
-            select! {
-                recv(log) -> batch => match batch {
-                    Ok(batch) => self.apply(batch),
-                    Err(_) => break,
-                },
-                recv(control) -> msg => match msg {
-                    Ok(ShardControl::Stop) | Err(_) => break,
+            loop {
+                match control.try_recv() {
+                    Ok(ShardControl::Stop) | Err(TryRecvError::Disconnected) => return,
                     Ok(msg) => self.control(msg),
-                },
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            match log.poll(POLL_SLICE) {
+                Ok(Polled::Records(batch)) => {
+                    self.apply(batch.into_iter().map(|d| d.record).collect())
+                }
+                // Embedded: the assignment is fixed for the shard's life.
+                Ok(Polled::Assigned(_) | Polled::Revoked(_) | Polled::Idle) => {}
+                Err(LogError::Closed) => return,
+                Err(e) => panic!("event log: {e}"),
             }
         }
     }
@@ -136,7 +147,7 @@ impl Shard {
                 Err(e) => {
                     // Only the sequencer writes book inputs; one that does not parse is a
                     // bug or a corrupt store, and skipping it would silently lose an order.
-                    panic!("undecodable book input at offset {}: {e}", record.offset);
+                    panic!("undecodable book input at offset {}: {e}", record.seq);
                 }
             };
             let symbol = input.symbol();
@@ -166,19 +177,16 @@ impl Shard {
                 });
             }
             let Some(state) = self.books.get_mut(&symbol) else {
-                panic!(
-                    "input for unknown symbol {symbol} at offset {}",
-                    record.offset
-                );
+                panic!("input for unknown symbol {symbol} at offset {}", record.seq);
             };
-            if record.offset <= state.input_seq {
+            if record.seq <= state.input_seq {
                 continue; // already applied before a restart
             }
             if let Some(command) = input.command() {
                 state.book.execute(&command, &mut out.events);
             }
-            state.input_seq = record.offset;
-            out.last_input_seq = record.offset;
+            state.input_seq = record.seq;
+            out.last_input_seq = record.seq;
             out.next_trade_id = state.book.next_trade_id();
         }
         self.send(current);
@@ -218,7 +226,7 @@ mod tests {
             },
         };
         Record {
-            offset,
+            seq: offset,
             key: "S".into(),
             event_type: input.event_type().into(),
             payload: serde_json::to_string(&input).unwrap().into(),

@@ -121,9 +121,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let cache = agora_cache::open(&settings.cache, &options)
         .await
         .with_context(|| format!("opening the cache {}", settings.cache))?;
-    let hub = Arc::new(ws::Hub::new(settings.ws_limits));
+    let config = exchange_config(&settings);
+    let hub = Arc::new(ws::Hub::new(settings.ws_limits, config.clock.clone()));
     let observer: Arc<dyn agora_exchange::market::CommitObserver> = hub.clone();
-    let exchange = Exchange::start_observed(exchange_config(&settings), Some(observer))?;
+    let exchange = Exchange::start_observed(config, Some(observer))?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find a port chosen with `--listen ...:0`.
     println!("agora listening on http://{addr}");

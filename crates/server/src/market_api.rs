@@ -27,10 +27,6 @@ pub const TRADES_LIMIT_MAX: usize = 1_000;
 pub const CANDLES_LIMIT_DEFAULT: usize = 500;
 pub const CANDLES_LIMIT_MAX: usize = 1_000;
 
-fn now_ms() -> i64 {
-    agora_store::sqlite::now_ms()
-}
-
 /// Latest time a candle request may name: 2100-01-01T00:00:00Z.
 const TIME_MS_MAX: i64 = 4_102_444_800_000;
 
@@ -296,7 +292,13 @@ pub async fn ticker_handler(
     let (symbol, sc) = symbol_and_scales(&state, &name)?;
     let market = state.exchange.market().symbol(symbol.id);
     let guard = market.as_ref().map(|m| m.read().expect("lock"));
-    Ok(Json(ticker_view(&symbol.name, guard.as_deref(), sc, now_ms())).into_response())
+    Ok(Json(ticker_view(
+        &symbol.name,
+        guard.as_deref(),
+        sc,
+        state.exchange.now_ms(),
+    ))
+    .into_response())
 }
 
 /// One OHLCV bucket `[open_ms, close_ms]`.
@@ -380,7 +382,7 @@ pub async fn candles(
             )
         })?;
     let n = limit(p.limit.as_deref(), CANDLES_LIMIT_DEFAULT, CANDLES_LIMIT_MAX)?;
-    let now = now_ms();
+    let now = state.exchange.now_ms();
     let asked_end = time("end", p.end.as_deref())?;
     let asked_start = time("start", p.start.as_deref())?;
     if let (Some(start), Some(end)) = (asked_start, asked_end) {

@@ -207,10 +207,12 @@ pub struct Hub {
     /// Batches (stream data or command replies) offered to connections and not yet written
     /// (or dropped with the connection).
     in_flight: AtomicUsize,
+    /// Trade and ticker times (the exchange's clock).
+    clock: Arc<dyn agora_core::Clock>,
 }
 
 impl Hub {
-    pub fn new(limits: WsLimits) -> Hub {
+    pub fn new(limits: WsLimits, clock: Arc<dyn agora_core::Clock>) -> Hub {
         assert!(limits.send_buffer_batches > 0 && limits.subscriptions_max > 0);
         Hub {
             limits,
@@ -220,6 +222,7 @@ impl Hub {
             ticker_sent_ms: Mutex::default(),
             pending_trades: Mutex::default(),
             in_flight: AtomicUsize::new(0),
+            clock,
         }
     }
 
@@ -347,7 +350,7 @@ impl CommitObserver for Hub {
     fn idle(&self, _market: &MarketData, r: &RefData) {
         let subs = self.subs.read().expect("lock");
         let mut out = Outbox::new(self, &subs);
-        self.flush_trades(&mut out, r, agora_store::sqlite::now_ms());
+        self.flush_trades(&mut out, r, self.clock.now_ms());
         out.send();
     }
 
@@ -376,7 +379,7 @@ impl CommitObserver for Hub {
             let Some((name, sc)) = named(symbol) else {
                 continue;
             };
-            let now = agora_store::sqlite::now_ms();
+            let now = self.clock.now_ms();
             if out.has_subscribers(StreamKey::Trades(symbol)) {
                 let mut pending = self.pending_trades.lock().expect("lock");
                 pending
@@ -405,7 +408,7 @@ impl CommitObserver for Hub {
                 });
             }
         }
-        self.flush_trades(&mut out, r, agora_store::sqlite::now_ms());
+        self.flush_trades(&mut out, r, self.clock.now_ms());
         for row in &batch.candles {
             let Some((name, sc)) = named(row.symbol) else {
                 continue;

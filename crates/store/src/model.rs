@@ -3,6 +3,9 @@
 use agora_engine::{SelfTradePrevention, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
 
+pub use agora_core::accounts::{BalanceRow, JournalRow, VenueAccount, VenueBalanceRow};
+pub use agora_core::outbox::OutboxRow;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssetRow {
     pub id: u32,
@@ -41,28 +44,6 @@ pub struct UserRow {
     pub id: u64,
     pub name: String,
     pub created_ms: i64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BalanceRow {
-    pub user: u64,
-    pub asset: u32,
-    pub available: i64,
-    pub held: i64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum VenueAccount {
-    Fees,
-    External,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VenueBalanceRow {
-    pub account: VenueAccount,
-    pub asset: u32,
-    pub amount: i64,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -175,27 +156,6 @@ pub struct CandleRow {
     pub trades: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JournalRow {
-    pub id: i64,
-    pub kind: &'static str,
-    pub ref_id: Option<i64>,
-    /// JSON array of postings.
-    pub postings: String,
-    pub created_ms: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxRow {
-    pub seq: i64,
-    pub id: String,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub event_type: String,
-    pub payload: String,
-    pub created_ms: i64,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CursorRow {
     pub symbol: u32,
@@ -206,50 +166,35 @@ pub struct CursorRow {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub max_order_id: u64,
-    pub max_outbox_seq: i64,
-    pub max_journal_id: i64,
     pub max_trade_seq: i64,
     pub max_user_id: u64,
     pub max_asset_id: u32,
     pub max_symbol_id: u32,
 }
 
-/// Everything one group commit writes. Rows are final values (upserts), so a batch that
-/// touched a balance ten times writes it once.
+/// Everything one group commit changes, as typed rows (encoded into the store port's batch by
+/// [`Changes::write_to`]). Rows are final values (upserts), so a batch that touched a balance
+/// ten times writes it once.
 #[derive(Debug, Default)]
-pub struct WriteBatch {
+pub struct Changes {
     pub users: Vec<UserRow>,
     pub assets: Vec<AssetRow>,
     pub symbols: Vec<SymbolRow>,
-    pub balances: Vec<BalanceRow>,
-    pub venue_balances: Vec<VenueBalanceRow>,
-    pub journal: Vec<JournalRow>,
     pub orders: Vec<OrderRow>,
     pub trades: Vec<TradeRow>,
-    pub outbox: Vec<OutboxRow>,
     pub cursors: Vec<CursorRow>,
     pub candles: Vec<CandleRow>,
-    /// New relay position (see `Store::load_relay_position`).
-    pub relay_position: Option<i64>,
-    /// Delete outbox rows up to this seq: every consumer is past them.
-    pub outbox_prune_through: Option<i64>,
 }
 
-impl WriteBatch {
+impl Changes {
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
             && self.assets.is_empty()
             && self.symbols.is_empty()
-            && self.balances.is_empty()
-            && self.venue_balances.is_empty()
-            && self.journal.is_empty()
             && self.orders.is_empty()
             && self.trades.is_empty()
-            && self.outbox.is_empty()
             && self.cursors.is_empty()
             && self.candles.is_empty()
-            && self.relay_position.is_none()
-            && self.outbox_prune_through.is_none()
     }
 }
 

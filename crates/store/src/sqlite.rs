@@ -5,10 +5,13 @@
 //! small statements per group commit; rusqlite runs them in-thread with cached prepared
 //! statements, where sqlx's SQLite driver adds a channel round trip per statement.
 
-use crate::*;
-use agora_engine::{Side, TimeInForce};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
-use serde::{de::DeserializeOwned, Serialize};
+use agora_core::store::{
+    upsert_sql, Database, Dialect, Migration, ReadDatabase, Row, StoreError, StoreResult, Value,
+    Write, WriteBatch,
+};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
+use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,52 +19,85 @@ use std::sync::{Arc, Mutex};
 mod audit;
 pub use audit::SqliteAuditor;
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/sqlite/0001_exchange.sql")),
-    (
-        2,
-        include_str!("../migrations/sqlite/0002_relay_position.sql"),
-    ),
-    (3, include_str!("../migrations/sqlite/0003_candles.sql")),
-    (
-        4,
-        include_str!("../migrations/sqlite/0004_order_limits_and_stp.sql"),
-    ),
-];
-
-/// Stored interval texts, interned so rows can carry `&'static str`.
-const INTERVALS: [&str; 6] = ["1m", "5m", "15m", "1h", "4h", "1d"];
-
-fn interval_text(text: String) -> rusqlite::Result<&'static str> {
-    INTERVALS
-        .iter()
-        .copied()
-        .find(|i| *i == text)
-        .ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                0,
-                rusqlite::types::Type::Text,
-                format!("unknown interval {text:?}").into(),
-            )
-        })
+/// rusqlite's errors, told as the port's.
+pub(crate) fn db_error(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, ref msg)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(msg.clone().unwrap_or_else(|| e.to_string()))
+        }
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
+        e => StoreError::Database(e.to_string()),
+    }
 }
 
-const CANDLE_COLUMNS: &str =
-    "symbol_id, interval, open_ms, open, high, low, close, volume, quote_volume, trades";
+trait OrStore<T> {
+    fn db(self) -> StoreResult<T>;
+}
 
-fn candle_from_row(r: &Row) -> rusqlite::Result<CandleRow> {
-    Ok(CandleRow {
-        symbol: r.get(0)?,
-        interval: interval_text(r.get(1)?)?,
-        open_ms: r.get(2)?,
-        open: r.get(3)?,
-        high: r.get(4)?,
-        low: r.get(5)?,
-        close: r.get(6)?,
-        volume: r.get(7)?,
-        quote_volume: r.get(8)?,
-        trades: r.get(9)?,
-    })
+impl<T> OrStore<T> for rusqlite::Result<T> {
+    fn db(self) -> StoreResult<T> {
+        self.map_err(db_error)
+    }
+}
+
+/// A port value bound as a statement parameter.
+struct Bind<'a>(&'a Value);
+
+impl ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self.0 {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Int(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Static(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+fn binds(values: &[Value]) -> Vec<Bind<'_>> {
+    values.iter().map(Bind).collect()
+}
+
+/// A result row as port values. Only integers, text and NULL are ever stored.
+pub(crate) fn row_of(r: &rusqlite::Row, columns: usize) -> StoreResult<Row> {
+    let mut values = Vec::with_capacity(columns);
+    for i in 0..columns {
+        values.push(match r.get_ref(i).db()? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(v) => Value::Int(v),
+            ValueRef::Text(t) => Value::Text(
+                std::str::from_utf8(t)
+                    .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))?
+                    .to_string(),
+            ),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "column {i}: unexpected {:?}",
+                    other.data_type()
+                )))
+            }
+        });
+    }
+    Ok(Row(values))
+}
+
+fn query_each(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    each: &mut dyn FnMut(Row) -> StoreResult<()>,
+) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached(sql).db()?;
+    let columns = stmt.column_count();
+    let mut rows = stmt.query(rusqlite::params_from_iter(binds(params))).db()?;
+    while let Some(r) = rows.next().db()? {
+        each(row_of(r, columns)?)?;
+    }
+    Ok(())
 }
 
 /// How hard a commit insists on reaching the disk.
@@ -81,28 +117,14 @@ fn open(path: &Path, read_only: bool) -> StoreResult<Connection> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let conn = Connection::open_with_flags(path, flags).db()?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).db()?;
     // 8 MB: a bigger cache makes every commit slower, because SQLite scans the whole
     // page-cache hash when a write transaction ends (pcache1TruncateUnsafe).
-    conn.pragma_update(None, "cache_size", -8_000)?;
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -8_000).db()?;
+    conn.pragma_update(None, "temp_store", "MEMORY").db()?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
-}
-
-/// Stable text of a unit enum, through its serde name (`Side::Buy` → `"BUY"`).
-fn enum_text<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        other => unreachable!("not a unit enum: {other:?}"),
-    }
-}
-
-fn enum_parse<T: DeserializeOwned>(text: String) -> rusqlite::Result<T> {
-    serde_json::from_value(serde_json::Value::String(text)).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
 }
 
 /// Checkpointing, tuned with `agora bench` on the 2-core machine (BENCHMARKS.md). Copying
@@ -133,10 +155,13 @@ pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     wal: Arc<WalProgress>,
+    /// The upsert of each table, built once (keyed by table name).
+    upserts: FxHashMap<&'static str, String>,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database and applies pending migrations.
+    /// Opens (creating if needed) the database. Components apply their schema with
+    /// [`Database::migrate`].
     pub fn open(path: &Path, durability: Durability) -> StoreResult<SqliteStore> {
         let mut conn = open(path, false)?;
         // 1 KiB pages (takes effect when the file is created): each commit dirties about one
@@ -144,22 +169,24 @@ impl SqliteStore {
         // to the WAL, so smaller pages mean fewer bytes per commit. Measured on the 2-core
         // machine with `agora bench`: 4 KiB 12-15k orders/s, 2 KiB 15-17k, 1 KiB 17-18k, 512 B
         // no better than 1 KiB (BENCHMARKS.md).
-        conn.pragma_update(None, "page_size", 1024)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "page_size", 1024).db()?;
+        conn.pragma_update(None, "journal_mode", "WAL").db()?;
         let sync = match durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
         };
-        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "synchronous", sync).db()?;
         // Checkpoints: see `Checkpointer`.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0).db()?;
         // Keep the wrapped WAL's blocks allocated (re-growing it costs zeroing), trim beyond.
-        conn.pragma_update(None, "journal_size_limit", 2 * WAL_WRAP_FRAMES * 1024)?;
-        migrate(&mut conn)?;
+        conn.pragma_update(None, "journal_size_limit", 2 * WAL_WRAP_FRAMES * 1024)
+            .db()?;
+        adopt_legacy_migrations(&mut conn)?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
             wal: Arc::default(),
+            upserts: FxHashMap::default(),
         })
     }
 
@@ -169,7 +196,7 @@ impl SqliteStore {
         let conns = (0..size)
             .map(|_| {
                 let c = open(&self.path, true)?;
-                c.pragma_update(None, "query_only", true)?;
+                c.pragma_update(None, "query_only", true).db()?;
                 Ok(Mutex::new(c))
             })
             .collect::<StoreResult<Vec<_>>>()?;
@@ -244,272 +271,114 @@ impl Drop for Checkpointer {
     }
 }
 
-fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-    )?;
-    let current: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        [],
-        |r| r.get(0),
-    )?;
-    for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)
-            .map_err(|e| StoreError::Migration(format!("{version}: {e}")))?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
-            params![version, now_ms()],
-        )?;
-        tx.commit()?;
-        tracing::info!(version, "applied migration");
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS agora_migrations (
+    component TEXT NOT NULL, version INTEGER NOT NULL, applied_ms INTEGER NOT NULL,
+    PRIMARY KEY (component, version))";
+
+/// Stores from before the core had its own schema recorded the exchange's migrations alone
+/// in `schema_migrations`; record them as the exchange component's (the core's migration 1
+/// creates only what they lack).
+fn adopt_legacy_migrations(conn: &mut Connection) -> StoreResult<()> {
+    let legacy: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'schema_migrations'",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
+    if !legacy {
+        return Ok(());
     }
+    let tx = conn.transaction().db()?;
+    tx.execute_batch(MIGRATIONS_TABLE).db()?;
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO agora_migrations (component, version, applied_ms) \
+         SELECT 'exchange', version, applied_ms FROM schema_migrations; \
+         DROP TABLE schema_migrations;",
+    )
+    .db()?;
+    tx.commit().db()?;
+    tracing::info!("recorded the store's earlier migrations as the exchange's");
     Ok(())
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+fn now_ms() -> i64 {
+    agora_core::Clock::now_ms(&agora_core::SystemClock)
 }
 
-const ORDER_COLUMNS: &str = "id, user_id, symbol_id, side, type, time_in_force, price, quantity, \
-     quote_quantity, client_order_id, status, filled_qty, filled_quote, fee_paid, hold_asset, \
-     held, accept_seq, cancel_requested, created_ms, updated_ms, stp";
+impl Database for SqliteStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
 
-fn order_from_row(r: &Row) -> rusqlite::Result<OrderRow> {
-    Ok(OrderRow {
-        id: r.get(0)?,
-        user: r.get(1)?,
-        symbol: r.get(2)?,
-        side: enum_parse::<Side>(r.get(3)?)?,
-        order_type: enum_parse::<OrderType>(r.get(4)?)?,
-        time_in_force: enum_parse::<TimeInForce>(r.get(5)?)?,
-        price: r.get(6)?,
-        quantity: r.get(7)?,
-        quote_quantity: r.get(8)?,
-        client_order_id: r.get(9)?,
-        status: enum_parse::<OrderStatus>(r.get(10)?)?,
-        filled_qty: r.get(11)?,
-        filled_quote: r.get(12)?,
-        fee_paid: r.get(13)?,
-        hold_asset: r.get(14)?,
-        held: r.get(15)?,
-        accept_seq: r.get(16)?,
-        cancel_requested: r.get(17)?,
-        created_ms: r.get(18)?,
-        updated_ms: r.get(19)?,
-        stp: enum_parse(r.get(20)?)?,
-    })
-}
-
-const TRADE_COLUMNS: &str = "seq, symbol_id, trade_id, price, qty, quote_qty, buy_order, \
-     sell_order, buyer, seller, taker_side, buyer_fee, seller_fee, created_ms";
-
-fn trade_from_row(r: &Row) -> rusqlite::Result<TradeRow> {
-    Ok(TradeRow {
-        seq: r.get(0)?,
-        symbol: r.get(1)?,
-        trade_id: r.get(2)?,
-        price: r.get(3)?,
-        qty: r.get(4)?,
-        quote_qty: r.get(5)?,
-        buy_order: r.get(6)?,
-        sell_order: r.get(7)?,
-        buyer: r.get(8)?,
-        seller: r.get(9)?,
-        taker_side: enum_parse::<Side>(r.get(10)?)?,
-        buyer_fee: r.get(11)?,
-        seller_fee: r.get(12)?,
-        created_ms: r.get(13)?,
-    })
-}
-
-fn collect<T>(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-    f: impl FnMut(&Row) -> rusqlite::Result<T>,
-) -> StoreResult<Vec<T>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params, f)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
-}
-
-impl Store for SqliteStore {
-    fn commit(&mut self, b: &WriteBatch) -> StoreResult<()> {
-        let tx = self
+    fn migrate(&mut self, component: &str, migrations: &[Migration]) -> StoreResult<()> {
+        self.conn.execute_batch(MIGRATIONS_TABLE).db()?;
+        let current: i64 = self
             .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut s =
-                tx.prepare_cached("INSERT INTO users (id, name, created_ms) VALUES (?1, ?2, ?3)")?;
-            for u in &b.users {
-                s.execute(params![u.id, u.name, u.created_ms])?;
-            }
-            let mut s =
-                tx.prepare_cached("INSERT INTO assets (id, code, scale) VALUES (?1, ?2, ?3)")?;
-            for a in &b.assets {
-                s.execute(params![a.id, a.code, a.scale])?;
-            }
-            let mut s = tx.prepare_cached(
-                "INSERT INTO symbols (id, name, base_asset, quote_asset, tick_size, lot_size, \
-                 min_notional, maker_fee_bps, taker_fee_bps, status, max_quantity, default_stp) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
-                 default_stp = excluded.default_stp",
-            )?;
-            for y in &b.symbols {
-                s.execute(params![
-                    y.id,
-                    y.name,
-                    y.base_asset,
-                    y.quote_asset,
-                    y.tick_size,
-                    y.lot_size,
-                    y.min_notional,
-                    y.maker_fee_bps,
-                    y.taker_fee_bps,
-                    enum_text(&y.status),
-                    y.max_quantity,
-                    enum_text(&y.default_stp)
-                ])?;
-            }
-            let mut s = tx.prepare_cached(
-                "INSERT INTO balances (user_id, asset_id, available, held) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (user_id, asset_id) DO UPDATE \
-                 SET available = excluded.available, held = excluded.held",
-            )?;
-            for x in &b.balances {
-                s.execute(params![x.user, x.asset, x.available, x.held])?;
-            }
-            let mut s = tx.prepare_cached(
-                "INSERT INTO venue_balances (account, asset_id, amount) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (account, asset_id) DO UPDATE SET amount = excluded.amount",
-            )?;
-            for x in &b.venue_balances {
-                s.execute(params![enum_text(&x.account), x.asset, x.amount])?;
-            }
-            let mut s = tx.prepare_cached(
-                "INSERT INTO journal (id, kind, ref_id, postings, created_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for j in &b.journal {
-                s.execute(params![j.id, j.kind, j.ref_id, j.postings, j.created_ms])?;
-            }
-            let mut s = tx.prepare_cached(&format!(
-                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
-                 filled_qty = excluded.filled_qty, filled_quote = excluded.filled_quote, \
-                 fee_paid = excluded.fee_paid, held = excluded.held, \
-                 cancel_requested = excluded.cancel_requested, updated_ms = excluded.updated_ms"
-            ))?;
-            for o in &b.orders {
-                s.execute(params![
-                    o.id,
-                    o.user,
-                    o.symbol,
-                    enum_text(&o.side),
-                    enum_text(&o.order_type),
-                    enum_text(&o.time_in_force),
-                    o.price,
-                    o.quantity,
-                    o.quote_quantity,
-                    o.client_order_id,
-                    enum_text(&o.status),
-                    o.filled_qty,
-                    o.filled_quote,
-                    o.fee_paid,
-                    o.hold_asset,
-                    o.held,
-                    o.accept_seq,
-                    o.cancel_requested,
-                    o.created_ms,
-                    o.updated_ms,
-                    enum_text(&o.stp)
-                ])?;
-            }
-            let mut s = tx.prepare_cached(&format!(
-                "INSERT INTO trades ({TRADE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-            ))?;
-            for t in &b.trades {
-                s.execute(params![
-                    t.seq,
-                    t.symbol,
-                    t.trade_id,
-                    t.price,
-                    t.qty,
-                    t.quote_qty,
-                    t.buy_order,
-                    t.sell_order,
-                    t.buyer,
-                    t.seller,
-                    enum_text(&t.taker_side),
-                    t.buyer_fee,
-                    t.seller_fee,
-                    t.created_ms
-                ])?;
-            }
-            let mut s = tx.prepare_cached(
-                "INSERT INTO outbox (seq, id, aggregatetype, aggregateid, type, payload, created_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for e in &b.outbox {
-                s.execute(params![
-                    e.seq,
-                    e.id,
-                    e.aggregate_type,
-                    e.aggregate_id,
-                    e.event_type,
-                    e.payload,
-                    e.created_ms
-                ])?;
-            }
-            let mut s = tx.prepare_cached(
-                "INSERT INTO engine_cursors (symbol_id, input_seq, next_trade_id) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (symbol_id) DO UPDATE \
-                 SET input_seq = excluded.input_seq, next_trade_id = excluded.next_trade_id",
-            )?;
-            for c in &b.cursors {
-                s.execute(params![c.symbol, c.input_seq, c.next_trade_id])?;
-            }
-            let mut s = tx.prepare_cached(&format!(
-                "INSERT INTO candles ({CANDLE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                 ON CONFLICT (symbol_id, interval, open_ms) DO UPDATE SET high = excluded.high, \
-                 low = excluded.low, close = excluded.close, volume = excluded.volume, \
-                 quote_volume = excluded.quote_volume, trades = excluded.trades"
-            ))?;
-            for c in &b.candles {
-                s.execute(params![
-                    c.symbol,
-                    c.interval,
-                    c.open_ms,
-                    c.open,
-                    c.high,
-                    c.low,
-                    c.close,
-                    c.volume,
-                    c.quote_volume,
-                    c.trades
-                ])?;
-            }
-            if let Some(seq) = b.relay_position {
-                tx.prepare_cached(
-                    "INSERT INTO relay_position (id, seq) VALUES (1, ?1) \
-                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
-                )?
-                .execute(params![seq])?;
-            }
-            if let Some(seq) = b.outbox_prune_through {
-                tx.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?
-                    .execute(params![seq])?;
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM agora_migrations WHERE component = ?1",
+                [component],
+                |r| r.get(0),
+            )
+            .db()?;
+        let mut pending: Vec<&Migration> =
+            migrations.iter().filter(|m| m.version > current).collect();
+        pending.sort_by_key(|m| m.version);
+        for m in pending {
+            let tx = self.conn.transaction().db()?;
+            tx.execute_batch(m.sqlite)
+                .map_err(|e| StoreError::Migration(format!("{component} {}: {e}", m.version)))?;
+            tx.execute(
+                "INSERT INTO agora_migrations (component, version, applied_ms) \
+                 VALUES (?1, ?2, ?3)",
+                params![component, m.version, now_ms()],
+            )
+            .db()?;
+            tx.commit().db()?;
+            tracing::info!(component, version = m.version, "applied migration");
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, b: &WriteBatch) -> StoreResult<()> {
+        for w in &b.writes {
+            if let Write::Put { table, .. } = w {
+                self.upserts
+                    .entry(table.name)
+                    .or_insert_with(|| upsert_sql(Dialect::Sqlite, table));
             }
         }
-        tx.commit()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .db()?;
+        if let Some(fence) = &b.fence {
+            let epoch: Option<i64> = tx
+                .query_row(
+                    "SELECT epoch FROM agora_fences WHERE role = ?1",
+                    [&fence.role],
+                    |r| r.get(0),
+                )
+                .optional()
+                .db()?;
+            if epoch != Some(fence.epoch) {
+                return Err(StoreError::Fenced(format!(
+                    "{} is at epoch {epoch:?}, this writer holds {}",
+                    fence.role, fence.epoch
+                )));
+            }
+        }
+        for w in &b.writes {
+            let sql = match w {
+                Write::Put { table, .. } => self.upserts[table.name].as_str(),
+                Write::Exec { sql, .. } => sql,
+            };
+            tx.prepare_cached(sql)
+                .db()?
+                .execute(rusqlite::params_from_iter(binds(b.values_of(w))))
+                .db()?;
+        }
+        tx.commit().db()?;
         let frames = self.wal.frames.load(Ordering::Acquire);
         let behind = frames - self.wal.backfilled.load(Ordering::Acquire);
         if frames > WAL_WRAP_FRAMES && behind <= WAL_FINISH_FRAMES_MAX {
@@ -527,225 +396,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn load_assets(&mut self) -> StoreResult<Vec<AssetRow>> {
-        collect(
-            &self.conn,
-            "SELECT id, code, scale FROM assets ORDER BY id",
-            [],
-            |r| {
-                Ok(AssetRow {
-                    id: r.get(0)?,
-                    code: r.get(1)?,
-                    scale: r.get(2)?,
-                })
-            },
-        )
-    }
-
-    fn load_symbols(&mut self) -> StoreResult<Vec<SymbolRow>> {
-        collect(
-            &self.conn,
-            "SELECT id, name, base_asset, quote_asset, tick_size, lot_size, min_notional, \
-             maker_fee_bps, taker_fee_bps, status, max_quantity, default_stp \
-             FROM symbols ORDER BY id",
-            [],
-            |r| {
-                Ok(SymbolRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    base_asset: r.get(2)?,
-                    quote_asset: r.get(3)?,
-                    tick_size: r.get(4)?,
-                    lot_size: r.get(5)?,
-                    min_notional: r.get(6)?,
-                    maker_fee_bps: r.get(7)?,
-                    taker_fee_bps: r.get(8)?,
-                    status: enum_parse(r.get(9)?)?,
-                    max_quantity: r.get(10)?,
-                    default_stp: enum_parse(r.get(11)?)?,
-                })
-            },
-        )
-    }
-
-    fn load_users(&mut self) -> StoreResult<Vec<UserRow>> {
-        collect(
-            &self.conn,
-            "SELECT id, name, created_ms FROM users",
-            [],
-            |r| {
-                Ok(UserRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    created_ms: r.get(2)?,
-                })
-            },
-        )
-    }
-
-    fn load_open_orders(&mut self) -> StoreResult<Vec<OrderRow>> {
-        collect(
-            &self.conn,
-            &format!(
-                "SELECT {ORDER_COLUMNS} FROM orders \
-                 WHERE status IN ('NEW', 'PARTIALLY_FILLED') ORDER BY accept_seq"
-            ),
-            [],
-            order_from_row,
-        )
-    }
-
-    fn load_book_orders(&mut self, symbol: u32, accept_seq_max: i64) -> StoreResult<Vec<OrderRow>> {
-        collect(
-            &self.conn,
-            &format!(
-                "SELECT {ORDER_COLUMNS} FROM orders \
-                 WHERE status IN ('NEW', 'PARTIALLY_FILLED') AND symbol_id = ?1 \
-                 AND accept_seq <= ?2 ORDER BY accept_seq"
-            ),
-            params![symbol, accept_seq_max],
-            order_from_row,
-        )
-    }
-
-    fn load_cursors(&mut self) -> StoreResult<Vec<CursorRow>> {
-        collect(
-            &self.conn,
-            "SELECT symbol_id, input_seq, next_trade_id FROM engine_cursors",
-            [],
-            |r| {
-                Ok(CursorRow {
-                    symbol: r.get(0)?,
-                    input_seq: r.get(1)?,
-                    next_trade_id: r.get(2)?,
-                })
-            },
-        )
-    }
-
-    fn load_relay_position(&mut self) -> StoreResult<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT seq FROM relay_position WHERE id = 1", [], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .unwrap_or(0))
-    }
-
-    fn load_venue_balances(&mut self) -> StoreResult<Vec<VenueBalanceRow>> {
-        collect(
-            &self.conn,
-            "SELECT account, asset_id, amount FROM venue_balances",
-            [],
-            |r| {
-                Ok(VenueBalanceRow {
-                    account: enum_parse(r.get(0)?)?,
-                    asset: r.get(1)?,
-                    amount: r.get(2)?,
-                })
-            },
-        )
-    }
-
-    fn load_balance(&mut self, user: u64, asset: u32) -> StoreResult<Option<BalanceRow>> {
-        let mut s = self.conn.prepare_cached(
-            "SELECT available, held FROM balances WHERE user_id = ?1 AND asset_id = ?2",
-        )?;
-        Ok(s.query_row(params![user, asset], |r| {
-            Ok(BalanceRow {
-                user,
-                asset,
-                available: r.get(0)?,
-                held: r.get(1)?,
-            })
-        })
-        .optional()?)
-    }
-
-    fn find_order_by_client_id(
+    fn query_each(
         &mut self,
-        user: u64,
-        client_id: &str,
-    ) -> StoreResult<Option<OrderRow>> {
-        let mut s = self.conn.prepare_cached(&format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ?1 AND client_order_id = ?2"
-        ))?;
-        Ok(s.query_row(params![user, client_id], order_from_row)
-            .optional()?)
-    }
-
-    fn find_order(&mut self, id: u64) -> StoreResult<Option<OrderRow>> {
-        let mut s = self
-            .conn
-            .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?;
-        Ok(s.query_row(params![id], order_from_row).optional()?)
-    }
-
-    fn load_counters(&mut self) -> StoreResult<Counters> {
-        let one =
-            |sql: &str| -> StoreResult<i64> { Ok(self.conn.query_row(sql, [], |r| r.get(0))?) };
-        Ok(Counters {
-            max_order_id: one("SELECT COALESCE(MAX(id), 0) FROM orders")? as u64,
-            max_outbox_seq: one("SELECT COALESCE(MAX(seq), 0) FROM outbox")?,
-            max_journal_id: one("SELECT COALESCE(MAX(id), 0) FROM journal")?,
-            max_trade_seq: one("SELECT COALESCE(MAX(seq), 0) FROM trades")?,
-            max_user_id: one("SELECT COALESCE(MAX(id), 0) FROM users")? as u64,
-            max_asset_id: one("SELECT COALESCE(MAX(id), 0) FROM assets")? as u32,
-            max_symbol_id: one("SELECT COALESCE(MAX(id), 0) FROM symbols")? as u32,
-        })
-    }
-
-    fn load_recent_candles(&mut self, per_series: usize) -> StoreResult<Vec<CandleRow>> {
-        collect(
-            &self.conn,
-            &format!(
-                "SELECT {CANDLE_COLUMNS} FROM (SELECT *, ROW_NUMBER() OVER ( \
-                   PARTITION BY symbol_id, interval ORDER BY open_ms DESC) AS n FROM candles) \
-                 WHERE n <= ?1 ORDER BY symbol_id, interval, open_ms"
-            ),
-            params![per_series as i64],
-            candle_from_row,
-        )
-    }
-
-    fn load_recent_trades(&mut self, per_symbol: usize) -> StoreResult<Vec<TradeRow>> {
-        let symbols: Vec<u32> = collect(&self.conn, "SELECT id FROM symbols", [], |r| r.get(0))?;
-        let mut all = Vec::new();
-        for symbol in symbols {
-            let mut rows = collect(
-                &self.conn,
-                &format!(
-                    "SELECT {TRADE_COLUMNS} FROM trades WHERE symbol_id = ?1 \
-                     ORDER BY trade_id DESC LIMIT ?2"
-                ),
-                params![symbol, per_symbol as i64],
-                trade_from_row,
-            )?;
-            rows.reverse();
-            all.extend(rows);
-        }
-        Ok(all)
-    }
-
-    fn outbox_after(&mut self, after: i64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
-        collect(
-            &self.conn,
-            "SELECT seq, id, aggregatetype, aggregateid, type, payload, created_ms \
-             FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            params![after, limit as i64],
-            |r| {
-                Ok(OutboxRow {
-                    seq: r.get(0)?,
-                    id: r.get(1)?,
-                    aggregate_type: r.get(2)?,
-                    aggregate_id: r.get(3)?,
-                    event_type: r.get(4)?,
-                    payload: r.get(5)?,
-                    created_ms: r.get(6)?,
-                })
-            },
-        )
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(Row) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        query_each(&self.conn, sql, params, each)
     }
 }
 
@@ -772,132 +429,18 @@ impl SqliteReader {
     }
 }
 
-impl ReadStore for SqliteReader {
-    fn order(&self, id: u64) -> StoreResult<Option<OrderRow>> {
-        self.with(|c| {
-            let mut s =
-                c.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?;
-            Ok(s.query_row(params![id], order_from_row).optional()?)
-        })
+impl ReadDatabase for SqliteReader {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
     }
 
-    fn orders(&self, q: &OrderQuery) -> StoreResult<Vec<OrderRow>> {
-        let status = q.status.map(|s| enum_text(&s));
-        self.with(|c| {
-            collect(
-                c,
-                &format!(
-                    "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ?1 \
-                     AND (?2 IS NULL OR symbol_id = ?2) AND (?3 IS NULL OR status = ?3) \
-                     AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?5"
-                ),
-                params![q.user, q.symbol, status, q.before_id, q.limit as i64],
-                order_from_row,
-            )
-        })
-    }
-
-    fn balances(&self, user: u64) -> StoreResult<Vec<BalanceRow>> {
-        self.with(|c| {
-            collect(
-                c,
-                "SELECT asset_id, available, held FROM balances WHERE user_id = ?1 ORDER BY asset_id",
-                params![user],
-                |r| {
-                    Ok(BalanceRow {
-                        user,
-                        asset: r.get(0)?,
-                        available: r.get(1)?,
-                        held: r.get(2)?,
-                    })
-                },
-            )
-        })
-    }
-
-    fn fills(
+    /// One statement, so one snapshot: a reader never sees half a commit.
+    fn query_each(
         &self,
-        user: u64,
-        symbol: Option<u32>,
-        before_fill_id: Option<i64>,
-        limit: usize,
-    ) -> StoreResult<Vec<FillRow>> {
-        // fill_id = 2·seq (+1 for the sell side), so "fill_id < b" is "seq < (b+1)/2" on the
-        // buy side and "seq < b/2" on the sell side: each side is a range on its index.
-        let b = before_fill_id.unwrap_or(i64::MAX);
-        let sql = |column: &str| {
-            format!(
-                "SELECT {TRADE_COLUMNS} FROM trades WHERE {column} = ?1 \
-                 AND (?2 IS NULL OR symbol_id = ?2) AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
-            )
-        };
-        // Both sides from one snapshot: a trade committed between two reads could show its
-        // sell fill without its buy fill, and paging would then skip the buy for good.
-        let mut fills = self.with(|c| {
-            let tx = c.transaction()?;
-            let side = |column: &str, seq_below: i64, side: Side| {
-                collect(
-                    &tx,
-                    &sql(column),
-                    params![user, symbol, seq_below, limit as i64],
-                    |r| Ok(FillRow::new(trade_from_row(r)?, side)),
-                )
-            };
-            let mut fills = side("buyer", b / 2 + b % 2, Side::Buy)?;
-            fills.extend(side("seller", b / 2, Side::Sell)?);
-            tx.commit()?;
-            Ok(fills)
-        })?;
-        fills.sort_unstable_by_key(|f| std::cmp::Reverse(f.fill_id));
-        fills.truncate(limit);
-        Ok(fills)
-    }
-
-    fn user_by_name(&self, name: &str) -> StoreResult<Option<UserRow>> {
-        self.with(|c| {
-            let mut s =
-                c.prepare_cached("SELECT id, name, created_ms FROM users WHERE name = ?1")?;
-            Ok(s.query_row(params![name], |r| {
-                Ok(UserRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    created_ms: r.get(2)?,
-                })
-            })
-            .optional()?)
-        })
-    }
-
-    fn candles(
-        &self,
-        symbol: u32,
-        interval: &str,
-        start_ms: i64,
-        end_ms: i64,
-        limit: usize,
-    ) -> StoreResult<Vec<CandleRow>> {
-        self.with(|c| {
-            let mut rows = collect(
-                c,
-                &format!(
-                    "SELECT {CANDLE_COLUMNS} FROM candles WHERE symbol_id = ?1 AND interval = ?2 \
-                     AND open_ms < ?3 ORDER BY open_ms DESC LIMIT 1"
-                ),
-                params![symbol, interval, start_ms],
-                candle_from_row,
-            )?;
-            let mut range = collect(
-                c,
-                &format!(
-                    "SELECT {CANDLE_COLUMNS} FROM candles WHERE symbol_id = ?1 AND interval = ?2 \
-                     AND open_ms >= ?3 AND open_ms <= ?4 ORDER BY open_ms DESC LIMIT ?5"
-                ),
-                params![symbol, interval, start_ms, end_ms, limit as i64],
-                candle_from_row,
-            )?;
-            range.reverse();
-            rows.extend(range);
-            Ok(rows)
-        })
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(Row) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        self.with(|c| query_each(c, sql, params, each))
     }
 }

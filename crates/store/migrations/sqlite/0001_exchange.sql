@@ -1,16 +1,5 @@
--- Reference data, accounts, orders, trades, the outbox and the engine's consumer cursors.
-CREATE TABLE users (
-    id          INTEGER PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    created_ms  INTEGER NOT NULL
-);
-
-CREATE TABLE assets (
-    id     INTEGER PRIMARY KEY,
-    code   TEXT NOT NULL UNIQUE,
-    scale  INTEGER NOT NULL CHECK (scale BETWEEN 0 AND 18)
-);
-
+-- Symbols, orders, trades and the engine's consumer cursors (the core's migration 1 made
+-- users, assets, balances, the journal and the outbox before this one runs).
 CREATE TABLE symbols (
     id             INTEGER PRIMARY KEY,
     name           TEXT NOT NULL UNIQUE,
@@ -22,33 +11,6 @@ CREATE TABLE symbols (
     maker_fee_bps  INTEGER NOT NULL CHECK (maker_fee_bps BETWEEN 0 AND 10000),
     taker_fee_bps  INTEGER NOT NULL CHECK (taker_fee_bps BETWEEN 0 AND 10000),
     status         TEXT NOT NULL
-);
-
--- A user's holding of one asset. The CHECKs restate invariant 2 at the storage layer.
-CREATE TABLE balances (
-    user_id    INTEGER NOT NULL,
-    asset_id   INTEGER NOT NULL,
-    available  INTEGER NOT NULL CHECK (available >= 0),
-    held       INTEGER NOT NULL CHECK (held >= 0),
-    PRIMARY KEY (user_id, asset_id)
-) WITHOUT ROWID;
-
--- The venue's own accounts: FEES (income) and EXTERNAL (the world; negative by deposits).
-CREATE TABLE venue_balances (
-    account   TEXT NOT NULL,
-    asset_id  INTEGER NOT NULL,
-    amount    INTEGER NOT NULL,
-    PRIMARY KEY (account, asset_id)
-) WITHOUT ROWID;
-
--- Immutable, balanced journal entries; postings as JSON (one row per entry keeps the write
--- path to one insert; reconciliation replays them).
-CREATE TABLE journal (
-    id          INTEGER PRIMARY KEY,
-    kind        TEXT NOT NULL,
-    ref_id      INTEGER,
-    postings    TEXT NOT NULL,
-    created_ms  INTEGER NOT NULL
 );
 
 CREATE TABLE orders (
@@ -99,19 +61,6 @@ CREATE TABLE trades (
 );
 CREATE INDEX trades_by_buyer ON trades (buyer, seq);
 CREATE INDEX trades_by_seller ON trades (seller, seq);
-
--- Debezium outbox-router contract (id, aggregatetype, aggregateid, type, payload), plus the
--- sequence that orders it. aggregateid is the symbol: the order book is the aggregate whose
--- events must stay in order, and Debezium uses aggregateid as the Kafka message key.
-CREATE TABLE outbox (
-    seq            INTEGER PRIMARY KEY,
-    id             TEXT NOT NULL UNIQUE,
-    aggregatetype  TEXT NOT NULL,
-    aggregateid    TEXT NOT NULL,
-    type           TEXT NOT NULL,
-    payload        TEXT NOT NULL,
-    created_ms     INTEGER NOT NULL
-);
 
 -- How far the engine's output has been settled, per symbol; committed with the effects.
 CREATE TABLE engine_cursors (

@@ -22,12 +22,30 @@
 //! turns an overflow into an error (`SUM`) or a float (`+`), and a corrupt ledger must be
 //! reported, not make the audit fail or round.
 
-use super::{enum_parse, open, order_from_row, SqliteStore, ORDER_COLUMNS};
+use super::{db_error, open, row_of, SqliteStore};
+use crate::schema::{select_list, ORDERS};
 use crate::*;
 use agora_ledger::{Account, Bucket, Posting};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
+/// Audit internals mix rusqlite calls and row decoding; both end as the port's error.
+struct Fail(StoreError);
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Fail {
+        Fail(db_error(e))
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Fail {
+        Fail(e)
+    }
+}
+
+type AuditResult<T> = Result<T, Fail>;
 
 /// Running sums kept in memory before they are added into the TEMP tables.
 const FOLD_KEYS_MAX: usize = 65_536;
@@ -115,9 +133,9 @@ fn decode_postings(text: &str, out: &mut Vec<Posting>) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_sum(text: &str) -> StoreResult<i128> {
+fn parse_sum(text: &str) -> AuditResult<i128> {
     text.parse()
-        .map_err(|_| StoreError::Corrupt(format!("audit sum {text:?}")))
+        .map_err(|_| StoreError::Corrupt(format!("audit sum {text:?}")).into())
 }
 
 /// The audit's connection and its state between runs (see the module docs).
@@ -129,6 +147,10 @@ pub struct SqliteAuditor {
 impl SqliteStore {
     /// Reconciliation's own read-only connection to the database.
     pub fn auditor(&self) -> StoreResult<SqliteAuditor> {
+        self.open_auditor().map_err(|f| f.0)
+    }
+
+    fn open_auditor(&self) -> AuditResult<SqliteAuditor> {
         let conn = open(&self.path, true)?;
         conn.pragma_update(None, "temp_store", "FILE")?;
         conn.execute_batch(&format!(
@@ -150,6 +172,12 @@ struct Marks {
 
 impl AuditStore for SqliteAuditor {
     fn audit(&self, full: bool, sink: &mut dyn AuditSink) -> StoreResult<AuditCoverage> {
+        self.run(full, sink).map_err(|f| f.0)
+    }
+}
+
+impl SqliteAuditor {
+    fn run(&self, full: bool, sink: &mut dyn AuditSink) -> AuditResult<AuditCoverage> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
         if full {
@@ -221,7 +249,7 @@ fn fold_journal(
     after: i64,
     through: i64,
     sink: &mut dyn AuditSink,
-) -> StoreResult<()> {
+) -> AuditResult<()> {
     let mut sums: BTreeMap<AccountKey, i128> = BTreeMap::new();
     let mut postings = Vec::new();
     let mut s =
@@ -249,7 +277,7 @@ fn fold_journal(
     add_account_sums(tx, &mut sums)
 }
 
-fn add_account_sums(tx: &Transaction, sums: &mut BTreeMap<AccountKey, i128>) -> StoreResult<()> {
+fn add_account_sums(tx: &Transaction, sums: &mut BTreeMap<AccountKey, i128>) -> AuditResult<()> {
     let mut get = tx.prepare_cached(
         "SELECT amount FROM temp.account_sums WHERE user_id = ?1 AND asset_id = ?2 AND code = ?3",
     )?;
@@ -273,28 +301,29 @@ fn add_account_sums(tx: &Transaction, sums: &mut BTreeMap<AccountKey, i128>) -> 
     Ok(())
 }
 
-fn stream_open_orders(tx: &Transaction, sink: &mut dyn AuditSink) -> StoreResult<()> {
+fn stream_open_orders(tx: &Transaction, sink: &mut dyn AuditSink) -> AuditResult<()> {
     let mut s = tx.prepare(&format!(
-        "SELECT {ORDER_COLUMNS} FROM main.orders \
-         WHERE status IN ('NEW', 'PARTIALLY_FILLED') ORDER BY accept_seq"
+        "SELECT {} FROM main.orders \
+         WHERE status IN ('NEW', 'PARTIALLY_FILLED') ORDER BY accept_seq",
+        select_list(&ORDERS)
     ))?;
     let mut rows = s.query([])?;
     while let Some(r) = rows.next()? {
-        sink.open_order(&order_from_row(r)?);
+        sink.open_order(&OrderRow::decode(&row_of(r, ORDERS.columns.len())?)?);
     }
     Ok(())
 }
 
 /// Merges stored balances (users' and the venue's) with the journal sums, in key order,
 /// and tells the sink about each account once.
-fn stream_accounts(tx: &Transaction, sink: &mut dyn AuditSink) -> StoreResult<()> {
+fn stream_accounts(tx: &Transaction, sink: &mut dyn AuditSink) -> AuditResult<()> {
     // The venue has two accounts per asset: few enough to hold.
     let mut venue: Vec<(AccountKey, i64)> = Vec::new();
     {
         let mut s = tx.prepare("SELECT account, asset_id, amount FROM main.venue_balances")?;
         let mut rows = s.query([])?;
         while let Some(r) = rows.next()? {
-            let account = enum_parse::<VenueAccount>(r.get(0)?)?;
+            let account = VenueAccount::parse(&r.get::<_, String>(0)?)?;
             let account = match account {
                 VenueAccount::Fees => Account::Fees,
                 VenueAccount::External => Account::External,
@@ -312,7 +341,7 @@ fn stream_accounts(tx: &Transaction, sink: &mut dyn AuditSink) -> StoreResult<()
     let mut balances = b.query([])?;
     // A balances row holds two accounts (A and H, in key order); the second waits here.
     let mut held_next: Option<(AccountKey, i64)> = None;
-    let mut next_balance = |held_next: &mut Option<(AccountKey, i64)>| -> StoreResult<_> {
+    let mut next_balance = |held_next: &mut Option<(AccountKey, i64)>| -> AuditResult<_> {
         if let Some(h) = held_next.take() {
             return Ok(Some(h));
         }
@@ -331,7 +360,7 @@ fn stream_accounts(tx: &Transaction, sink: &mut dyn AuditSink) -> StoreResult<()
          ORDER BY user_id, asset_id, code",
     )?;
     let mut sum_rows = j.query([])?;
-    let mut next_sum = || -> StoreResult<Option<(AccountKey, i128)>> {
+    let mut next_sum = || -> AuditResult<Option<(AccountKey, i128)>> {
         Ok(match sum_rows.next()? {
             Some(r) => {
                 let code: String = r.get(2)?;
@@ -373,7 +402,7 @@ fn stream_accounts(tx: &Transaction, sink: &mut dyn AuditSink) -> StoreResult<()
             sum = next_sum()?;
         }
         let Some(account) = account_of(key) else {
-            return Err(StoreError::Corrupt(format!("audit account code {}", key.2)));
+            return Err(StoreError::Corrupt(format!("audit account code {}", key.2)).into());
         };
         sink.account(&AccountAudit {
             account,
@@ -387,7 +416,7 @@ fn stream_accounts(tx: &Transaction, sink: &mut dyn AuditSink) -> StoreResult<()
 
 /// Adds the trades in `(prev.trades, now.trades]` into `temp.order_fills`, and makes the
 /// orders they touch candidates for the fill check (unless the check covers them anyway).
-fn fold_trades(tx: &Transaction, prev: Marks, now: Marks) -> StoreResult<()> {
+fn fold_trades(tx: &Transaction, prev: Marks, now: Marks) -> AuditResult<()> {
     let mut sums: BTreeMap<u64, (i128, i128)> = BTreeMap::new();
     let mut s = tx.prepare(
         "SELECT buy_order, sell_order, qty, quote_qty FROM main.trades \
@@ -413,7 +442,7 @@ fn add_order_fills(
     sums: &mut BTreeMap<u64, (i128, i128)>,
     prev: Marks,
     now: Marks,
-) -> StoreResult<()> {
+) -> AuditResult<()> {
     let mut get =
         tx.prepare_cached("SELECT qty, quote FROM temp.order_fills WHERE order_id = ?1")?;
     let mut put = tx.prepare_cached(
@@ -452,7 +481,7 @@ fn check_fills(
     prev: Marks,
     now: Marks,
     sink: &mut dyn AuditSink,
-) -> StoreResult<u64> {
+) -> AuditResult<u64> {
     tx.execute(
         "INSERT OR IGNORE INTO temp.fill_candidates (id) \
          SELECT id FROM temp.open_at_last_run WHERE id <= ?1",
@@ -499,6 +528,43 @@ fn check_fills(
 mod tests {
     use super::*;
     use crate::sqlite::Durability;
+    use agora_core::Database;
+
+    /// Rows to store as they are, however unbalanced (the audit must find what is wrong).
+    #[derive(Default)]
+    struct Rows {
+        balances: Vec<BalanceRow>,
+        venue_balances: Vec<VenueBalanceRow>,
+        journal: Vec<JournalRow>,
+        orders: Vec<OrderRow>,
+        trades: Vec<TradeRow>,
+    }
+
+    trait CommitRows {
+        fn commit_rows(&mut self, rows: Rows) -> StoreResult<()>;
+    }
+
+    impl CommitRows for SqliteStore {
+        fn commit_rows(&mut self, rows: Rows) -> StoreResult<()> {
+            let mut batch = agora_core::WriteBatch::default();
+            rows.balances.iter().for_each(|r| r.put(&mut batch));
+            rows.venue_balances.iter().for_each(|r| r.put(&mut batch));
+            rows.journal.into_iter().for_each(|r| r.put(&mut batch));
+            let changes = Changes {
+                orders: rows.orders,
+                trades: rows.trades,
+                ..Changes::default()
+            };
+            changes.write_to(&mut batch);
+            self.commit(&batch)
+        }
+    }
+
+    fn open_store(path: &std::path::Path) -> SqliteStore {
+        let mut store = SqliteStore::open(path, Durability::Normal).unwrap();
+        crate::schema::migrate(&mut store).unwrap();
+        store
+    }
     use agora_engine::{SelfTradePrevention, Side, TimeInForce};
 
     #[derive(Default)]
@@ -605,10 +671,10 @@ mod tests {
     #[test]
     fn an_incremental_run_folds_only_what_is_new_and_ends_where_a_full_run_does() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(&dir.path().join("a.db"), Durability::Normal).unwrap();
+        let mut store = open_store(&dir.path().join("a.db"));
         let auditor = store.auditor().unwrap();
         store
-            .commit(&WriteBatch {
+            .commit_rows(Rows {
                 balances: vec![BalanceRow {
                     user: 1,
                     asset: 1,
@@ -625,7 +691,7 @@ mod tests {
                     journal(2, r#"[["A",1,1,-10],["H",1,1,10]]"#),
                 ],
                 orders: vec![order(1, OrderStatus::New, 0)],
-                ..WriteBatch::default()
+                ..Rows::default()
             })
             .unwrap();
         let (first, c1) = run(&auditor, false);
@@ -643,7 +709,7 @@ mod tests {
 
         // More activity: a new entry, a new order, and trades on the old and new orders.
         store
-            .commit(&WriteBatch {
+            .commit_rows(Rows {
                 balances: vec![BalanceRow {
                     user: 1,
                     asset: 1,
@@ -656,7 +722,7 @@ mod tests {
                     order(2, OrderStatus::New, 3),
                 ],
                 trades: vec![trade(1, 2, 1, 3), trade(2, 2, 1, 7)],
-                ..WriteBatch::default()
+                ..Rows::default()
             })
             .unwrap();
         let (second, c2) = run(&auditor, false);
@@ -700,9 +766,9 @@ mod tests {
     #[test]
     fn accounts_come_once_each_in_key_order_with_or_without_a_balance_row() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(&dir.path().join("a.db"), Durability::Normal).unwrap();
+        let mut store = open_store(&dir.path().join("a.db"));
         store
-            .commit(&WriteBatch {
+            .commit_rows(Rows {
                 balances: vec![
                     BalanceRow {
                         user: 2,
@@ -724,7 +790,7 @@ mod tests {
                 }],
                 // User 3 has postings but no balance row.
                 journal: vec![journal(1, r#"[["X",0,1,-4],["A",3,1,4]]"#)],
-                ..WriteBatch::default()
+                ..Rows::default()
             })
             .unwrap();
         let (r, _) = run(&store.auditor().unwrap(), false);
@@ -752,10 +818,10 @@ mod tests {
     #[test]
     fn sums_beyond_i64_and_unreadable_postings_are_told_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(&dir.path().join("a.db"), Durability::Normal).unwrap();
+        let mut store = open_store(&dir.path().join("a.db"));
         let max = i64::MAX;
         store
-            .commit(&WriteBatch {
+            .commit_rows(Rows {
                 journal: vec![
                     journal(1, &format!(r#"[["A",1,1,{max}]]"#)),
                     journal(2, &format!(r#"[["A",1,1,{max}]]"#)),
@@ -767,7 +833,7 @@ mod tests {
                     order(2, OrderStatus::Filled, 10),
                 ],
                 trades: vec![trade(1, 2, 1, max), trade(2, 2, 1, max)],
-                ..WriteBatch::default()
+                ..Rows::default()
             })
             .unwrap();
         let (r, _) = run(&store.auditor().unwrap(), false);

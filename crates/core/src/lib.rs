@@ -1,0 +1,32 @@
+//! agora's transaction core: what every venue (the exchange, commerce) needs to move value
+//! exactly once, on the embedded default and on the distributed stack alike.
+//!
+//! - [`store`]: the store port — portable rows, batches and queries over SQLite, PostgreSQL
+//!   and MySQL/MariaDB adapters, with per-component migrations and commit fencing.
+//! - [`accounts`]: the accounts working set and ledger posting with holds.
+//! - [`outbox`]: the transactional outbox and its relay to the event log.
+//! - [`writer`]: the group-commit writer loop, generic over [`writer::Venue`]s, and the
+//!   request port that reaches it.
+//! - [`clock`]: the clock port.
+
+pub mod accounts;
+pub mod clock;
+pub mod outbox;
+pub mod store;
+pub mod writer;
+
+/// The core's schema (accounts, journal, outbox, relay position, fences, consumer offsets,
+/// inbox), applied as component `core` before any venue's.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: include_str!("../migrations/sqlite/0001_core.sql"),
+    postgres: include_str!("../migrations/postgres/0001_core.sql"),
+    mysql: include_str!("../migrations/mysql/0001_core.sql"),
+}];
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use store::{
+    Database, Dialect, Fence, Migration, ReadDatabase, Row, StoreError, StoreResult, Table, Value,
+    Write, WriteBatch,
+};
+pub use writer::{Core, RequestPort, Venue, Writer, WriterLimits};

@@ -1,0 +1,200 @@
+use crate::{broker_error, KafkaConfig, EVENT_TYPE_HEADER, REQUEST_TIMEOUT, SEQ_HEADER};
+use agora_bus::{EventLog, LogError, Record};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// How long `append` waits before retrying a record librdkafka's full queue refused.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
+
+/// The process's idempotent producer, shared by every topic it writes (librdkafka wants one
+/// producer per process: one connection per broker, batching across topics). Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaProducer {
+    producer: ThreadedProducer<AckContext>,
+}
+
+impl KafkaProducer {
+    pub fn new(config: &KafkaConfig) -> Result<KafkaProducer, LogError> {
+        let producer = config
+            .client_config(&[
+                // Retries keep per-partition order and write nothing twice; implies acks=all,
+                // which is also set so that reading the configuration says it.
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                // `append` waits for its acknowledgements, so a long linger is pure latency;
+                // 1 ms still gathers one append's records into one request.
+                ("linger.ms", "1"),
+                // A topic that does not exist is a deployment error, not something to create
+                // with the broker's default partition count.
+                ("allow.auto.create.topics", "false"),
+            ])
+            .create_with_context(AckContext)
+            .map_err(|e| broker_error("creating the Kafka producer", e))?;
+        Ok(KafkaProducer { producer })
+    }
+
+    /// The producer's handle on `topic`, which must exist (see [`crate::ensure_topic`]).
+    /// The partition count is read once: adding partitions moves keys to other partitions,
+    /// which is a planned operation with the producers and consumers restarted.
+    pub fn log(&self, topic: &str) -> Result<KafkaLog, LogError> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+            .map_err(|e| broker_error(&format!("reading the metadata of topic {topic}"), e))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as u32)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                LogError::Broker(format!(
+                    "topic {topic} does not exist (create it with its partition count first)"
+                ))
+            })?;
+        Ok(KafkaLog {
+            producer: self.clone(),
+            topic: topic.to_string(),
+            partitions,
+        })
+    }
+}
+
+/// One topic of a [`KafkaProducer`].
+pub struct KafkaLog {
+    producer: KafkaProducer,
+    topic: String,
+    partitions: u32,
+}
+
+impl KafkaLog {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+impl EventLog for KafkaLog {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Enqueues the records in order on `partition` and waits until the broker has
+    /// acknowledged all of them (or one failed: then the error, and the caller appends the
+    /// batch again; records already written come twice and consumers drop them by `seq`).
+    fn append(&self, partition: u32, records: Vec<Record>) -> Result<(), LogError> {
+        if partition >= self.partitions {
+            return Err(LogError::NoSuchPartition {
+                partition,
+                partitions: self.partitions,
+            });
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let acks = Arc::new(Acks::expecting(records.len()));
+        for record in &records {
+            let seq = record.seq.to_string();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: SEQ_HEADER,
+                    value: Some(seq.as_bytes()),
+                })
+                .insert(Header {
+                    key: EVENT_TYPE_HEADER,
+                    value: Some(record.event_type.as_bytes()),
+                });
+            let mut message = BaseRecord::with_opaque_to(&self.topic, acks.clone())
+                .partition(partition as i32)
+                .key(record.key.as_bytes())
+                .payload(record.payload.as_bytes())
+                .headers(headers);
+            loop {
+                match self.producer.producer.send(message) {
+                    Ok(()) => break,
+                    // librdkafka's local queue is full: it drains as the broker acknowledges.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        message = back;
+                        std::thread::sleep(QUEUE_FULL_BACKOFF);
+                    }
+                    Err((e, _)) => {
+                        return Err(broker_error(
+                            &format!("producing to {} partition {partition}", self.topic),
+                            e,
+                        ))
+                    }
+                }
+            }
+        }
+        acks.wait().map_err(|e| {
+            LogError::Broker(format!(
+                "delivering to {} partition {partition}: {e}",
+                self.topic
+            ))
+        })
+    }
+}
+
+/// Routes each delivery report to the `append` waiting for it.
+struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<Acks>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        acks.report(result.as_ref().err().map(|(e, _)| e.to_string()));
+    }
+}
+
+/// The acknowledgements one `append` waits for.
+struct Acks {
+    state: Mutex<AckState>,
+    done: Condvar,
+}
+
+struct AckState {
+    pending: usize,
+    first_error: Option<String>,
+}
+
+impl Acks {
+    fn expecting(pending: usize) -> Acks {
+        Acks {
+            state: Mutex::new(AckState {
+                pending,
+                first_error: None,
+            }),
+            done: Condvar::new(),
+        }
+    }
+
+    fn report(&self, error: Option<String>) {
+        let mut state = self.state.lock().expect("acks lock");
+        state.pending -= 1;
+        if state.first_error.is_none() {
+            state.first_error = error;
+        }
+        if state.pending == 0 || state.first_error.is_some() {
+            self.done.notify_all();
+        }
+    }
+
+    /// Returns when every record is acknowledged, or at the first failure.
+    fn wait(&self) -> Result<(), String> {
+        let state = self.state.lock().expect("acks lock");
+        let state = self
+            .done
+            .wait_while(state, |s| s.pending > 0 && s.first_error.is_none())
+            .expect("acks lock");
+        match &state.first_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
