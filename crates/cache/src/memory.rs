@@ -194,6 +194,9 @@ impl MemoryCache {
         }
         if self.gate_members.fetch_add(1, Ordering::Relaxed) >= self.gate_members_max {
             self.gate_members.fetch_sub(1, Ordering::Relaxed);
+            if members.is_empty() {
+                shard.remove(gate); // no empty gate left behind by a refused claim
+            }
             return Err(CacheError::Full("gate members"));
         }
         members.insert(member.into());
@@ -621,6 +624,7 @@ mod tests {
             cache.claim("g9", "m", 10).await,
             Err(CacheError::Full("gate members"))
         );
+        assert!(cache.gates.lock("g9").get("g9").is_none());
         assert!(cache.release("g0", "0").await.unwrap());
         assert_eq!(cache.claim("g9", "m", 10).await, Ok(Claim::Claimed));
         let too_many: Vec<String> = (0..6).map(|i| i.to_string()).collect();
