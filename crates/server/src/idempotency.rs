@@ -21,11 +21,17 @@ use crate::problem::Problem;
 use crate::{AppState, BODY_BYTES_MAX, REQUEST_TIMEOUT};
 use agora_cache::{Begin, Fingerprint, Lease};
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
+use axum::routing::Route;
+use futures_util::future::{BoxFuture, Either};
 use futures_util::FutureExt;
+use std::convert::Infallible;
+use std::future::ready;
+use std::task::{Context, Poll};
+use tower::Service;
 use utoipa::IntoParams;
 use utoipa_axum::router::UtoipaMethodRouter;
 
@@ -87,22 +93,75 @@ pub fn guarded(
     state: &AppState,
 ) -> UtoipaMethodRouter<AppState> {
     let (schemas, paths, router) = routes;
-    let layer = axum::middleware::from_fn_with_state((state.clone(), scope), guard);
+    let layer = GuardLayer {
+        state: state.clone(),
+        scope,
+    };
     (schemas, paths, router.layer(layer))
 }
 
-async fn guard(
-    State((state, scope)): State<(AppState, Scope)>,
+#[derive(Clone)]
+struct GuardLayer {
+    state: AppState,
+    scope: Scope,
+}
+
+impl tower::Layer<Route> for GuardLayer {
+    type Service = Guard;
+
+    fn layer(&self, handler: Route) -> Guard {
+        Guard {
+            handler,
+            state: self.state.clone(),
+            scope: self.scope,
+        }
+    }
+}
+
+/// A tower service rather than a `from_fn` middleware so that a request without the header,
+/// nearly every one, goes straight to the handler: no allocation, no state cloned.
+#[derive(Clone)]
+struct Guard {
+    handler: Route,
+    state: AppState,
+    scope: Scope,
+}
+
+impl tower::Service<Request> for Guard {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<RouteFuture<Infallible>, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        <Route as Service<Request>>::poll_ready(&mut self.handler, cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let Some(key) = request.headers().get(HEADER) else {
+            return Either::Left(self.handler.call(request));
+        };
+        let key = match parse_key(key) {
+            Ok(key) => key.to_string(),
+            Err(problem) => return Either::Right(Box::pin(ready(Ok(problem.into_response())))),
+        };
+        // The handler that was polled ready goes with the request; a clone stays.
+        let handler = self.handler.clone();
+        let handler = std::mem::replace(&mut self.handler, handler);
+        let (state, scope) = (self.state.clone(), self.scope);
+        Either::Right(Box::pin(async move {
+            Ok(keyed(state, scope, key, request, handler).await)
+        }))
+    }
+}
+
+/// A request with a key: authenticated, fingerprinted, then run once, replayed or refused.
+async fn keyed(
+    state: AppState,
+    scope: Scope,
+    key: String,
     request: Request,
-    next: Next,
+    handler: Route,
 ) -> Response {
-    let Some(key) = request.headers().get(HEADER) else {
-        return next.run(request).await;
-    };
-    let key = match parse_key(key) {
-        Ok(key) => key.to_string(),
-        Err(problem) => return problem.into_response(),
-    };
     // Authenticate first: no request may take a key in a scope it cannot act in.
     let scope = match scope {
         Scope::User => ActingUser::from_headers(request.headers(), &state)
@@ -135,7 +194,7 @@ async fn guard(
             let held = Held { scope, key, lease };
             // Its own task: it finishes, and its answer is stored, whatever happens to this
             // request (client gone, deadline).
-            tokio::spawn(run(state, held, request, next))
+            tokio::spawn(run(state, held, request, handler))
                 .await
                 .unwrap_or_else(|_| internal_error())
         }
@@ -180,17 +239,18 @@ struct Held {
 }
 
 /// Runs the handler, then stores its answer (definite) or frees the key (anything else).
-async fn run(state: AppState, held: Held, request: Request, next: Next) -> Response {
+async fn run(state: AppState, held: Held, request: Request, mut handler: Route) -> Response {
     let Held { scope, key, lease } = held;
-    let response = std::panic::AssertUnwindSafe(next.run(request))
+    let response = std::panic::AssertUnwindSafe(handler.call(request))
         .catch_unwind()
         .await;
     let response = match response {
-        Ok(response) if is_definite(response.status()) => response,
-        Ok(response) => {
+        Ok(Ok(response)) if is_definite(response.status()) => response,
+        Ok(Ok(response)) => {
             free(&state, &scope, &key, lease).await;
             return response;
         }
+        Ok(Err(never)) => match never {},
         Err(_) => {
             tracing::error!("handler panicked");
             free(&state, &scope, &key, lease).await;
