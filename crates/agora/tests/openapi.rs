@@ -48,11 +48,33 @@ fn the_openapi_document_describes_every_route_and_its_errors() {
                 "{method} {path}: no success response"
             );
             for (status, response) in responses {
+                // Errors are problems; a 429 is one with `Retry-After`.
+                let expected = match status.as_str() {
+                    "429" => "#/components/responses/RateLimited",
+                    _ => "#/components/responses/Problem",
+                };
                 if !status.starts_with('2') {
-                    assert_eq!(
-                        response["$ref"], "#/components/responses/Problem",
-                        "{method} {path} {status}"
-                    );
+                    assert_eq!(response["$ref"], expected, "{method} {path} {status}");
+                }
+            }
+            // The state-changing operations that take `Idempotency-Key`, and no others.
+            let takes_key = op["parameters"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header")
+            });
+            let keyed = [
+                ("post", "/api/v1/orders"),
+                ("delete", "/api/v1/orders/{id}"),
+                ("post", "/api/v1/admin/deposits"),
+            ];
+            assert_eq!(
+                takes_key,
+                keyed.contains(&(method.as_str(), path.as_str())),
+                "{method} {path}"
+            );
+            if takes_key {
+                for status in ["409", "422"] {
+                    assert!(responses.contains_key(status), "{method} {path} {status}");
                 }
             }
         }
@@ -60,6 +82,11 @@ fn the_openapi_document_describes_every_route_and_its_errors() {
     assert_eq!(documented, ROUTES.len());
     let problem = &doc["components"]["responses"]["Problem"]["content"];
     assert!(problem["application/problem+json"]["schema"].is_object());
+    let limited = &doc["components"]["responses"]["RateLimited"];
+    assert_eq!(
+        limited["headers"]["Retry-After"]["schema"]["type"],
+        "integer"
+    );
     for scheme in ["user_id", "admin_token"] {
         assert_eq!(doc["components"]["securitySchemes"][scheme]["in"], "header");
     }

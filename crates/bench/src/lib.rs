@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Clients reading REST depth in a loop while the flow runs.
     #[arg(long, default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub depth_readers: usize,
+    /// Send a unique `Idempotency-Key` with every order and cancel: the server's keyed path
+    /// (a cache lookup and a store of the answer per request).
+    #[arg(long)]
+    pub idempotency_keys: bool,
     /// Print the result as one JSON object as well.
     #[arg(long)]
     pub json: bool,
@@ -318,8 +322,19 @@ async fn worker(
     pacer: Arc<Option<Pacer>>,
     seed: u64,
     sample_every: u64,
+    idempotency_keys: bool,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Unique within the run: keys are per user, and every run has its own users.
+    let mut requests = 0u64;
+    let mut keyed = |request: reqwest::RequestBuilder| {
+        requests += 1;
+        if idempotency_keys {
+            request.header("idempotency-key", format!("bench-{seed}-{requests}"))
+        } else {
+            request
+        }
+    };
     let mut resting: Vec<(u64, u64)> = Vec::new(); // (user, order)
     let mut iocs = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -329,12 +344,13 @@ async fn worker(
         let roll: u32 = rng.random_range(0..100);
         if roll < 20 && !resting.is_empty() {
             let (user, order) = resting.swap_remove(rng.random_range(0..resting.len()));
-            let r = api
-                .http
-                .delete(format!("{}/api/v1/orders/{order}", api.url))
-                .header("x-user-id", user)
-                .send()
-                .await;
+            let r = keyed(
+                api.http
+                    .delete(format!("{}/api/v1/orders/{order}", api.url))
+                    .header("x-user-id", user),
+            )
+            .send()
+            .await;
             if r.is_err() {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
             }
@@ -367,14 +383,15 @@ async fn worker(
             if ioc { "IOC" } else { "GTC" },
         );
         let started = Instant::now();
-        let resp = api
-            .http
-            .post(format!("{}/api/v1/orders", api.url))
-            .header("x-user-id", user)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await;
+        let resp = keyed(
+            api.http
+                .post(format!("{}/api/v1/orders", api.url))
+                .header("x-user-id", user)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .send()
+        .await;
         let accepted_at = Instant::now();
         let resp = match resp {
             Ok(r) => r,
@@ -605,6 +622,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 pacer.clone(),
                 i as u64 + 1,
                 args.settle_sample_every,
+                args.idempotency_keys,
             ))
         })
         .collect();
@@ -648,6 +666,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "duration_s": elapsed,
         "rate_per_s": args.rate,
         "clients": args.clients,
+        "idempotency_keys": args.idempotency_keys,
         "bot_orders_per_s_per_symbol": args.bots,
         "users": args.users,
         "symbols": args.symbols,

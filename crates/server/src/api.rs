@@ -3,6 +3,7 @@
 //! answers with is a typed view deriving its schema, so `/api/v1/openapi.json` is generated
 //! from this code and cannot drift from it.
 
+use crate::idempotency::IdempotencyKeyHeader;
 use crate::openapi::{ADMIN, PUBLIC, TRADING};
 use crate::problem::{
     limit_param, path_symbol, ApiJson, ApiPath as Path, ApiQuery as Query, Problem,
@@ -64,15 +65,16 @@ impl FromRequestParts<AppState> for ActingUser {
 /// listens beyond loopback: see `settings`).
 pub struct Admin;
 
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+impl Admin {
+    /// Checks `X-Admin-Token` in request headers (the only reader of it).
+    pub fn from_headers(
+        headers: &axum::http::HeaderMap,
+        state: &AppState,
+    ) -> Result<Admin, Problem> {
         match &state.admin_token {
             None => Ok(Admin),
             Some(token) => {
-                let sent = parts
-                    .headers
+                let sent = headers
                     .get("x-admin-token")
                     .map_or(&b""[..], |v| v.as_bytes());
                 if tokens_match(sent, token.as_bytes()) {
@@ -86,6 +88,23 @@ impl FromRequestParts<AppState> for Admin {
                 }
             }
         }
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        Admin::from_headers(&parts.headers, state)
+    }
+}
+
+/// Who a request comes from, for per-client limits (rate limits, WebSocket connections):
+/// the acting user when there is one, else the peer's IP address.
+pub fn client_key(user: Option<u64>, peer: std::net::IpAddr) -> String {
+    match user {
+        Some(u) => format!("user:{u}"),
+        None => format!("ip:{peer}"),
     }
 }
 
@@ -354,6 +373,7 @@ fn symbol_filter(name: Option<&str>, r: &RefData) -> Result<Option<u32>, Problem
 /// with `GET /api/v1/orders/{id}` or the WebSocket user stream).
 #[utoipa::path(
     post, path = "/api/v1/orders", tag = TRADING, security(("user_id" = [])),
+    params(IdempotencyKeyHeader),
     request_body = OrderRequest,
     responses(
         (status = 202, description = "Accepted: held and queued for matching", body = OrderView),
@@ -405,11 +425,15 @@ pub async fn get_order(
 /// turns CANCELED and its hold is released when the engine confirms. Idempotent.
 #[utoipa::path(
     delete, path = "/api/v1/orders/{id}", tag = TRADING, security(("user_id" = [])),
-    params(("id" = String, Path, description = "Order id (digits)", pattern = "^[0-9]+$")),
+    params(
+        ("id" = String, Path, description = "Order id (digits)", pattern = "^[0-9]+$"),
+        IdempotencyKeyHeader,
+    ),
     responses(
         (status = 202, description = "Cancel requested", body = OrderView),
         (status = 400, response = Problem), (status = 401, response = Problem),
         (status = 404, response = Problem), (status = 409, response = Problem),
+        (status = 413, response = Problem), (status = 422, response = Problem),
     )
 )]
 pub async fn cancel_order(
@@ -709,12 +733,14 @@ pub struct NewDeposit {
 /// Credits a user from the outside world (a balanced entry against the external account).
 #[utoipa::path(
     post, path = "/api/v1/admin/deposits", tag = ADMIN, security(("admin_token" = [])),
+    params(IdempotencyKeyHeader),
     request_body = NewDeposit,
     responses(
         (status = 200, description = "The user's balance of the asset", body = BalanceView),
         (status = 400, response = Problem), (status = 401, response = Problem),
-        (status = 404, response = Problem), (status = 413, response = Problem),
-        (status = 415, response = Problem),
+        (status = 404, response = Problem), (status = 409, response = Problem),
+        (status = 413, response = Problem), (status = 415, response = Problem),
+        (status = 422, response = Problem),
     )
 )]
 pub async fn deposit(

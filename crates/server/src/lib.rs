@@ -4,10 +4,12 @@
 
 pub mod api;
 pub mod demo;
+pub mod idempotency;
 pub mod listener;
 pub mod market_api;
 pub mod openapi;
 pub mod problem;
+pub mod rate_limit;
 pub mod settings;
 pub mod ws;
 
@@ -33,13 +35,25 @@ pub struct AppState {
     pub exchange: Exchange,
     pub admin_token: Option<Arc<str>>,
     pub hub: Arc<ws::Hub>,
+    /// Idempotency keys and rate-limit state (`--cache`).
+    pub cache: Arc<dyn agora_cache::Cache>,
+    /// How long an idempotent answer is kept.
+    pub idempotency_ttl_ms: u64,
+    /// The per-client limit of `/api/v1`, if any.
+    pub rate_limit: Option<agora_cache::Rate>,
 }
 
 pub fn router(state: AppState, inflight_max: usize) -> Router {
+    let mut api = openapi::api_router(&state);
+    // Not even a pass-through layer when off: the order path pays nothing for it.
+    if let Some(rate) = state.rate_limit {
+        let layer = axum::middleware::from_fn_with_state((state.clone(), rate), rate_limit::limit);
+        api = api.layer(layer);
+    }
     Router::new()
         .route("/health", get(api::health))
         .route("/ws", get(ws::ws_handler))
-        .merge(openapi::api_router())
+        .merge(api)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -100,6 +114,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
+    // Then the cache: an unreachable Redis is refused before the store is touched too.
+    let options = agora_cache::Options {
+        prefix: settings.cache_prefix.clone(),
+        ..agora_cache::Options::default()
+    };
+    let cache = agora_cache::open(&settings.cache, &options)
+        .await
+        .with_context(|| format!("opening the cache {}", settings.cache))?;
     let config = exchange_config(&settings);
     let hub = Arc::new(ws::Hub::new(settings.ws_limits, config.clock.clone()));
     let observer: Arc<dyn agora_exchange::market::CommitObserver> = hub.clone();
@@ -107,7 +129,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find a port chosen with `--listen ...:0`.
     println!("agora listening on http://{addr}");
-    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), cache = %settings.cache, "listening");
     // Demo data, then bots, once the exchange is ready; the bots stop when this is dropped.
     let bots: Arc<std::sync::Mutex<Option<agora_exchange::bots::Bots>>> = Arc::default();
     if settings.demo || settings.bots.is_some() {
@@ -133,6 +155,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         exchange: exchange.clone(),
         admin_token: settings.admin_token.as_deref().map(Arc::from),
         hub,
+        cache,
+        idempotency_ttl_ms: settings.idempotency_ttl_ms,
+        rate_limit: settings.rate_limit,
     };
     let listener = listener::LimitedListener::new(
         listener,

@@ -3,7 +3,9 @@
 //! without a description cannot be added), served at `/api/v1/openapi.json`, with the
 //! Swagger UI at `/docs` (its assets are compiled into the binary: no CDN at run time).
 
+use crate::idempotency::{guarded, Scope};
 use crate::problem::Problem;
+use crate::rate_limit::RateLimited;
 use crate::{api, market_api, AppState};
 use axum::Router;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -30,7 +32,7 @@ pub const DOCS_PATH: &str = "/docs";
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     modifiers(&Security),
-    components(schemas(Problem), responses(Problem)),
+    components(schemas(Problem), responses(Problem, RateLimited)),
     tags(
         (name = TRADING, description = "The acting user's orders, fills and balances (send \
             `X-User-Id` until identity lands)"),
@@ -64,8 +66,9 @@ impl utoipa::Modify for Security {
 }
 
 /// What any operation may answer besides its own responses: 408 when it takes longer than
-/// the request timeout, 503 while agora starts (the engine catching up) or stops, or when
-/// the store cannot be read for a moment.
+/// the request timeout, 429 past the rate limit (when one is set), 503 while agora starts
+/// (the engine catching up) or stops, or when the store or the cache cannot be reached for a
+/// moment.
 struct EveryOperation;
 
 impl utoipa::Modify for EveryOperation {
@@ -80,24 +83,31 @@ impl utoipa::Modify for EveryOperation {
                 &mut item.delete,
             ];
             for operation in operations.into_iter().flatten() {
-                for status in ["408", "503"] {
-                    let problem = RefOr::Ref(Ref::from_response_name("Problem"));
+                for (status, response) in [
+                    ("408", "Problem"),
+                    ("429", "RateLimited"),
+                    ("503", "Problem"),
+                ] {
+                    let response = RefOr::Ref(Ref::from_response_name(response));
                     operation
                         .responses
                         .responses
                         .entry(status.to_string())
-                        .or_insert(problem);
+                        .or_insert(response);
                 }
             }
         }
     }
 }
 
-/// Every `/api/v1` route, each with its part of the document.
-fn routes() -> OpenApiRouter<AppState> {
+/// Every `/api/v1` route, each with its part of the document; the state-changing ones that
+/// take `Idempotency-Key` behind its guard.
+fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(api::place_order, api::list_orders))
-        .routes(routes!(api::get_order, api::cancel_order))
+        .routes(guarded(routes!(api::place_order), Scope::User, state))
+        .routes(routes!(api::list_orders))
+        .routes(routes!(api::get_order))
+        .routes(guarded(routes!(api::cancel_order), Scope::User, state))
         .routes(routes!(api::balances))
         .routes(routes!(api::fills))
         .routes(routes!(api::list_assets))
@@ -110,15 +120,15 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::create_asset))
         .routes(routes!(api::create_symbol))
         .routes(routes!(api::update_symbol))
-        .routes(routes!(api::deposit))
+        .routes(guarded(routes!(api::deposit), Scope::Admin, state))
         .routes(routes!(api::book))
         .routes(routes!(api::reconcile))
         .routes(routes!(api::status))
 }
 
 /// The `/api/v1` routes, the document's route and the docs UI.
-pub fn api_router() -> Router<AppState> {
-    let (router, mut document) = routes().split_for_parts();
+pub fn api_router(state: &AppState) -> Router<AppState> {
+    let (router, mut document) = routes(state).split_for_parts();
     utoipa::Modify::modify(&EveryOperation, &mut document);
     router.merge(utoipa_swagger_ui::SwaggerUi::new(DOCS_PATH).url(OPENAPI_PATH, document))
 }

@@ -81,6 +81,26 @@ pub struct ServeArgs {
     /// Streams one WebSocket may subscribe to [default: 64].
     #[arg(long, env = "AGORA_WS_SUBSCRIPTIONS_MAX")]
     pub ws_subscriptions_max: Option<usize>,
+    /// Where idempotency keys and rate-limit state live: `memory` (this process) or
+    /// `redis://[user:password@]host:port/db` (shared by every API process) [default: memory].
+    #[arg(long, env = "AGORA_CACHE", hide_env_values = true)]
+    pub cache: Option<String>,
+    /// Prefix of every key agora writes to Redis, so that deployments (or test runs) can
+    /// share one database: 1-64 of A-Z, a-z, 0-9, `.`, `_`, `-`, `:` [default: agora].
+    #[arg(long, env = "AGORA_CACHE_PREFIX")]
+    pub cache_prefix: Option<String>,
+    /// How long the answer to a request with an `Idempotency-Key` is kept for retries, in
+    /// seconds, 60 to 2592000 (30 days) [default: 86400].
+    #[arg(long, env = "AGORA_IDEMPOTENCY_TTL_SECS")]
+    pub idempotency_ttl_secs: Option<u64>,
+    /// Requests per second allowed to each user (each IP address without `X-User-Id`) on
+    /// `/api/v1`, 1 to 1000000; beyond, 429 with `Retry-After` [default: no limit].
+    #[arg(long, env = "AGORA_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Requests a client may send at once before the rate applies, 1 to 1000000 (needs
+    /// --rate-limit) [default: one second's worth, the rate].
+    #[arg(long, env = "AGORA_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
     /// Log as JSON lines instead of text (the level comes from `AGORA_LOG`, e.g. `info`,
     /// `agora_exchange=debug`).
     #[arg(long, env = "AGORA_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
@@ -90,6 +110,8 @@ pub struct ServeArgs {
 
 /// Shortest admin token accepted: a guessable token is no better than none.
 pub const ADMIN_TOKEN_LEN_MIN: usize = 16;
+/// Shortest idempotency TTL: a key must outlive its request's lease by a margin.
+pub const IDEMPOTENCY_TTL_SECS_MIN: u64 = 60;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +139,11 @@ pub struct Settings {
     pub ws_limits: crate::ws::WsLimits,
     pub socket_send_buffer_bytes: usize,
     pub log_json: bool,
+    pub cache: agora_cache::Backend,
+    pub cache_prefix: String,
+    pub idempotency_ttl_ms: u64,
+    /// The per-client rate limit, if any.
+    pub rate_limit: Option<agora_cache::Rate>,
 }
 
 impl ServeArgs {
@@ -186,6 +213,50 @@ impl ServeArgs {
             "refusing to listen on {listen} with open admin endpoints: set --admin-token \
              (AGORA_ADMIN_TOKEN) or listen on a loopback address"
         );
+        let cache = agora_cache::Backend::parse(
+            self.cache
+                .as_deref()
+                .or(file.cache.as_deref())
+                .unwrap_or("memory"),
+        )
+        .context("cache")?;
+        let cache_prefix = self
+            .cache_prefix
+            .or(file.cache_prefix)
+            .unwrap_or_else(|| "agora".into());
+        anyhow::ensure!(
+            (1..=64).contains(&cache_prefix.len())
+                && cache_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b)),
+            "cache-prefix must be 1-64 of A-Z, a-z, 0-9, '.', '_', '-', ':'"
+        );
+        let idempotency_ttl_secs = self
+            .idempotency_ttl_secs
+            .or(file.idempotency_ttl_secs)
+            .unwrap_or(24 * 3_600);
+        anyhow::ensure!(
+            (IDEMPOTENCY_TTL_SECS_MIN..=agora_cache::TTL_MS_MAX / 1_000)
+                .contains(&idempotency_ttl_secs),
+            "idempotency-ttl-secs must be {IDEMPOTENCY_TTL_SECS_MIN} to {}",
+            agora_cache::TTL_MS_MAX / 1_000
+        );
+        let rate_limit_burst = self.rate_limit_burst.or(file.rate_limit_burst);
+        let rate_limit = match (self.rate_limit.or(file.rate_limit), rate_limit_burst) {
+            (None, None) => None,
+            (None, Some(_)) => anyhow::bail!("rate-limit-burst needs rate-limit"),
+            (Some(per_s), burst) => {
+                let burst = burst.unwrap_or(per_s);
+                anyhow::ensure!(
+                    (1..=1_000_000).contains(&burst),
+                    "rate-limit-burst must be 1 to 1000000"
+                );
+                Some(
+                    agora_cache::Rate::per_second(per_s, burst)
+                        .map_err(|_| anyhow::anyhow!("rate-limit must be 1 to 1000000"))?,
+                )
+            }
+        };
         Ok(Settings {
             listen,
             data_dir: self
@@ -254,6 +325,10 @@ impl ServeArgs {
                 .unwrap_or(256 * 1024)
                 .clamp(4096, 64 * 1024 * 1024),
             log_json: self.log_json || file.log_json,
+            cache,
+            cache_prefix,
+            idempotency_ttl_ms: idempotency_ttl_secs * 1_000,
+            rate_limit,
         })
     }
 }
@@ -304,6 +379,59 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_is_in_process_and_rates_are_unlimited_by_default() {
+        let s = resolve(&[]).unwrap();
+        assert_eq!(s.cache, agora_cache::Backend::Memory);
+        assert_eq!(s.cache_prefix, "agora");
+        assert_eq!(s.idempotency_ttl_ms, 86_400_000);
+        assert_eq!(s.rate_limit, None);
+        let s = resolve(&[
+            "--cache",
+            "redis://127.0.0.1:6379/3",
+            "--cache-prefix",
+            "venue-a",
+            "--idempotency-ttl-secs",
+            "3600",
+            "--rate-limit",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.cache,
+            agora_cache::Backend::Redis("redis://127.0.0.1:6379/3".into())
+        );
+        assert_eq!(
+            (s.cache_prefix.as_str(), s.idempotency_ttl_ms),
+            ("venue-a", 3_600_000)
+        );
+        // The burst is one second's worth unless given.
+        assert_eq!(s.rate_limit, agora_cache::Rate::per_second(50, 50).ok());
+        let burst = resolve(&["--rate-limit", "50", "--rate-limit-burst", "200"]).unwrap();
+        assert_eq!(
+            burst.rate_limit,
+            agora_cache::Rate::per_second(50, 200).ok()
+        );
+    }
+
+    #[test]
+    fn bad_cache_and_rate_settings_are_refused() {
+        for args in [
+            &["--cache", "memcached://127.0.0.1"][..],
+            &["--cache", "redis://127.0.0.1:notaport"],
+            &["--cache-prefix", ""],
+            &["--cache-prefix", "has space"],
+            &["--idempotency-ttl-secs", "59"],
+            &["--idempotency-ttl-secs", "2592001"],
+            &["--rate-limit", "0"],
+            &["--rate-limit", "1000001"],
+            &["--rate-limit", "10", "--rate-limit-burst", "0"],
+            &["--rate-limit-burst", "10"],
+        ] {
+            assert!(resolve(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
     fn on_off_settings_take_the_usual_spellings_from_the_environment() {
         // One variable per case: tests in this module run in parallel, in one process.
         for (value, on) in [("true", true), ("1", true), ("yes", true), ("off", false)] {
@@ -321,7 +449,8 @@ mod tests {
         std::fs::write(
             &file,
             "listen = \"127.0.0.1:9000\"\ndata-dir = \"/srv/agora\"\nengine-shards = 2\n\
-             durability = \"normal\"\ndemo = true\n",
+             durability = \"normal\"\ndemo = true\ncache = \"redis://127.0.0.1/1\"\n\
+             rate-limit = 100\n",
         )
         .unwrap();
         let path = file.to_str().unwrap();
@@ -331,6 +460,11 @@ mod tests {
         assert_eq!(s.engine_shards, 2);
         assert_eq!(s.durability, DurabilitySetting::Normal);
         assert!(s.demo);
+        assert_eq!(
+            s.cache,
+            agora_cache::Backend::Redis("redis://127.0.0.1/1".into())
+        );
+        assert_eq!(s.rate_limit, agora_cache::Rate::per_second(100, 100).ok());
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! `WRITE_TIMEOUT`, is a slow consumer: closed with code 1008 and the reason, and the others
 //! go on.
 
-use crate::api::{balance_view, order_view, ActingUser};
+use crate::api::{balance_view, client_key, order_view, ActingUser};
 use crate::listener::PeerAddr;
 use crate::market_api::{candle_view, level_json, ticker_view, trade_view, Scales};
 use crate::problem::Problem;
@@ -451,10 +451,7 @@ pub async fn ws_handler(
         None
     };
     let hub = state.hub.clone();
-    let client = match user {
-        Some(u) => format!("user:{u}"),
-        None => format!("ip:{}", peer.ip()),
-    };
+    let client = client_key(user, peer.ip());
     let Some(slot) = hub.admit(client) else {
         return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
