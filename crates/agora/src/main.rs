@@ -17,8 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every role in one process on the embedded store.
-    Serve(ServeArgs),
+    /// Run agora: every role in one process, on the store `--store` names.
+    Serve(Box<ServeArgs>),
     /// Create or upgrade the store's schema, then exit.
     Migrate {
         #[arg(long, env = "AGORA_DATA_DIR", default_value = "agora-data")]

@@ -47,10 +47,12 @@ fn fresh_database(base: &str) -> String {
         use sqlx::Connection;
         if base.starts_with("mysql://") {
             let mut c = sqlx::MySqlConnection::connect(base).await.expect(base);
-            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))
-                .execute(&mut c)
-                .await
-                .unwrap();
+            sqlx::raw_sql(&format!(
+                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+            ))
+            .execute(&mut c)
+            .await
+            .unwrap();
         } else {
             let admin = format!("{base}/postgres");
             let mut c = sqlx::PgConnection::connect(&admin).await.expect(base);
@@ -196,10 +198,16 @@ impl Server {
             use sqlx::Connection;
             if self.store.starts_with("mysql://") {
                 let mut c = sqlx::MySqlConnection::connect(&self.store).await.unwrap();
-                sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut c).await.unwrap()
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap()
             } else {
                 let mut c = sqlx::PgConnection::connect(&self.store).await.unwrap();
-                sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut c).await.unwrap()
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap()
             }
         })
     }
