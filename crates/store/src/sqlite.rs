@@ -368,16 +368,27 @@ impl Database for SqliteStore {
                 )));
             }
         }
+        // Batches come in runs of one table's rows: prepare once per run, not per row (the
+        // statement cache hashes the whole SQL text on every lookup).
+        let mut run: Option<(&'static str, rusqlite::CachedStatement<'_>)> = None;
         for w in &b.writes {
             let sql = match w {
                 Write::Put { table, .. } => self.upserts[table.name].as_str(),
                 Write::Exec { sql, .. } => sql,
             };
-            tx.prepare_cached(sql)
-                .db()?
+            let name = match w {
+                Write::Put { table, .. } => table.name,
+                Write::Exec { sql, .. } => sql,
+            };
+            if run.as_ref().is_none_or(|(current, _)| !std::ptr::eq(*current, name)) {
+                run = Some((name, tx.prepare_cached(sql).db()?));
+            }
+            let (_, statement) = run.as_mut().expect("prepared above");
+            statement
                 .execute(rusqlite::params_from_iter(binds(b.values_of(w))))
                 .db()?;
         }
+        drop(run);
         tx.commit().db()?;
         let frames = self.wal.frames.load(Ordering::Acquire);
         let behind = frames - self.wal.backfilled.load(Ordering::Acquire);
