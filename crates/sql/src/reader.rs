@@ -133,12 +133,10 @@ impl<B: Backend> Snapshot<'_, B> {
                 return Ok(());
             };
             let statement = if commit { "COMMIT" } else { "ROLLBACK" };
-            B::execute_script(&mut conn, statement)
-                .await
-                .map_err(|e| {
-                    conn.close_on_drop();
-                    sql(statement)(e).error
-                })
+            B::execute_script(&mut conn, statement).await.map_err(|e| {
+                conn.close_on_drop();
+                sql(statement)(e).error
+            })
         })
     }
 }

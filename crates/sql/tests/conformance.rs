@@ -940,7 +940,10 @@ fn a_snapshot_always_ends_its_transaction_and_gives_its_connection_back(t: &Test
     // `reads` fails after a query.
     let err = reader
         .snapshot(&mut |reads| {
-            assert_eq!(reads.query("SELECT seq FROM outbox", &[])?.len(), N as usize);
+            assert_eq!(
+                reads.query("SELECT seq FROM outbox", &[])?.len(),
+                N as usize
+            );
             Err(stop())
         })
         .unwrap_err();

@@ -107,7 +107,9 @@ impl TestDb {
             Server::Postgres => {
                 Arc::new(PostgresReader::connect(&self.url, connections).expect("connect"))
             }
-            Server::Mysql => Arc::new(MysqlReader::connect(&self.url, connections).expect("connect")),
+            Server::Mysql => {
+                Arc::new(MysqlReader::connect(&self.url, connections).expect("connect"))
+            }
         }
     }
 
