@@ -874,10 +874,11 @@ fn a_broken_connection_is_replaced(t: &TestDb) {
     assert_ne!(int(&mut *db, whoami, &[]), id);
 }
 
+/// One row of a query, read some way (a snapshot's, the pool's).
+type ReadOne<'a> = dyn FnMut(&str, &[Value]) -> Result<Option<Row>, StoreError> + 'a;
+
 /// (rows in journal, user 1's available balance of asset 1) as `read` sees them.
-fn journal_and_balance(
-    read: &mut dyn FnMut(&str, &[Value]) -> Result<Option<Row>, StoreError>,
-) -> (i64, i64) {
+fn journal_and_balance(read: &mut ReadOne) -> (i64, i64) {
     let count = read("SELECT COUNT(*) FROM journal", &[]).unwrap().unwrap();
     let available = read(
         "SELECT available FROM balances WHERE user_id = ? AND asset_id = ?",

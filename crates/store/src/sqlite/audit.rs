@@ -901,7 +901,6 @@ mod tests {
                     trade(2, 4, 1, 6), // order 4 is missing, below the last order id
                     trade(3, 99, 6, 1), // order 99 is missing, above it
                 ],
-                ..Rows::default()
             })
             .unwrap();
         let (r, coverage) = both_agree(&store);
