@@ -18,6 +18,9 @@
 //! disk rather than grow; the Rust side keeps at most `FOLD_KEYS_MAX` running sums before
 //! adding them into the TEMP tables.
 //!
+//! `crate::audit::PortableAuditor` reads the same through the store port on any adapter,
+//! with full runs only; on the same store both tell a sink the same rows (tested below).
+//!
 //! Sums are added in Rust as i128 and stored as decimal text: SQLite's integer arithmetic
 //! turns an overflow into an error (`SUM`) or a float (`+`), and a corrupt ledger must be
 //! reported, not make the audit fail or round.
