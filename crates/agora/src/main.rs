@@ -15,20 +15,38 @@ struct Cli {
     command: Command,
 }
 
+/// Which store a maintenance command works on (as `agora serve` takes them).
+#[derive(clap::Args)]
+struct StoreArgs {
+    #[arg(long, env = "AGORA_DATA_DIR", default_value = "agora-data")]
+    data_dir: PathBuf,
+    /// `sqlite` (in the data directory), `postgres://…` or `mysql://…`.
+    #[arg(
+        long,
+        env = "AGORA_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    store: String,
+}
+
+impl StoreArgs {
+    fn config(&self) -> anyhow::Result<agora_exchange::Config> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        let mut config = agora_exchange::Config::new(self.data_dir.clone());
+        config.store_url = (self.store != "sqlite").then(|| self.store.clone());
+        Ok(config)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run agora: every role in one process, on the store `--store` names.
     Serve(Box<ServeArgs>),
     /// Create or upgrade the store's schema, then exit.
-    Migrate {
-        #[arg(long, env = "AGORA_DATA_DIR", default_value = "agora-data")]
-        data_dir: PathBuf,
-    },
+    Migrate(StoreArgs),
     /// Check the ledger and order invariants of a stopped store; exits 1 on any problem.
-    Reconcile {
-        #[arg(long, env = "AGORA_DATA_DIR", default_value = "agora-data")]
-        data_dir: PathBuf,
-    },
+    Reconcile(StoreArgs),
     /// Drive a running agora over HTTP with many concurrent clients and report throughput
     /// and latency percentiles.
     Bench(agora_bench::BenchArgs),
@@ -72,20 +90,17 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(agora_server::serve(settings))
         }
-        Command::Migrate { data_dir } => {
+        Command::Migrate(args) => {
             init_logging(false);
-            std::fs::create_dir_all(&data_dir)?;
-            let mut store = agora_store::sqlite::SqliteStore::open(
-                &data_dir.join("agora.db"),
-                agora_store::sqlite::Durability::Full,
-            )?;
-            agora_store::schema::migrate(&mut store)?;
-            println!("store at {} is up to date", data_dir.display());
+            let config = args.config()?;
+            let mut open = agora_exchange::open_store(&config)?;
+            agora_store::schema::migrate(&mut *open.store)?;
+            println!("the store is up to date");
             Ok(())
         }
-        Command::Reconcile { data_dir } => {
+        Command::Reconcile(args) => {
             init_logging(false);
-            let report = agora_exchange::reconcile::offline(&data_dir)?;
+            let report = agora_exchange::reconcile::offline(&args.config()?)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !report.ok {
                 std::process::exit(1);

@@ -94,7 +94,7 @@ fn assert_stopped_corruption_reported(
 ) {
     assert!(s.terminate().success());
     corrupt(s);
-    let (code, offline) = reconcile_offline(s.data_dir());
+    let (code, offline) = reconcile_offline(s);
     assert_eq!(code, 1, "{offline:#}");
     assert_eq!(offline["full"], true);
     for kind in kinds {

@@ -26,7 +26,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use store::{
-    Database, Dialect, Fence, Migration, ReadDatabase, Row, StoreError, StoreResult, Table, Value,
-    Write, WriteBatch,
+    Database, Dialect, Fence, Migration, ReadDatabase, Row, SnapshotReads, StoreError, StoreResult,
+    Table, Value, Write, WriteBatch,
 };
 pub use writer::{Core, RequestPort, Venue, Writer, WriterLimits};

@@ -317,6 +317,9 @@ pub trait Database: Send {
 
 /// Committed state for the API and for audits: a pool of connections, used from many
 /// threads (blocking; call from a blocking context).
+///
+/// Each query alone sees one committed state; [`ReadDatabase::snapshot`] makes several
+/// queries see the same one.
 pub trait ReadDatabase: Send + Sync {
     fn dialect(&self) -> Dialect;
 
@@ -325,6 +328,22 @@ pub trait ReadDatabase: Send + Sync {
         sql: &str,
         params: &[Value],
         each: &mut dyn FnMut(Row) -> StoreResult<()>,
+    ) -> StoreResult<()>;
+
+    /// Runs `reads` in one read-only transaction on one connection of the pool, so that
+    /// every query it makes sees the same committed state (a snapshot), whatever commits
+    /// meanwhile: SQLite's deferred read transaction (in WAL mode the snapshot is fixed by
+    /// the first read), PostgreSQL's `REPEATABLE READ, READ ONLY`, MySQL's and MariaDB's
+    /// `WITH CONSISTENT SNAPSHOT, READ ONLY` at `REPEATABLE READ` (for that transaction
+    /// only). The transaction always ends — committed when `reads` succeeds, rolled back
+    /// when it fails (its error is returned) — and the connection goes back to the pool
+    /// usable. `reads` hands back what it found through what it captures.
+    ///
+    /// A snapshot holds its connection and old row versions until it ends (on SQLite it
+    /// keeps the WAL from wrapping): keep it to one job, such as an audit.
+    fn snapshot(
+        &self,
+        reads: &mut dyn FnMut(&mut dyn SnapshotReads) -> StoreResult<()>,
     ) -> StoreResult<()>;
 
     fn query(&self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
@@ -337,6 +356,31 @@ pub trait ReadDatabase: Send + Sync {
     }
 
     fn query_one(&self, sql: &str, params: &[Value]) -> StoreResult<Option<Row>> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+}
+
+/// The queries of one [`ReadDatabase::snapshot`]: each sees the snapshot's committed state.
+pub trait SnapshotReads {
+    /// Runs a portable `SELECT`, calling `each` per row in order (streamed: rows are not
+    /// gathered first). When `each` fails, the query stops and its error is returned.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(Row) -> StoreResult<()>,
+    ) -> StoreResult<()>;
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
+        let mut rows = Vec::new();
+        self.query_each(sql, params, &mut |r| {
+            rows.push(r);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    fn query_one(&mut self, sql: &str, params: &[Value]) -> StoreResult<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 }

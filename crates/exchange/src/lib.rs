@@ -35,6 +35,7 @@ use agora_bus::{partition_for, EmbeddedLog};
 use agora_core::{Clock, Database, ReadDatabase};
 use agora_core::{Core, RequestPort, Writer, WriterLimits};
 use agora_engine::{Book, RestingOrder, Side};
+use agora_store::audit::PortableAuditor;
 use agora_store::queries::{Loads, Reads};
 use agora_store::sqlite::{Checkpointer, Durability, SqliteStore};
 use agora_store::*;
@@ -141,8 +142,7 @@ pub struct Exchange {
 struct Inner {
     requests: RequestPort<Request>,
     reader: Arc<dyn ReadDatabase>,
-    /// `None` where the store has no reconciliation reader yet.
-    auditor: Option<Arc<dyn AuditStore>>,
+    auditor: Arc<dyn AuditStore>,
     /// One reconciliation at a time; later callers wait here, not on a blocking thread
     /// parked on the auditor's lock.
     reconciling: tokio::sync::Mutex<()>,
@@ -157,14 +157,16 @@ struct Inner {
 }
 
 /// The store's connections, as the configuration chose them.
-struct OpenStore {
-    store: Box<dyn Database>,
-    reader: Arc<dyn ReadDatabase>,
-    auditor: Option<Arc<dyn AuditStore>>,
-    checkpointer: Option<Checkpointer>,
+pub struct OpenStore {
+    pub store: Box<dyn Database>,
+    pub reader: Arc<dyn ReadDatabase>,
+    pub auditor: Arc<dyn AuditStore>,
+    pub checkpointer: Option<Checkpointer>,
 }
 
-fn open_store(config: &Config) -> Result<OpenStore, StartError> {
+/// Opens the store `config` names: its writer connection, a read pool and a reconciliation
+/// reader (SQLite's incremental one, or the portable one on a server database).
+pub fn open_store(config: &Config) -> Result<OpenStore, StartError> {
     match &config.store_url {
         None => {
             let store = SqliteStore::open(&config.data_dir.join("agora.db"), config.durability)?;
@@ -174,16 +176,17 @@ fn open_store(config: &Config) -> Result<OpenStore, StartError> {
             Ok(OpenStore {
                 store: Box::new(store),
                 reader,
-                auditor: Some(auditor),
+                auditor,
                 checkpointer: Some(checkpointer),
             })
         }
         Some(url) => {
             let (store, reader) = agora_sql::connect(url, config.read_connections as u32)?;
+            let auditor: Arc<dyn AuditStore> = Arc::new(PortableAuditor::new(reader.clone()));
             Ok(OpenStore {
                 store,
                 reader,
-                auditor: None,
+                auditor,
                 checkpointer: None,
             })
         }
@@ -567,11 +570,7 @@ impl Exchange {
             .map(|s| (s.id, s.name.clone()))
             .collect();
         symbols.sort_unstable();
-        let Some(auditor) = self.inner.auditor.clone() else {
-            return Err(ExchangeError::unavailable(
-                "reconciliation is not available on this store yet",
-            ));
-        };
+        let auditor = self.inner.auditor.clone();
         // Ask for the books first: they are answered while the ledger is read.
         let deadline = tokio::time::Instant::now() + BOOK_AUDIT_WAIT;
         let mut books = Vec::with_capacity(symbols.len());

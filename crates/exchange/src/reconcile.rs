@@ -482,15 +482,12 @@ pub fn audit_ledger(
 
 /// Reconciles a store that no process is serving: a full ledger audit (engine books are
 /// not compared: there is no engine).
-pub fn offline(data_dir: &std::path::Path) -> StoreResult<Report> {
-    let mut store = agora_store::sqlite::SqliteStore::open(
-        &data_dir.join("agora.db"),
-        agora_store::sqlite::Durability::Full,
-    )?;
-    agora_store::schema::migrate(&mut store)?;
-    let mut loads = agora_store::queries::Loads(&mut store);
+pub fn offline(config: &crate::Config) -> Result<Report, crate::StartError> {
+    let mut open = crate::open_store(config)?;
+    agora_store::schema::migrate(&mut *open.store)?;
+    let mut loads = agora_store::queries::Loads(&mut *open.store);
     let refdata = Arc::new(RefData::new(loads.assets()?, loads.symbols()?));
-    audit_ledger(&store.auditor()?, &|| refdata.clone(), true)
+    Ok(audit_ledger(&*open.auditor, &|| refdata.clone(), true)?)
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The table that records applied migrations, created before the first one.
     const CREATE_MIGRATIONS_TABLE: &'static str;
 
+    /// The statements, run in order on one connection, that begin a read-only transaction
+    /// whose reads all see one snapshot (see `ReadDatabase::snapshot`).
+    const BEGIN_SNAPSHOT: &'static [&'static str];
+
     /// Connection options from a URL; the writer and the readers open connections with them.
     fn options(url: &str) -> StoreResult<Options<Self>>;
 

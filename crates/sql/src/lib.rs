@@ -41,7 +41,8 @@ mod writer;
 use std::sync::Arc;
 
 use agora_core::store::{
-    Database, Dialect, Migration, ReadDatabase, Row, StoreError, StoreResult, Value, WriteBatch,
+    Database, Dialect, Migration, ReadDatabase, Row, SnapshotReads, StoreError, StoreResult, Value,
+    WriteBatch,
 };
 
 use crate::reader::Reader;
@@ -118,6 +119,13 @@ macro_rules! adapter {
                 each: &mut dyn FnMut(Row) -> StoreResult<()>,
             ) -> StoreResult<()> {
                 self.0.query_each(sql, params, each)
+            }
+
+            fn snapshot(
+                &self,
+                reads: &mut dyn FnMut(&mut dyn SnapshotReads) -> StoreResult<()>,
+            ) -> StoreResult<()> {
+                self.0.snapshot(reads)
             }
         }
     };

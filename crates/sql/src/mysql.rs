@@ -35,6 +35,15 @@ impl Backend for My {
         PRIMARY KEY (component, version)
     ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin";
 
+    // Sessions run READ COMMITTED (see `set_up`), where each statement reads the latest
+    // commits; `SET TRANSACTION` without SESSION sets the level of the next transaction
+    // only, and CONSISTENT SNAPSHOT takes the snapshot at once (at REPEATABLE READ it is
+    // then kept to the end).
+    const BEGIN_SNAPSHOT: &'static [&'static str] = &[
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+    ];
+
     fn options(url: &str) -> StoreResult<MySqlConnectOptions> {
         let options = MySqlConnectOptions::from_str(url)
             .map_err(|e| StoreError::Database(format!("MySQL URL: {e}")))?;

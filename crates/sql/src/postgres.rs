@@ -40,6 +40,10 @@ impl Backend for Pg {
         PRIMARY KEY (component, version)
     )";
 
+    // The snapshot is taken by the transaction's first query and kept to its end.
+    const BEGIN_SNAPSHOT: &'static [&'static str] =
+        &["BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"];
+
     fn options(url: &str) -> StoreResult<PgConnectOptions> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Database(format!("PostgreSQL URL: {e}")))?;

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_core::store::{Row, StoreResult, Value};
-use sqlx::pool::PoolOptions;
+use agora_core::store::{Row, SnapshotReads, StoreError, StoreResult, Value};
+use sqlx::pool::{PoolConnection, PoolOptions};
 use sqlx::Pool;
+use tokio::sync::Mutex;
 
 use crate::backend::{Backend, Options};
 use crate::bridge::Bridge;
@@ -68,6 +69,109 @@ impl<B: Backend> Reader<B> {
             },
             each,
         )
+    }
+}
+
+impl<B: Backend> Reader<B> {
+    /// Runs `reads` in one read-only transaction on one pooled connection (see
+    /// `ReadDatabase::snapshot`). The transaction begins and ends on the adapter's runtime;
+    /// `reads` runs on this thread, and each of its queries streams through the bridge like
+    /// [`Reader::query_each`], on the snapshot's connection.
+    pub(crate) fn snapshot(
+        &self,
+        reads: &mut dyn FnMut(&mut dyn SnapshotReads) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let slot: Slot<B> = Arc::new(Mutex::new(None));
+        let (pool, begun) = (self.pool.clone(), slot.clone());
+        self.bridge.run(async move {
+            let mut conn = pool
+                .acquire()
+                .await
+                .map_err(|e| sql("waiting for a read connection")(e).error)?;
+            for statement in B::BEGIN_SNAPSHOT {
+                if let Err(e) = B::execute_script(&mut conn, statement).await {
+                    // Perhaps half begun (MySQL's level set for a transaction that did
+                    // not start): not given to anyone else.
+                    conn.close_on_drop();
+                    return Err(sql(statement)(e).error);
+                }
+            }
+            *begun.lock().await = Some(conn);
+            Ok(())
+        })?;
+        let mut snapshot = Snapshot::<B> {
+            bridge: &self.bridge,
+            slot,
+            ended: false,
+        };
+        let read = reads(&mut snapshot);
+        let ended = snapshot.end(read.is_ok());
+        read.and(ended)
+    }
+}
+
+/// A snapshot's connection, inside its transaction; `None` once the transaction ended. It
+/// is only touched on the bridge's runtime, so the connection is always given back (or
+/// dropped) there: sqlx returns a connection to its pool on the runtime it is dropped on.
+type Slot<B> = Arc<Mutex<Option<PoolConnection<<B as Backend>::Db>>>>;
+
+/// The reads of one snapshot.
+struct Snapshot<'a, B: Backend> {
+    bridge: &'a Bridge,
+    slot: Slot<B>,
+    ended: bool,
+}
+
+impl<B: Backend> Snapshot<'_, B> {
+    /// Commits (or rolls back) the transaction and gives the connection back to the pool.
+    /// A connection whose transaction cannot be ended is closed instead.
+    fn end(&mut self, commit: bool) -> StoreResult<()> {
+        self.ended = true;
+        let slot = self.slot.clone();
+        self.bridge.run(async move {
+            let Some(mut conn) = slot.lock().await.take() else {
+                return Ok(());
+            };
+            let statement = if commit { "COMMIT" } else { "ROLLBACK" };
+            B::execute_script(&mut conn, statement).await.map_err(|e| {
+                conn.close_on_drop();
+                sql(statement)(e).error
+            })
+        })
+    }
+}
+
+impl<B: Backend> SnapshotReads for Snapshot<'_, B> {
+    fn query_each(
+        &mut self,
+        sql_text: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(Row) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let sql_text = B::statement(sql_text).into_owned();
+        let args = args::<B>(params)?;
+        let slot = self.slot.clone();
+        self.bridge.stream(
+            move |sink| async move {
+                let mut conn = slot.lock().await;
+                let conn = conn
+                    .as_mut()
+                    .ok_or_else(|| StoreError::Database("the snapshot has ended".into()))?;
+                stream_rows::<B>(&mut **conn, &sql_text, args, &sink)
+                    .await
+                    .map_err(|failure| failure.error)
+            },
+            each,
+        )
+    }
+}
+
+impl<B: Backend> Drop for Snapshot<'_, B> {
+    fn drop(&mut self) {
+        // `reads` panicked: end the transaction all the same, on the runtime.
+        if !self.ended {
+            let _ = self.end(false);
+        }
     }
 }
 

@@ -55,6 +55,8 @@ conformance!(
     the_reader_sees_commits_from_many_threads,
     concurrent_writers_on_overlapping_rows_do_not_deadlock,
     a_broken_connection_is_replaced,
+    a_snapshot_does_not_see_commits_made_during_it,
+    a_snapshot_always_ends_its_transaction_and_gives_its_connection_back,
 );
 
 fn count(db: &mut dyn Database, table: &str) -> i64 {
@@ -870,4 +872,122 @@ fn a_broken_connection_is_replaced(t: &TestDb) {
     db.commit(&batch(|b| b.put(&JOURNAL, journal(2, "B"))))
         .unwrap();
     assert_ne!(int(&mut *db, whoami, &[]), id);
+}
+
+/// One row of a query, read some way (a snapshot's, the pool's).
+type ReadOne<'a> = dyn FnMut(&str, &[Value]) -> Result<Option<Row>, StoreError> + 'a;
+
+/// (rows in journal, user 1's available balance of asset 1) as `read` sees them.
+fn journal_and_balance(read: &mut ReadOne) -> (i64, i64) {
+    let count = read("SELECT COUNT(*) FROM journal", &[]).unwrap().unwrap();
+    let available = read(
+        "SELECT available FROM balances WHERE user_id = ? AND asset_id = ?",
+        &[1i64.into(), 1i64.into()],
+    )
+    .unwrap()
+    .unwrap();
+    (count.int(0).unwrap(), available.int(0).unwrap())
+}
+
+fn a_snapshot_does_not_see_commits_made_during_it(t: &TestDb) {
+    let mut db = t.migrated();
+    db.commit(&batch(|b| {
+        b.put(&BALANCES, balance(1, 1, 10, 0));
+        for id in 1..=3 {
+            b.put(&JOURNAL, journal(id, "DEPOSIT"));
+        }
+    }))
+    .unwrap();
+    let reader = t.reader();
+    let mut seen = Vec::new();
+    reader
+        .snapshot(&mut |reads| {
+            seen.push(journal_and_balance(&mut |sql, p| reads.query_one(sql, p)));
+            // Another process commits an insert and an update between two queries.
+            db.commit(&batch(|b| {
+                b.put(&BALANCES, balance(1, 1, 99, 0));
+                b.put(&JOURNAL, journal(4, "DEPOSIT"));
+            }))?;
+            seen.push(journal_and_balance(&mut |sql, p| reads.query_one(sql, p)));
+            // Plain reads on the pool's other connections see the commit meanwhile.
+            seen.push(journal_and_balance(&mut |sql, p| reader.query_one(sql, p)));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seen, [(3, 10), (3, 10), (4, 99)]);
+    // The next snapshot sees it.
+    let mut after = None;
+    reader
+        .snapshot(&mut |reads| {
+            after = Some(journal_and_balance(&mut |sql, p| reads.query_one(sql, p)));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(after, Some((4, 99)));
+}
+
+fn a_snapshot_always_ends_its_transaction_and_gives_its_connection_back(t: &TestDb) {
+    let mut db = t.migrated();
+    const N: i64 = 3_000;
+    db.commit(&batch(|b| {
+        for seq in 0..N {
+            b.put(&OUTBOX, outbox(seq));
+        }
+    }))
+    .unwrap();
+    // One connection: every snapshot below reuses the one before it.
+    let reader = t.reader_of(1);
+    let stop = || StoreError::Corrupt("stop".into());
+    // `reads` fails after a query.
+    let err = reader
+        .snapshot(&mut |reads| {
+            assert_eq!(
+                reads.query("SELECT seq FROM outbox", &[])?.len(),
+                N as usize
+            );
+            Err(stop())
+        })
+        .unwrap_err();
+    assert_eq!(err, stop());
+    // A query's callback stops it halfway through its rows.
+    let mut taken = 0;
+    let err = reader
+        .snapshot(&mut |reads| {
+            reads.query_each("SELECT seq FROM outbox ORDER BY seq", &[], &mut |_| {
+                taken += 1;
+                if taken == 700 {
+                    return Err(stop());
+                }
+                Ok(())
+            })
+        })
+        .unwrap_err();
+    assert_eq!((err, taken), (stop(), 700));
+    // The database refuses a statement (PostgreSQL then aborts the whole transaction).
+    let err = reader
+        .snapshot(&mut |reads| reads.query("SELECT nope FROM outbox", &[]).map(drop))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    // `reads` panics.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        reader.snapshot(&mut |reads| {
+            reads.query("SELECT seq FROM outbox", &[])?;
+            panic!("a bug in the reader")
+        })
+    }));
+    assert!(panicked.is_err());
+    // The connection is back, out of any transaction: it sees a commit made now, in a
+    // plain read and in a new snapshot, which succeeds.
+    db.commit(&batch(|b| b.put(&OUTBOX, outbox(N)))).unwrap();
+    let count = "SELECT COUNT(*) FROM outbox";
+    let plain = reader.query_one(count, &[]).unwrap().unwrap();
+    assert_eq!(plain.int(0).unwrap(), N + 1);
+    let mut in_snapshot = 0;
+    reader
+        .snapshot(&mut |reads| {
+            in_snapshot = reads.query_one(count, &[])?.unwrap().int(0)?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(in_snapshot, N + 1);
 }

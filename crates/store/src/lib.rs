@@ -8,8 +8,10 @@
 //!   `agora-sql`.
 //!
 //! Reconciliation reads through [`AuditStore`], which streams rows to an [`AuditSink`] so
-//! that its memory does not grow with the ledger.
+//! that its memory does not grow with the ledger: [`audit::PortableAuditor`] on any adapter
+//! (one read snapshot, full runs), `sqlite::SqliteAuditor` on SQLite (incremental runs).
 
+pub mod audit;
 pub mod model;
 pub mod queries;
 pub mod schema;

@@ -17,7 +17,8 @@ fn decode_all<T>(rows: Vec<Row>, decode: fn(&Row) -> StoreResult<T>) -> StoreRes
     rows.iter().map(decode).collect()
 }
 
-const OPEN: &str = "status IN ('NEW', 'PARTIALLY_FILLED')";
+/// The open orders (NEW or PARTIALLY_FILLED), as a `WHERE` condition.
+pub(crate) const OPEN: &str = "status IN ('NEW', 'PARTIALLY_FILLED')";
 
 /// The writer's reads: recovery at start, and lookups when its working set misses.
 pub struct Loads<'a, D: Database + ?Sized>(pub &'a mut D);

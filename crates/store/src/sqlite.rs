@@ -6,8 +6,8 @@
 //! statements, where sqlx's SQLite driver adds a channel round trip per statement.
 
 use agora_core::store::{
-    upsert_sql, Database, Dialect, Migration, ReadDatabase, Row, StoreError, StoreResult, Value,
-    Write, WriteBatch,
+    upsert_sql, Database, Dialect, Migration, ReadDatabase, Row, SnapshotReads, StoreError,
+    StoreResult, Value, Write, WriteBatch,
 };
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
@@ -380,7 +380,10 @@ impl Database for SqliteStore {
                 Write::Put { table, .. } => table.name,
                 Write::Exec { sql, .. } => sql,
             };
-            if run.as_ref().is_none_or(|(current, _)| !std::ptr::eq(*current, name)) {
+            if run
+                .as_ref()
+                .is_none_or(|(current, _)| !std::ptr::eq(*current, name))
+            {
                 run = Some((name, tx.prepare_cached(sql).db()?));
             }
             let (_, statement) = run.as_mut().expect("prepared above");
@@ -453,5 +456,33 @@ impl ReadDatabase for SqliteReader {
         each: &mut dyn FnMut(Row) -> StoreResult<()>,
     ) -> StoreResult<()> {
         self.with(|c| query_each(c, sql, params, each))
+    }
+
+    /// A deferred read transaction: in WAL mode its first read fixes the snapshot every
+    /// later read sees. A failed `reads` rolls back (there is nothing to undo: it only ends
+    /// the read transaction).
+    fn snapshot(
+        &self,
+        reads: &mut dyn FnMut(&mut dyn SnapshotReads) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        self.with(|c| {
+            let tx = c.transaction().db()?;
+            reads(&mut SqliteSnapshot(&tx))?;
+            tx.commit().db()
+        })
+    }
+}
+
+/// The reads of one [`ReadDatabase::snapshot`] on SQLite: one read transaction.
+struct SqliteSnapshot<'a>(&'a rusqlite::Transaction<'a>);
+
+impl SnapshotReads for SqliteSnapshot<'_> {
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(Row) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        query_each(self.0, sql, params, each)
     }
 }

@@ -1,8 +1,9 @@
 //! The SQLite adapter through the store port: schema per component, upgrades of stores made
-//! before the core had its own schema, batches, fences.
+//! before the core had its own schema, batches, fences, read snapshots.
 
 use agora_core::accounts::BALANCES;
-use agora_core::store::{Database, Fence, StoreError, WriteBatch};
+use agora_core::accounts::JOURNAL;
+use agora_core::store::{Database, Fence, ReadDatabase, StoreError, Value, WriteBatch};
 use agora_store::schema::migrate;
 use agora_store::sqlite::{Durability, SqliteStore};
 
@@ -97,4 +98,84 @@ fn a_batch_is_all_or_nothing_and_a_stale_epoch_commits_nothing() {
     });
     store.commit(&stale).unwrap();
     assert_eq!(stored_balance(&mut store, 1, 1), Some((5, 0)));
+}
+
+fn deposit(id: i64, available: i64) -> WriteBatch {
+    let mut b = WriteBatch::default();
+    b.put(
+        &BALANCES,
+        [1i64.into(), 1i64.into(), available.into(), 0i64.into()],
+    );
+    b.put(
+        &JOURNAL,
+        [
+            id.into(),
+            "DEPOSIT".into(),
+            Value::Null,
+            "[]".into(),
+            0i64.into(),
+        ],
+    );
+    b
+}
+
+/// (journal rows, user 1's available balance) as one snapshot's queries see them.
+fn seen(reads: &mut dyn agora_core::SnapshotReads) -> Result<(i64, i64), StoreError> {
+    let count = reads
+        .query_one("SELECT COUNT(*) FROM journal", &[])?
+        .unwrap()
+        .int(0)?;
+    let available = reads
+        .query_one(
+            "SELECT available FROM balances WHERE user_id = ?",
+            &[1i64.into()],
+        )?
+        .unwrap()
+        .int(0)?;
+    Ok((count, available))
+}
+
+#[test]
+fn a_snapshot_does_not_see_a_commit_made_between_its_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    migrate(&mut store).unwrap();
+    store.commit(&deposit(1, 10)).unwrap();
+    // One connection: the snapshots below reuse it, so each must have ended.
+    let reader = store.reader(1).unwrap();
+    let mut views = Vec::new();
+    reader
+        .snapshot(&mut |reads| {
+            views.push(seen(reads)?);
+            store.commit(&deposit(2, 20))?;
+            views.push(seen(reads)?);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(views, [(1, 10), (1, 10)]);
+    // Outside the snapshot the commit is there.
+    let count = reader
+        .query_one("SELECT COUNT(*) FROM journal", &[])
+        .unwrap()
+        .unwrap();
+    assert_eq!(count.int(0).unwrap(), 2);
+
+    // A failing snapshot ends too, with its error, and the next one sees the latest commit.
+    store.commit(&deposit(3, 30)).unwrap();
+    let err = reader
+        .snapshot(&mut |reads| {
+            seen(reads)?;
+            Err(StoreError::Corrupt("stop".into()))
+        })
+        .unwrap_err();
+    assert_eq!(err, StoreError::Corrupt("stop".into()));
+    store.commit(&deposit(4, 40)).unwrap();
+    let mut last = None;
+    reader
+        .snapshot(&mut |reads| {
+            last = Some(seen(reads)?);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(last, Some((4, 40)));
 }

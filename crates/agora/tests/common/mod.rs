@@ -326,12 +326,13 @@ impl Server {
     }
 }
 
-/// `agora reconcile --data-dir DIR` on a stopped store: (exit code, its JSON report).
-pub fn reconcile_offline(data_dir: &Path) -> (i32, Value) {
+/// `agora reconcile` on a server's stopped store: (exit code, its JSON report).
+pub fn reconcile_offline(s: &Server) -> (i32, Value) {
     let out = Command::new(agora_bin())
         .arg("reconcile")
         .arg("--data-dir")
-        .arg(data_dir)
+        .arg(&s.data_dir)
+        .args(["--store", &s.store])
         .env("AGORA_LOG", "warn")
         .output()
         .expect("run agora reconcile");

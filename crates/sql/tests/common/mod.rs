@@ -98,9 +98,18 @@ impl TestDb {
 
     /// A read pool of its own (as an API process that does not host the writer has).
     pub fn reader(&self) -> Arc<dyn ReadDatabase> {
+        self.reader_of(4)
+    }
+
+    /// A read pool of `connections` connections of its own.
+    pub fn reader_of(&self, connections: u32) -> Arc<dyn ReadDatabase> {
         match self.server {
-            Server::Postgres => Arc::new(PostgresReader::connect(&self.url, 4).expect("connect")),
-            Server::Mysql => Arc::new(MysqlReader::connect(&self.url, 4).expect("connect")),
+            Server::Postgres => {
+                Arc::new(PostgresReader::connect(&self.url, connections).expect("connect"))
+            }
+            Server::Mysql => {
+                Arc::new(MysqlReader::connect(&self.url, connections).expect("connect"))
+            }
         }
     }
 

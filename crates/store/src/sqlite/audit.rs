@@ -18,14 +18,18 @@
 //! disk rather than grow; the Rust side keeps at most `FOLD_KEYS_MAX` running sums before
 //! adding them into the TEMP tables.
 //!
+//! `crate::audit::PortableAuditor` reads the same through the store port on any adapter,
+//! with full runs only; on the same store both tell a sink the same rows (tested below).
+//!
 //! Sums are added in Rust as i128 and stored as decimal text: SQLite's integer arithmetic
 //! turns an overflow into an error (`SUM`) or a float (`+`), and a corrupt ledger must be
 //! reported, not make the audit fail or round.
 
 use super::{db_error, open, row_of, SqliteStore};
+use crate::audit::{account_key, account_of, fold_entry, AccountKey};
 use crate::schema::{select_list, ORDERS};
 use crate::*;
-use agora_ledger::{Account, Bucket, Posting};
+use agora_ledger::Account;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -83,54 +87,8 @@ DROP TABLE IF EXISTS temp.open_at_last_run;
 DROP TABLE IF EXISTS temp.fill_candidates;
 ";
 
-/// An account's place in the merge of balances with journal sums: (user, asset, code),
-/// the order of the `balances` primary key with the bucket last. Venue accounts have user
-/// 0, which no user has.
-type AccountKey = (u64, u32, u8);
-
-fn account_key(account: Account, asset: u32) -> AccountKey {
-    let (code, user) = account.code();
-    (user, asset, code.as_bytes()[0])
-}
-
-fn account_of(key: AccountKey) -> Option<Account> {
-    Some(match key.2 {
-        b'A' => Account::User {
-            user: key.0,
-            bucket: Bucket::Available,
-        },
-        b'H' => Account::User {
-            user: key.0,
-            bucket: Bucket::Held,
-        },
-        b'F' => Account::Fees,
-        b'X' => Account::External,
-        _ => return None,
-    })
-}
-
 fn code_text(code: u8) -> String {
     char::from(code).to_string()
-}
-
-/// Decodes stored postings (`Entry::postings_json`: `[["A",user,asset,amount],…]`).
-fn decode_postings(text: &str, out: &mut Vec<Posting>) -> Result<(), String> {
-    out.clear();
-    let raw: Vec<(&str, u64, u32, i64)> =
-        serde_json::from_str(text).map_err(|e| format!("postings do not parse: {e}"))?;
-    for (code, user, asset, amount) in raw {
-        let key = (user, asset, *code.as_bytes().first().unwrap_or(&0));
-        let account = match account_of(key) {
-            Some(a) if code.len() == 1 && (user == 0) == matches!(code, "F" | "X") => a,
-            _ => return Err(format!("unknown account {code:?} of user {user}")),
-        };
-        out.push(Posting {
-            account,
-            asset,
-            amount,
-        });
-    }
-    Ok(())
 }
 
 fn parse_sum(text: &str) -> AuditResult<i128> {
@@ -257,19 +215,11 @@ fn fold_journal(
     let mut rows = s.query(params![after, through])?;
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
-        let decoded = match r.get_ref(1)?.as_str() {
-            Ok(text) => decode_postings(text, &mut postings),
-            Err(e) => Err(format!("postings are not text: {e}")),
-        };
-        match decoded {
-            Ok(()) => {
-                sink.entry(id, &postings);
-                for p in &postings {
-                    *sums.entry(account_key(p.account, p.asset)).or_default() += p.amount as i128;
-                }
-            }
-            Err(detail) => sink.corrupt_entry(id, &detail),
-        }
+        let text = r
+            .get_ref(1)?
+            .as_str()
+            .map_err(|e| format!("postings are not text: {e}"));
+        fold_entry(id, text, &mut postings, &mut sums, sink);
         if sums.len() >= FOLD_KEYS_MAX {
             add_account_sums(tx, &mut sums)?;
         }
@@ -475,7 +425,8 @@ fn add_order_fills(
 /// Compares stored fills with trade sums for every order that may have changed: the
 /// orders new since the last run, and the candidates (touched by new trades, or open at
 /// the last run). Finished orders never change again, so for a correct writer this covers
-/// every change; a full run covers every order. Returns how many orders it compared.
+/// every change; a full run covers every order, and every order that trades name but the
+/// store does not have. Returns how many orders it compared.
 fn check_fills(
     tx: &Transaction,
     prev: Marks,
@@ -493,11 +444,17 @@ fn check_fills(
         "SELECT o.id, o.id, o.filled_qty, o.filled_quote, f.qty, f.quote FROM main.orders o \
          LEFT JOIN temp.order_fills f ON f.order_id = o.id \
          WHERE o.id > ?1 AND o.id <= ?2 ORDER BY o.id",
-        // Candidates the first query does not cover (o.id is NULL: no such order).
+        // Candidates the first query does not cover (o.id is NULL: no such order), and
+        // orders in its range that trades name but the store does not have.
         "SELECT c.id, o.id, o.filled_qty, o.filled_quote, f.qty, f.quote \
          FROM temp.fill_candidates c LEFT JOIN main.orders o ON o.id = c.id \
          LEFT JOIN temp.order_fills f ON f.order_id = c.id \
-         WHERE c.id <= ?1 OR c.id > ?2 ORDER BY c.id",
+         WHERE c.id <= ?1 OR c.id > ?2 \
+         UNION ALL \
+         SELECT f.order_id, NULL, NULL, NULL, f.qty, f.quote FROM temp.order_fills f \
+         WHERE f.order_id > ?1 AND f.order_id <= ?2 \
+           AND NOT EXISTS (SELECT 1 FROM main.orders o WHERE o.id = f.order_id) \
+         ORDER BY 1",
     ] {
         let mut s = tx.prepare(sql)?;
         let mut rows = s.query(params![prev.orders, now.orders])?;
@@ -527,8 +484,11 @@ fn check_fills(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::PortableAuditor;
     use crate::sqlite::Durability;
-    use agora_core::Database;
+    use agora_core::{Database, ReadDatabase};
+    use agora_ledger::{Bucket, Posting};
+    use std::sync::Arc;
 
     /// Rows to store as they are, however unbalanced (the audit must find what is wrong).
     #[derive(Default)]
@@ -567,6 +527,16 @@ mod tests {
     }
     use agora_engine::{SelfTradePrevention, Side, TimeInForce};
 
+    /// What a sink is told, in order.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Told {
+        Entry(i64, Vec<Posting>),
+        Corrupt(i64, String),
+        Open(Box<OrderRow>),
+        Account(AccountAudit),
+        Fills(FillAudit),
+    }
+
     #[derive(Default)]
     struct Recorder {
         entries: Vec<i64>,
@@ -574,25 +544,49 @@ mod tests {
         open: Vec<u64>,
         accounts: Vec<AccountAudit>,
         fills: Vec<FillAudit>,
+        told: Vec<Told>,
     }
 
     impl AuditSink for Recorder {
-        fn entry(&mut self, id: i64, _: &[Posting]) {
+        fn entry(&mut self, id: i64, postings: &[Posting]) {
             self.entries.push(id);
+            self.told.push(Told::Entry(id, postings.to_vec()));
         }
-        fn corrupt_entry(&mut self, id: i64, _: &str) {
+        fn corrupt_entry(&mut self, id: i64, detail: &str) {
             self.corrupt.push(id);
+            self.told.push(Told::Corrupt(id, detail.into()));
         }
         fn open_order(&mut self, o: &OrderRow) {
             assert!(self.accounts.is_empty(), "open orders come before accounts");
             self.open.push(o.id);
+            self.told.push(Told::Open(Box::new(o.clone())));
         }
         fn account(&mut self, a: &AccountAudit) {
             self.accounts.push(*a);
+            self.told.push(Told::Account(*a));
         }
         fn fills(&mut self, f: &FillAudit) {
             self.fills.push(*f);
+            self.told.push(Told::Fills(*f));
         }
+    }
+
+    /// A full run of the portable auditor over a read pool of the same store.
+    fn portable(store: &SqliteStore) -> (Recorder, AuditCoverage) {
+        let reader: Arc<dyn ReadDatabase> = Arc::new(store.reader(1).unwrap());
+        let mut r = Recorder::default();
+        let coverage = PortableAuditor::new(reader).audit(true, &mut r).unwrap();
+        (r, coverage)
+    }
+
+    /// Full runs of both auditors on the store tell a sink the same rows in the same order
+    /// (so every rule gives the same verdicts). The portable run, for more checks.
+    fn both_agree(store: &SqliteStore) -> (Recorder, AuditCoverage) {
+        let (sqlite, sqlite_coverage) = run(&store.auditor().unwrap(), true);
+        let (portable, portable_coverage) = portable(store);
+        assert_eq!(portable.told, sqlite.told, "the auditors disagree");
+        assert_eq!(portable_coverage, sqlite_coverage);
+        (portable, portable_coverage)
     }
 
     fn journal(id: i64, postings: &str) -> JournalRow {
@@ -694,6 +688,7 @@ mod tests {
                 ..Rows::default()
             })
             .unwrap();
+        both_agree(&store);
         let (first, c1) = run(&auditor, false);
         assert!(c1.full, "the first run of a connection is full");
         assert_eq!((c1.journal_after, c1.journal_through), (0, 2));
@@ -726,6 +721,8 @@ mod tests {
             })
             .unwrap();
         let (second, c2) = run(&auditor, false);
+        let (portable, _) = both_agree(&store);
+        assert_eq!(portable.accounts, second.accounts);
         assert!(!c2.full);
         assert_eq!((c2.journal_after, c2.journal_through), (2, 3));
         assert_eq!((c2.trades_after, c2.trades_through), (0, 2));
@@ -761,6 +758,7 @@ mod tests {
             "a full run ends where increments did"
         );
         assert_eq!(full.fills.len(), 2);
+        assert_eq!(both_agree(&store).0.told, full.told);
     }
 
     #[test]
@@ -793,7 +791,7 @@ mod tests {
                 ..Rows::default()
             })
             .unwrap();
-        let (r, _) = run(&store.auditor().unwrap(), false);
+        let (r, _) = both_agree(&store);
         let keys: Vec<AccountKey> = r
             .accounts
             .iter()
@@ -836,7 +834,7 @@ mod tests {
                 ..Rows::default()
             })
             .unwrap();
-        let (r, _) = run(&store.auditor().unwrap(), false);
+        let (r, _) = both_agree(&store);
         assert_eq!(r.corrupt, vec![3, 4]);
         assert_eq!(account(&r.accounts, A1, 1).journal, 2 * max as i128);
         assert!(
@@ -844,5 +842,97 @@ mod tests {
             "{:?}",
             r.fills
         );
+    }
+
+    #[test]
+    fn corrupt_rows_of_every_kind_are_told_alike_by_both_auditors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open_store(&dir.path().join("a.db"));
+        let mut late = order(3, OrderStatus::New, 0);
+        late.accept_seq = 1; // arrived before order 2
+        let mut early = order(2, OrderStatus::PartiallyFilled, 4);
+        early.accept_seq = 9;
+        store
+            .commit_rows(Rows {
+                balances: vec![
+                    // Off by one from its journal.
+                    BalanceRow {
+                        user: 1,
+                        asset: 1,
+                        available: 91,
+                        held: 9,
+                    },
+                    // Held with no open order.
+                    BalanceRow {
+                        user: 2,
+                        asset: 1,
+                        available: 0,
+                        held: 5,
+                    },
+                ],
+                venue_balances: vec![
+                    VenueBalanceRow {
+                        account: VenueAccount::External,
+                        asset: 1,
+                        amount: -105,
+                    },
+                    // No postings at all.
+                    VenueBalanceRow {
+                        account: VenueAccount::Fees,
+                        asset: 2,
+                        amount: 3,
+                    },
+                ],
+                journal: vec![
+                    journal(1, r#"[["X",0,1,-100],["A",1,1,100]]"#),
+                    journal(2, r#"[["A",1,1,-10],["H",1,1,10]]"#),
+                    // Unbalanced.
+                    journal(3, r#"[["X",0,1,-5],["H",2,1,4]]"#),
+                    journal(4, "[]"),
+                    // A user with postings and no balance row.
+                    journal(5, r#"[["X",0,2,-1],["A",7,2,1]]"#),
+                ],
+                orders: vec![
+                    order(1, OrderStatus::Filled, 10),
+                    early,
+                    late,
+                    // Filled without trades.
+                    order(6, OrderStatus::Filled, 10),
+                ],
+                trades: vec![
+                    trade(1, 2, 1, 4),
+                    trade(2, 4, 1, 6), // order 4 is missing, below the last order id
+                    trade(3, 99, 6, 1), // order 99 is missing, above it
+                ],
+            })
+            .unwrap();
+        let (r, coverage) = both_agree(&store);
+        assert_eq!(r.open, vec![3, 2], "in arrival order");
+        assert_eq!(r.entries, vec![1, 2, 3, 4, 5]);
+        assert_eq!(coverage.orders_fill_checked, 6);
+        let fills: Vec<(u64, bool)> = r
+            .fills
+            .iter()
+            .map(|f| (f.order, f.stored.is_some()))
+            .collect();
+        assert_eq!(
+            fills,
+            [
+                (1, true),
+                (2, true),
+                (3, true),
+                (6, true),
+                (4, false),
+                (99, false)
+            ],
+            "the store's orders by id, then the missing ones"
+        );
+        let user7 = Account::User {
+            user: 7,
+            bucket: Bucket::Available,
+        };
+        assert_eq!(account(&r.accounts, user7, 2).balance, None);
+        assert_eq!(account(&r.accounts, Account::Fees, 2).journal, 0);
+        assert_eq!(account(&r.accounts, Account::External, 1).journal, -105);
     }
 }
