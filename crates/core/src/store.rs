@@ -385,6 +385,65 @@ pub trait SnapshotReads {
     }
 }
 
+/// Who holds each writer role, and at which epoch (the core's `agora_fences` table).
+pub static FENCES: Table = Table {
+    name: "agora_fences",
+    columns: &["role", "epoch", "holder", "updated_ms"],
+    key_len: 1,
+    update: &[],
+};
+
+/// Takes `role` for a new writer: bumps the role's epoch and returns the fence every commit
+/// of this writer must carry. Call it before reading the state the writer will work on.
+///
+/// Why before: a writer that died (SIGKILL, a lost machine) may leave a commit in flight on
+/// a server database, which the server completes after the new writer has started. Every
+/// fenced commit locks the role's row (`SELECT … FOR UPDATE`), so the bump waits for that
+/// commit to end; what the new writer then reads includes it, and any later commit of the
+/// old writer fails with [`StoreError::Fenced`].
+pub fn acquire_role(
+    db: &mut dyn Database,
+    role: &str,
+    holder: &str,
+    now_ms: i64,
+) -> StoreResult<Fence> {
+    let mut first = WriteBatch::default();
+    first.put(
+        &FENCES,
+        [
+            role.to_string().into(),
+            0i64.into(),
+            holder.to_string().into(),
+            now_ms.into(),
+        ],
+    );
+    match db.commit(&first) {
+        Ok(()) | Err(StoreError::Conflict(_)) => {} // the role exists already
+        Err(e) => return Err(e),
+    }
+    let mut bump = WriteBatch::default();
+    bump.exec(
+        "UPDATE agora_fences SET epoch = epoch + 1, holder = ?, updated_ms = ? WHERE role = ?",
+        [
+            holder.to_string().into(),
+            now_ms.into(),
+            role.to_string().into(),
+        ],
+    );
+    db.commit(&bump)?;
+    let epoch = db
+        .query_one(
+            "SELECT epoch FROM agora_fences WHERE role = ?",
+            &[role.to_string().into()],
+        )?
+        .ok_or_else(|| StoreError::Corrupt(format!("role {role} vanished")))?
+        .int(0)?;
+    Ok(Fence {
+        role: role.to_string(),
+        epoch,
+    })
+}
+
 /// The single-row upsert for a `Put`, in a dialect (the SQLite adapter runs it; the server
 /// adapters merge rows into multi-row statements of their own, and MySQL's refuses a match on
 /// another unique key, as `ON CONFLICT (key)` does). Identifiers are quoted, so a

@@ -33,6 +33,8 @@ pub struct Core {
     clock: Arc<dyn Clock>,
     log: Arc<dyn EventLog>,
     batch: WriteBatch,
+    /// Carried by every commit: this writer's claim on its role.
+    fence: Option<crate::store::Fence>,
     /// Run after the batch commits, in order (replies, publishing shared state).
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
@@ -54,8 +56,14 @@ impl Core {
             clock,
             log,
             batch: WriteBatch::default(),
+            fence: None,
             after_commit: Vec::new(),
         })
+    }
+
+    /// Fences every later commit with `fence` (see [`crate::store::acquire_role`]).
+    pub fn fence_with(&mut self, fence: crate::store::Fence) {
+        self.fence = Some(fence);
     }
 
     /// The store, for the venue's own reads (lookups when its working set misses).
@@ -358,13 +366,14 @@ impl<V: Venue> Writer<V> {
         let now = self.core.clock.now_ms();
         let core = &mut self.core;
         core.batch.clear();
+        core.batch.fence = core.fence.clone();
         let balances = core.accounts.flush(&mut core.batch);
         self.venue.stage(now, &mut core.batch);
         let venue = &self.venue;
         core.outbox
             .flush(&mut core.batch, |key| venue.consumed(key));
         let after = std::mem::take(&mut core.after_commit);
-        if core.batch.is_empty() {
+        if core.batch.writes.is_empty() {
             // Nothing to write (e.g. only duplicates were consumed).
             self.venue.durable(balances);
             after.into_iter().for_each(|f| f());

@@ -193,6 +193,9 @@ pub fn open_store(config: &Config) -> Result<OpenStore, StartError> {
     }
 }
 
+/// The writer role of the exchange's store (one holder at a time, fenced by epoch).
+const WRITER_ROLE: &str = "exchange-writer";
+
 /// Balances the writer keeps in memory before its cache is dropped and refilled lazily.
 const BALANCE_CACHE_MAX: usize = 1_000_000;
 
@@ -232,6 +235,13 @@ impl Exchange {
             checkpointer,
         } = open_store(&config)?;
         agora_store::schema::migrate(&mut *store)?;
+        // Before anything is read: a previous writer's last commit may still be landing.
+        let fence = agora_core::store::acquire_role(
+            &mut *store,
+            WRITER_ROLE,
+            &format!("pid {}", std::process::id()),
+            config.clock.now_ms(),
+        )?;
         let mut loads = Loads(&mut *store);
         let refdata = RefData::new(loads.assets()?, loads.symbols()?);
         let open_orders = loads.open_orders()?;
@@ -307,12 +317,13 @@ impl Exchange {
             },
             feed_tx,
         )?;
-        let core = Core::load(
+        let mut core = Core::load(
             store,
             config.clock.clone(),
             Arc::new(log),
             BALANCE_CACHE_MAX,
         )?;
+        core.fence_with(fence);
         let writer = Writer::new(core, venue, limits);
         let (request_tx, request_rx) = RequestPort::bounded(config.request_queue_max);
         threads.push(

@@ -179,3 +179,24 @@ fn a_snapshot_does_not_see_a_commit_made_between_its_queries() {
         .unwrap();
     assert_eq!(last, Some((4, 40)));
 }
+
+#[test]
+fn a_writer_that_lost_its_role_cannot_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = open(&dir);
+    migrate(&mut first).unwrap();
+    let old = agora_core::store::acquire_role(&mut first, "writer", "a", 0).unwrap();
+    let mut second = open(&dir);
+    let new = agora_core::store::acquire_role(&mut second, "writer", "b", 1).unwrap();
+    assert_eq!(new.epoch, old.epoch + 1);
+    let mut b = WriteBatch::default();
+    b.put(
+        &BALANCES,
+        [1i64.into(), 1i64.into(), 5i64.into(), 0i64.into()],
+    );
+    b.fence = Some(old);
+    assert!(matches!(first.commit(&b), Err(StoreError::Fenced(_))));
+    b.fence = Some(new);
+    second.commit(&b).unwrap();
+    assert_eq!(stored_balance(&mut second, 1, 1), Some((5, 0)));
+}
