@@ -358,7 +358,34 @@ pub fn problem_kinds(report: &Value) -> Vec<String> {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        if let Some((base, name)) = self.store.rsplit_once('/').filter(|_| !on_sqlite()) {
+            drop_database(base, name);
+        }
     }
+}
+
+/// Best effort: a test server's database, once the server is gone.
+fn drop_database(base: &str, name: &str) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        use sqlx::Connection;
+        if base.starts_with("mysql://") {
+            if let Ok(mut c) = sqlx::MySqlConnection::connect(base).await {
+                let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .execute(&mut c)
+                    .await;
+            }
+        } else if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{base}/postgres")).await {
+            let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut c)
+                .await;
+        }
+    });
 }
 
 /// A small market: BASE (scale 2) / QUOTE (scale 2), tick 0.01, lot 1.00, fees 10/20 bps,
