@@ -112,10 +112,15 @@ impl Outbox {
         let one = |db: &mut dyn Database, sql: &str| -> StoreResult<i64> {
             db.query_one(sql, &[])?.map_or(Ok(0), |r| r.int(0))
         };
+        let relay_position = one(db, "SELECT COALESCE(MAX(seq), 0) FROM relay_position")?;
+        // Pruning deletes rows up to the relay position, so an idle outbox may be empty: the
+        // sequence continues after the larger of the two, never restarts below consumers'
+        // positions (their inputs at or below them are dropped as already applied).
+        let last_seq = one(db, "SELECT COALESCE(MAX(seq), 0) FROM outbox")?.max(relay_position);
         Ok(Outbox {
-            last_seq: one(db, "SELECT COALESCE(MAX(seq), 0) FROM outbox")?,
+            last_seq,
             pending: Vec::new(),
-            relay_position: one(db, "SELECT COALESCE(MAX(seq), 0) FROM relay_position")?,
+            relay_position,
             published_max: FxHashMap::default(),
             published_max_all: 0,
             commits: 0,
@@ -161,13 +166,14 @@ impl Outbox {
     /// keys with events in flight, or after everything published when none is.
     pub fn flush(&mut self, batch: &mut WriteBatch, consumed: impl Fn(&str) -> i64) {
         self.pending.iter().for_each(|r| r.put(batch));
+        // Keys whose events are all applied hold nothing back: forget them, so the map stays
+        // as small as what is in flight.
+        self.published_max
+            .retain(|key, published| *published > consumed(key));
         let settled_through = self
             .published_max
-            .iter()
-            .filter_map(|(key, &published)| {
-                let position = consumed(key);
-                (published > position).then_some(position)
-            })
+            .keys()
+            .map(|key| consumed(key))
             .min()
             .unwrap_or(self.published_max_all);
         if settled_through > self.relay_position {

@@ -401,46 +401,56 @@ pub static FENCES: Table = Table {
 /// fenced commit locks the role's row (`SELECT … FOR UPDATE`), so the bump waits for that
 /// commit to end; what the new writer then reads includes it, and any later commit of the
 /// old writer fails with [`StoreError::Fenced`].
+///
+/// The bump writes a token unique to this call and the epoch is read back with it: if
+/// another writer bumped in between, the token read is not ours and this writer does not get
+/// the role (`Fenced`) — the last bump wins, and no two writers ever hold one epoch.
 pub fn acquire_role(
     db: &mut dyn Database,
     role: &str,
     holder: &str,
     now_ms: i64,
 ) -> StoreResult<Fence> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let token = format!("{holder} pid {} #{nanos}", std::process::id());
     let mut first = WriteBatch::default();
     first.put(
         &FENCES,
         [
             role.to_string().into(),
             0i64.into(),
-            holder.to_string().into(),
+            token.clone().into(),
             now_ms.into(),
         ],
     );
     match db.commit(&first) {
-        Ok(()) | Err(StoreError::Conflict(_)) => {} // the role exists already
+        // A conflict here is the role's row existing already (its key is the role).
+        Ok(()) | Err(StoreError::Conflict(_)) => {}
         Err(e) => return Err(e),
     }
     let mut bump = WriteBatch::default();
     bump.exec(
         "UPDATE agora_fences SET epoch = epoch + 1, holder = ?, updated_ms = ? WHERE role = ?",
-        [
-            holder.to_string().into(),
-            now_ms.into(),
-            role.to_string().into(),
-        ],
+        [token.clone().into(), now_ms.into(), role.to_string().into()],
     );
     db.commit(&bump)?;
-    let epoch = db
+    let row = db
         .query_one(
-            "SELECT epoch FROM agora_fences WHERE role = ?",
+            "SELECT epoch, holder FROM agora_fences WHERE role = ?",
             &[role.to_string().into()],
         )?
-        .ok_or_else(|| StoreError::Corrupt(format!("role {role} vanished")))?
-        .int(0)?;
+        .ok_or_else(|| StoreError::Corrupt(format!("role {role} vanished")))?;
+    if row.text(1)? != token {
+        return Err(StoreError::Fenced(format!(
+            "{role} was taken by {} while this writer took it",
+            row.text(1)?
+        )));
+    }
     Ok(Fence {
         role: role.to_string(),
-        epoch,
+        epoch: row.int(0)?,
     })
 }
 

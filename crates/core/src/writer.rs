@@ -238,12 +238,13 @@ impl<V: Venue> Writer<V> {
             self.catch_up(&mut feedback).await;
             self.ready = true;
             self.venue.ready();
-            let mut shutdown: Option<oneshot::Sender<()>> = None;
+            // Every caller that asked to stop is answered once the writer has stopped.
+            let mut shutdown: Vec<oneshot::Sender<()>> = Vec::new();
             let batch_max = self.limits.batch_max;
             let mut feedback_batch = Vec::with_capacity(batch_max);
             let mut request_batch = Vec::with_capacity(batch_max);
             loop {
-                if shutdown.is_some() {
+                if !shutdown.is_empty() {
                     if self.venue.in_flight() == 0 {
                         break;
                     }
@@ -270,7 +271,7 @@ impl<V: Venue> Writer<V> {
                         Err(_) => break,
                     }
                 }
-                if shutdown.is_none() {
+                if shutdown.is_empty() {
                     while request_batch.len() < batch_max {
                         match requests.try_recv() {
                             Ok(r) => request_batch.push(r),
@@ -283,7 +284,7 @@ impl<V: Venue> Writer<V> {
                 }
                 for r in request_batch.drain(..) {
                     match r {
-                        Envelope::Shutdown(reply) => shutdown = Some(reply),
+                        Envelope::Shutdown(reply) => shutdown.push(reply),
                         Envelope::Request(r) => self.venue.apply_request(&mut self.core, r),
                     }
                 }
@@ -297,7 +298,7 @@ impl<V: Venue> Writer<V> {
                     Envelope::Shutdown(reply) => drop(reply.send(())),
                 }
             }
-            if let Some(reply) = shutdown {
+            for reply in shutdown {
                 let _ = reply.send(());
             }
             tracing::info!("writer stopped");

@@ -155,8 +155,9 @@ pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     wal: Arc<WalProgress>,
-    /// The upsert of each table, built once (keyed by table name).
-    upserts: FxHashMap<&'static str, String>,
+    /// The upsert of each table, built once (keyed by the table's address: two venues may
+    /// declare different views of one table).
+    upserts: FxHashMap<usize, String>,
 }
 
 impl SqliteStore {
@@ -344,7 +345,7 @@ impl Database for SqliteStore {
         for w in &b.writes {
             if let Write::Put { table, .. } = w {
                 self.upserts
-                    .entry(table.name)
+                    .entry(std::ptr::from_ref(*table) as usize)
                     .or_insert_with(|| upsert_sql(Dialect::Sqlite, table));
             }
         }
@@ -373,7 +374,9 @@ impl Database for SqliteStore {
         let mut run: Option<(&'static str, rusqlite::CachedStatement<'_>)> = None;
         for w in &b.writes {
             let sql = match w {
-                Write::Put { table, .. } => self.upserts[table.name].as_str(),
+                Write::Put { table, .. } => {
+                    self.upserts[&(std::ptr::from_ref(*table) as usize)].as_str()
+                }
                 Write::Exec { sql, .. } => sql,
             };
             let name = match w {

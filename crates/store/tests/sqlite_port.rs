@@ -200,3 +200,71 @@ fn a_writer_that_lost_its_role_cannot_commit() {
     second.commit(&b).unwrap();
     assert_eq!(stored_balance(&mut second, 1, 1), Some((5, 0)));
 }
+
+#[test]
+fn the_outbox_sequence_continues_after_the_relay_position_when_pruning_emptied_it() {
+    // Pruning deletes every row up to the relay position; an idle store ends with an empty
+    // outbox. New events must still be numbered above what consumers have applied, or they
+    // are dropped as already applied (orders acknowledged and never matched).
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    migrate(&mut store).unwrap();
+    let mut b = WriteBatch::default();
+    b.put(
+        &agora_core::outbox::RELAY_POSITION,
+        [1i64.into(), 1_100i64.into()],
+    );
+    store.commit(&b).unwrap();
+    let mut outbox = agora_core::outbox::Outbox::load(&mut store).unwrap();
+    assert_eq!(outbox.append("book", "S", "T", "{}".into(), 0), 1_101);
+}
+
+/// A store whose first `SELECT` of the fences runs another writer's whole `acquire_role`
+/// just before it: the interleaving in which two writers bump, then both read.
+struct RaceAtRead {
+    inner: SqliteStore,
+    rival: Option<SqliteStore>,
+}
+
+impl Database for RaceAtRead {
+    fn dialect(&self) -> agora_core::Dialect {
+        self.inner.dialect()
+    }
+    fn migrate(&mut self, c: &str, m: &[agora_core::Migration]) -> agora_core::StoreResult<()> {
+        self.inner.migrate(c, m)
+    }
+    fn commit(&mut self, batch: &WriteBatch) -> agora_core::StoreResult<()> {
+        self.inner.commit(batch)
+    }
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[agora_core::Value],
+        each: &mut dyn FnMut(agora_core::Row) -> agora_core::StoreResult<()>,
+    ) -> agora_core::StoreResult<()> {
+        if sql.contains("FROM agora_fences") {
+            if let Some(mut rival) = self.rival.take() {
+                agora_core::store::acquire_role(&mut rival, "writer", "b", 1).unwrap();
+            }
+        }
+        self.inner.query_each(sql, params, each)
+    }
+}
+
+#[test]
+fn two_writers_taking_a_role_at_once_never_share_an_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open(&dir);
+    migrate(&mut a).unwrap();
+    let mut racing = RaceAtRead {
+        inner: a,
+        rival: Some(open(&dir)),
+    };
+    // The rival bumped after this writer did: this one must not get the role.
+    let lost = agora_core::store::acquire_role(&mut racing, "writer", "a", 0);
+    assert!(matches!(lost, Err(StoreError::Fenced(_))), "{lost:?}");
+    // And the rival's epoch is the current one: a new writer gets the next.
+    let mut c = open(&dir);
+    let next = agora_core::store::acquire_role(&mut c, "writer", "c", 2).unwrap();
+    assert_eq!(next.epoch, 3);
+}
