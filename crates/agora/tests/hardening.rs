@@ -158,8 +158,16 @@ fn resting_quantity_beyond_i64_at_one_price_stays_exact() {
         );
     }
     s.quiesce();
-    let depth = s.json("/api/v1/markets/WIDE-CASH/depth", None);
-    assert_eq!(depth["bids"], json!([["1.00", "5.000000000000000000"]]));
+    // The market read model follows the commits on its own thread: wait until it has the
+    // cancels (quiesce only says the store has them).
+    let want = json!([["1.00", "5.000000000000000000"]]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut depth = s.json("/api/v1/markets/WIDE-CASH/depth", None);
+    while depth["bids"] != want && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        depth = s.json("/api/v1/markets/WIDE-CASH/depth", None);
+    }
+    assert_eq!(depth["bids"], want);
     let ticker = s.json("/api/v1/markets/WIDE-CASH/ticker", None);
     assert_eq!(ticker["best_bid_quantity"], "5.000000000000000000");
     assert_eq!(s.get("/health", None).status(), 200);
