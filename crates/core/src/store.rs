@@ -282,6 +282,18 @@ impl Migration {
     }
 }
 
+/// Gathers the rows a streaming query hands out (the `query` of every reading trait).
+fn collect_rows(
+    run: impl FnOnce(&mut dyn FnMut(Row) -> StoreResult<()>) -> StoreResult<()>,
+) -> StoreResult<Vec<Row>> {
+    let mut rows = Vec::new();
+    run(&mut |r| {
+        rows.push(r);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
 /// The writer's connection. Used from one thread.
 pub trait Database: Send {
     fn dialect(&self) -> Dialect;
@@ -302,12 +314,7 @@ pub trait Database: Send {
     ) -> StoreResult<()>;
 
     fn query(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
-        let mut rows = Vec::new();
-        self.query_each(sql, params, &mut |r| {
-            rows.push(r);
-            Ok(())
-        })?;
-        Ok(rows)
+        collect_rows(|each| self.query_each(sql, params, each))
     }
 
     fn query_one(&mut self, sql: &str, params: &[Value]) -> StoreResult<Option<Row>> {
@@ -347,12 +354,7 @@ pub trait ReadDatabase: Send + Sync {
     ) -> StoreResult<()>;
 
     fn query(&self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
-        let mut rows = Vec::new();
-        self.query_each(sql, params, &mut |r| {
-            rows.push(r);
-            Ok(())
-        })?;
-        Ok(rows)
+        collect_rows(|each| self.query_each(sql, params, each))
     }
 
     fn query_one(&self, sql: &str, params: &[Value]) -> StoreResult<Option<Row>> {
@@ -372,12 +374,7 @@ pub trait SnapshotReads {
     ) -> StoreResult<()>;
 
     fn query(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
-        let mut rows = Vec::new();
-        self.query_each(sql, params, &mut |r| {
-            rows.push(r);
-            Ok(())
-        })?;
-        Ok(rows)
+        collect_rows(|each| self.query_each(sql, params, each))
     }
 
     fn query_one(&mut self, sql: &str, params: &[Value]) -> StoreResult<Option<Row>> {

@@ -7,11 +7,23 @@ use crate::schema::*;
 use agora_core::accounts::{ASSETS, BALANCES, USERS};
 use agora_core::store::{Database, ReadDatabase, Row, StoreResult, Table, Value};
 use agora_engine::Side;
+use std::sync::LazyLock;
 
 /// `SELECT <every column of table> FROM table`.
 fn select_from(table: &Table) -> String {
     format!("SELECT {} FROM \"{}\"", select_list(table), table.name)
 }
+
+/// The writer's per-request lookups, built once: they run on its thread for placements with a
+/// client order id and for cancels of orders no longer open.
+static ORDER_BY_ID: LazyLock<String> =
+    LazyLock::new(|| format!("{} WHERE id = ?", select_from(&ORDERS)));
+static ORDER_BY_CLIENT_ID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} WHERE user_id = ? AND client_order_id = ?",
+        select_from(&ORDERS)
+    )
+});
 
 fn decode_all<T>(rows: Vec<Row>, decode: fn(&Row) -> StoreResult<T>) -> StoreResult<Vec<T>> {
     rows.iter().map(decode).collect()
@@ -83,19 +95,17 @@ impl<D: Database + ?Sized> Loads<'_, D> {
         user: u64,
         client_id: &str,
     ) -> StoreResult<Option<OrderRow>> {
-        let sql = format!(
-            "{} WHERE user_id = ? AND client_order_id = ?",
-            select_from(&ORDERS)
-        );
-        self.rows(&sql, &[user.into(), client_id.to_string().into()])?
-            .first()
-            .map(OrderRow::decode)
-            .transpose()
+        self.rows(
+            &ORDER_BY_CLIENT_ID,
+            &[user.into(), client_id.to_string().into()],
+        )?
+        .first()
+        .map(OrderRow::decode)
+        .transpose()
     }
 
     pub fn order(&mut self, id: u64) -> StoreResult<Option<OrderRow>> {
-        let sql = format!("{} WHERE id = ?", select_from(&ORDERS));
-        self.rows(&sql, &[id.into()])?
+        self.rows(&ORDER_BY_ID, &[id.into()])?
             .first()
             .map(OrderRow::decode)
             .transpose()
@@ -156,9 +166,8 @@ pub struct Reads<R: ReadDatabase + ?Sized>(pub std::sync::Arc<R>);
 
 impl<R: ReadDatabase + ?Sized> Reads<R> {
     pub fn order(&self, id: u64) -> StoreResult<Option<OrderRow>> {
-        let sql = format!("{} WHERE id = ?", select_from(&ORDERS));
         self.0
-            .query_one(&sql, &[id.into()])?
+            .query_one(&ORDER_BY_ID, &[id.into()])?
             .as_ref()
             .map(OrderRow::decode)
             .transpose()
