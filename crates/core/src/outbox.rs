@@ -47,6 +47,41 @@ pub static RELAY_POSITION: Table = Table {
     update: &["seq"],
 };
 
+/// Each consumer's position per partition (or key), written in the transaction of the
+/// effects it applied: where it resumes reading after a restart.
+pub static CONSUMER_OFFSETS: Table = Table {
+    name: "consumer_offsets",
+    columns: &["consumer", "partition_key", "position"],
+    key_len: 2,
+    update: &["position"],
+};
+
+/// Stages `consumer`'s `position` in `partition_key`.
+pub fn put_consumer_offset(b: &mut WriteBatch, consumer: &str, partition_key: &str, position: i64) {
+    b.put(
+        &CONSUMER_OFFSETS,
+        [
+            consumer.to_string().into(),
+            partition_key.to_string().into(),
+            position.into(),
+        ],
+    );
+}
+
+/// Every position `consumer` has committed, by partition key.
+pub fn consumer_offsets(
+    db: &dyn crate::store::ReadDatabase,
+    consumer: &str,
+) -> StoreResult<Vec<(String, i64)>> {
+    db.query(
+        "SELECT partition_key, position FROM consumer_offsets WHERE consumer = ?",
+        &[consumer.to_string().into()],
+    )?
+    .iter()
+    .map(|r| Ok((r.text(0)?.to_string(), r.int(1)?)))
+    .collect()
+}
+
 const OUTBOX_PRUNE: &str = "DELETE FROM outbox WHERE seq <= ?";
 
 /// Prune the outbox every this many commits (nothing at or below the relay position is ever
@@ -153,6 +188,15 @@ impl Outbox {
             created_ms: now_ms,
         });
         seq
+    }
+
+    /// How many keys have events published and not yet consumed (`consumed(key)`, as in
+    /// [`Outbox::flush`]): none means every consumer has applied everything published.
+    pub fn keys_in_flight(&self, consumed: impl Fn(&str) -> i64) -> usize {
+        self.published_max
+            .iter()
+            .filter(|(key, &published)| published > consumed(key))
+            .count()
     }
 
     /// Events queued for the next commit.

@@ -382,6 +382,27 @@ pub trait SnapshotReads {
     }
 }
 
+/// Anything portable `SELECT`s run on: a [`Database`], or one [`ReadDatabase::snapshot`]
+/// (through [`InSnapshot`]), so typed loads are written once for both.
+pub trait Queries {
+    fn query_rows(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>>;
+}
+
+impl<D: Database + ?Sized> Queries for D {
+    fn query_rows(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
+        self.query(sql, params)
+    }
+}
+
+/// The queries of one snapshot, as [`Queries`].
+pub struct InSnapshot<'a>(pub &'a mut dyn SnapshotReads);
+
+impl Queries for InSnapshot<'_> {
+    fn query_rows(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
+        self.0.query(sql, params)
+    }
+}
+
 /// Who holds each writer role, and at which epoch (the core's `agora_fences` table).
 pub static FENCES: Table = Table {
     name: "agora_fences",

@@ -140,9 +140,6 @@ pub trait Venue: Send + 'static {
     /// Answers a request that will not be served (the writer is starting or stopping).
     fn refuse(&mut self, request: Self::Request);
 
-    /// Events published and not yet fed back: start-up and shutdown wait for none.
-    fn in_flight(&self) -> u64;
-
     /// How far the consumer of `key`'s events has applied them (committed, or in this
     /// batch): the relay restarts after the lowest such position among keys in flight.
     fn consumed(&self, key: &str) -> i64;
@@ -162,6 +159,11 @@ pub trait Venue: Send + 'static {
 
     /// After the batch's events are published and its replies sent.
     fn published(&mut self) {}
+
+    /// After every commit and its publication, before its replies: how many keys have
+    /// events published and not yet consumed (see
+    /// [`crate::outbox::Outbox::keys_in_flight`]); start-up and shutdown wait for none.
+    fn in_flight(&mut self, _keys: usize) {}
 
     /// The writer has caught up and serves requests from now on.
     fn ready(&mut self) {}
@@ -184,6 +186,10 @@ pub struct WriterLimits {
     pub catch_up_silence_max: Duration,
     /// How long shutdown waits for what is in flight.
     pub drain_max: Duration,
+    /// Whether start-up waits for the consumers to apply every re-published event. True
+    /// when they are threads of this process; false when the log is durable and they are
+    /// other processes, which may be down (they catch up from the log when they return).
+    pub catch_up_waits: bool,
 }
 
 impl Default for WriterLimits {
@@ -193,6 +199,7 @@ impl Default for WriterLimits {
             relay_page_rows: 4_096,
             catch_up_silence_max: Duration::from_secs(30),
             drain_max: Duration::from_secs(10),
+            catch_up_waits: true,
         }
     }
 }
@@ -209,7 +216,6 @@ pub struct Writer<V: Venue> {
     core: Core,
     venue: V,
     limits: WriterLimits,
-    ready: bool,
 }
 
 impl<V: Venue> Writer<V> {
@@ -219,7 +225,6 @@ impl<V: Venue> Writer<V> {
             core,
             venue,
             limits,
-            ready: false,
         }
     }
 
@@ -236,7 +241,6 @@ impl<V: Venue> Writer<V> {
             .unwrap_or_else(|e| fatal("writer runtime", e));
         rt.block_on(async move {
             self.catch_up(&mut feedback).await;
-            self.ready = true;
             self.venue.ready();
             // Every caller that asked to stop is answered once the writer has stopped.
             let mut shutdown: Vec<oneshot::Sender<()>> = Vec::new();
@@ -245,7 +249,7 @@ impl<V: Venue> Writer<V> {
             let mut request_batch = Vec::with_capacity(batch_max);
             loop {
                 if !shutdown.is_empty() {
-                    if self.venue.in_flight() == 0 {
+                    if self.keys_in_flight() == 0 {
                         break;
                     }
                     match tokio::time::timeout(self.limits.drain_max, feedback.recv()).await {
@@ -331,7 +335,7 @@ impl<V: Venue> Writer<V> {
             }
             self.commit();
         }
-        while self.venue.in_flight() > 0 {
+        while self.limits.catch_up_waits && self.keys_in_flight() > 0 {
             match tokio::time::timeout(self.limits.catch_up_silence_max, feedback.recv()).await {
                 Ok(Some(f)) => self.apply_feedback(f),
                 _ => fatal("catching up", "the consumers went silent"),
@@ -348,6 +352,11 @@ impl<V: Venue> Writer<V> {
                 "consumers caught up"
             );
         }
+    }
+
+    fn keys_in_flight(&self) -> usize {
+        let venue = &self.venue;
+        self.core.outbox.keys_in_flight(|key| venue.consumed(key))
     }
 
     fn publish(&mut self, rows: Vec<OutboxRow>) {
@@ -377,6 +386,8 @@ impl<V: Venue> Writer<V> {
         if core.batch.writes.is_empty() {
             // Nothing to write (e.g. only duplicates were consumed).
             self.venue.durable(balances);
+            let keys = self.keys_in_flight();
+            self.venue.in_flight(keys);
             after.into_iter().for_each(|f| f());
             self.venue.published();
             return;
@@ -396,14 +407,11 @@ impl<V: Venue> Writer<V> {
         // Publish before replying: once a caller holds its answer, the consumers have the
         // events it caused.
         self.publish(events);
+        let keys = self.keys_in_flight();
+        self.venue.in_flight(keys);
         after.into_iter().for_each(|f| f());
         self.venue.published();
         self.core.accounts.committed();
-    }
-
-    /// Whether the writer serves requests (it has caught up).
-    pub fn is_ready(&self) -> bool {
-        self.ready
     }
 }
 

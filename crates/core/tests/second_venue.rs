@@ -10,7 +10,7 @@
 
 use agora_bus::{Delivered, EmbeddedLog, LogConsumer, Polled};
 use agora_core::accounts::BalanceRow;
-use agora_core::outbox::OutboxRow;
+use agora_core::outbox::{put_consumer_offset, OutboxRow};
 use agora_core::store::{Database, Migration, Table, WriteBatch};
 use agora_core::writer::{Core, RequestPort, Venue, Writer, WriterLimits};
 use agora_core::SystemClock;
@@ -30,13 +30,6 @@ static VOUCHERS: Table = Table {
     columns: &["id", "user_id", "price", "status"],
     key_len: 1,
     update: &["status"],
-};
-
-static ISSUER_POSITION: Table = Table {
-    name: "consumer_offsets",
-    columns: &["consumer", "partition_key", "position"],
-    key_len: 2,
-    update: &["position"],
 };
 
 const MIGRATIONS: &[Migration] = &[Migration {
@@ -200,10 +193,6 @@ impl Venue for Vouchers {
         }
     }
 
-    fn in_flight(&self) -> u64 {
-        self.published.load(Ordering::Acquire) - self.applied.load(Ordering::Acquire)
-    }
-
     fn consumed(&self, _key: &str) -> i64 {
         self.issued_through
     }
@@ -220,10 +209,7 @@ impl Venue for Vouchers {
             );
         }
         if std::mem::take(&mut self.position_changed) {
-            batch.put(
-                &ISSUER_POSITION,
-                ["issuer".into(), KEY.into(), self.issued_through.into()],
-            );
+            put_consumer_offset(batch, "issuer", KEY, self.issued_through);
         }
     }
 

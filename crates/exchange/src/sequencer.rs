@@ -20,7 +20,7 @@ use crate::settlement::settle_trade;
 use crate::shard::BookAudit;
 use crate::Shared;
 use agora_core::accounts::{BalanceRow, PostError};
-use agora_core::outbox::OutboxRow;
+use agora_core::outbox::{put_consumer_offset, OutboxRow};
 use agora_core::writer::{fatal, Core, Venue};
 use agora_core::{Database, WriteBatch};
 use agora_engine::{DoneReason, Event, NewOrder, Side};
@@ -82,16 +82,36 @@ pub struct Placed {
 }
 
 /// What an engine shard produced for a run of one symbol's inputs.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct EngineOutput {
     pub symbol: u32,
-    /// Offset of the last input consumed (the cursor to commit with these effects).
+    /// Sequence (outbox `seq`) of the first input with effects here, and of the last input
+    /// consumed (the cursor to commit with these effects). A run of only duplicates has
+    /// both at the cursor already committed, and no events.
+    pub first_input_seq: i64,
     pub last_input_seq: i64,
     pub next_trade_id: u64,
-    /// How many log records were consumed, duplicates included.
-    pub inputs: u64,
     pub events: Vec<Event>,
+    /// Distributed mode: where the input sits in the book-inputs topic. Committed with the
+    /// effects, it is where an engine that takes the partition over resumes reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_position: Option<LogPosition>,
+    /// Distributed mode: where this output sits in the engine-output topic (set by the
+    /// settlement consumer): where settlement resumes reading.
+    #[serde(skip)]
+    pub output_position: Option<LogPosition>,
 }
+
+/// A record's place in a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogPosition {
+    pub partition: u32,
+    pub offset: i64,
+}
+
+/// `consumer_offsets` names of the distributed mode's consumers.
+pub const ENGINE_CONSUMER: &str = "exchange-engine";
+pub const SETTLEMENT_CONSUMER: &str = "exchange-settlement";
 
 /// What engine shards send the sequencer, in one stream per shard.
 pub(crate) enum ShardOutput {
@@ -119,7 +139,8 @@ struct Dirty {
     events: Vec<(u32, Vec<Event>)>,
     /// Client order ids placed in this batch, not yet findable in the store.
     client_ids: FxHashMap<(u64, String), u64>,
-    settled_inputs: u64,
+    /// Log positions moved in this batch.
+    positions: FxHashSet<(&'static str, u32)>,
 }
 
 pub(crate) struct ExchangeVenue {
@@ -136,6 +157,10 @@ pub(crate) struct ExchangeVenue {
     /// Latest trade time per symbol: trade times never go backwards, even if the clock does.
     last_trade_ms: FxHashMap<u32, i64>,
     feed: crossbeam_channel::Sender<Committed>,
+    /// Distributed mode: the furthest log position applied per (consumer, partition), this
+    /// run (positions only move forward: an output replayed by an engine that lost its
+    /// partition carries an older one).
+    positions: FxHashMap<(&'static str, u32), i64>,
     next: Counters,
     write: Changes,
     dirty: Dirty,
@@ -187,6 +212,7 @@ impl ExchangeVenue {
             candles,
             last_trade_ms,
             feed,
+            positions: FxHashMap::default(),
             next,
             write: Changes::default(),
             dirty: Dirty::default(),
@@ -227,10 +253,6 @@ impl Venue for ExchangeVenue {
         refuse(request);
     }
 
-    fn in_flight(&self) -> u64 {
-        self.shared.pending_inputs()
-    }
-
     fn consumed(&self, symbol_name: &str) -> i64 {
         self.refdata
             .symbol_by_name
@@ -257,6 +279,10 @@ impl Venue for ExchangeVenue {
         for symbol in d.cursors.drain() {
             w.cursors.push(self.cursors[&symbol]);
         }
+        for (consumer, partition) in d.positions.drain() {
+            let offset = self.positions[&(consumer, partition)];
+            put_consumer_offset(batch, consumer, &partition.to_string(), offset);
+        }
         for (symbol, interval) in d.candles.drain() {
             w.candles.push(candle_row(
                 symbol,
@@ -276,10 +302,6 @@ impl Venue for ExchangeVenue {
         self.shared
             .trades
             .fetch_add(w.trades.len() as u64, Ordering::AcqRel);
-        self.shared.settled.fetch_add(
-            std::mem::take(&mut self.dirty.settled_inputs),
-            Ordering::AcqRel,
-        );
         let committed = Committed {
             events: std::mem::take(&mut self.dirty.events),
             trades: w.trades,
@@ -296,6 +318,13 @@ impl Venue for ExchangeVenue {
                 fatal("feeding the market read model", "market thread gone");
             }
         }
+    }
+
+    fn in_flight(&mut self, keys: usize) {
+        self.shared
+            .keys_in_flight
+            .store(keys as u64, Ordering::Release);
+        self.shared.committing.store(0, Ordering::Release);
     }
 
     fn ready(&mut self) {
@@ -734,11 +763,33 @@ impl ExchangeVenue {
     }
 
     fn apply_engine_output(&mut self, core: &mut Core, out: EngineOutput) {
-        self.dirty.settled_inputs += out.inputs;
+        for (consumer, position) in [
+            (ENGINE_CONSUMER, out.input_position),
+            (SETTLEMENT_CONSUMER, out.output_position),
+        ] {
+            if let Some(p) = position {
+                let offset = self.positions.entry((consumer, p.partition)).or_insert(-1);
+                if p.offset > *offset {
+                    *offset = p.offset;
+                    self.dirty.positions.insert((consumer, p.partition));
+                }
+            }
+        }
         let cursor = self.cursors.get(&out.symbol).map_or(0, |c| c.input_seq);
         if out.last_input_seq <= cursor {
-            assert!(out.events.is_empty(), "events for inputs already settled");
-            return; // duplicates of inputs settled before a restart
+            // Inputs settled already: replayed after a restart, or (distributed) the same
+            // output again from an engine that lost the partition or took it over. The engine
+            // is deterministic, so its events are the ones applied then.
+            return;
+        }
+        if out.first_input_seq <= cursor {
+            fatal(
+                "settling engine output",
+                format!(
+                    "symbol {}: output for inputs {}..={} straddles the cursor {cursor}",
+                    out.symbol, out.first_input_seq, out.last_input_seq
+                ),
+            );
         }
         let symbol = self.refdata.symbols[&out.symbol].clone();
         let spec = self.refdata.book_spec(&symbol);
@@ -879,6 +930,7 @@ fn count_in_flight(shared: &Shared, rows: &[OutboxRow]) {
     let inputs = rows
         .iter()
         .filter(|r| r.aggregate_type == BOOK_AGGREGATE)
-        .count();
-    shared.published.fetch_add(inputs as u64, Ordering::AcqRel);
+        .count() as u64;
+    shared.committing.store(inputs, Ordering::Release);
+    shared.published.fetch_add(inputs, Ordering::AcqRel);
 }

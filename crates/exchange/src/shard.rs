@@ -8,8 +8,8 @@
 
 use crate::events::BookInput;
 use crate::reconcile::BookVerdict;
-use crate::sequencer::{EngineOutput, ShardOutput};
-use agora_bus::{LogConsumer, LogError, Polled, Record};
+use crate::sequencer::{EngineOutput, LogPosition, ShardOutput};
+use agora_bus::{Delivered, EventLog, LogConsumer, LogError, Polled, Record};
 use agora_engine::{Book, BookSpec, RestingOrder};
 use crossbeam_channel::{Receiver, TryRecvError};
 use rustc_hash::FxHashMap;
@@ -76,10 +76,39 @@ pub(crate) struct ShardBook {
     pub input_seq: i64,
 }
 
+/// Where a shard's outputs go.
+pub(crate) enum Outputs {
+    /// Embedded: the writer's feedback channel, one output per run of a symbol's inputs.
+    Local(mpsc::UnboundedSender<ShardOutput>),
+    /// Distributed: the engine-output topic, one output per input, appended to the input's
+    /// partition number (so settlement applies one input partition's outputs in order, and
+    /// a replayed input never straddles what settlement already applied).
+    Log(Arc<dyn EventLog>),
+}
+
+/// Distributed mode: the books of the partitions a member is assigned, read from the store.
+pub(crate) trait BookSource: Send {
+    /// The books of the symbols on `partitions` as the store has them, and per partition
+    /// the log offset to resume reading from.
+    fn load(&mut self, partitions: &[u32]) -> Result<AssignedBooks, String>;
+}
+
+pub(crate) struct AssignedBooks {
+    pub books: FxHashMap<u32, ShardBook>,
+    pub resume_at: Vec<(u32, i64)>,
+}
+
 pub(crate) struct Shard {
     pub books: FxHashMap<u32, ShardBook>,
-    pub outputs: mpsc::UnboundedSender<ShardOutput>,
+    pub outputs: Outputs,
+    /// Distributed mode: rebuilds books on assignment. `None`: the assignment is fixed.
+    pub source: Option<Box<dyn BookSource>>,
+    /// Which partition each book came from (to drop them when it is revoked).
+    pub partition_of: FxHashMap<u32, u32>,
 }
+
+/// How long a member waits between attempts to load assigned books from the store.
+const LOAD_RETRY: Duration = Duration::from_millis(500);
 
 impl Shard {
     /// Consumes the book inputs of the partitions `log` is assigned, until stopped.
@@ -96,15 +125,79 @@ impl Shard {
                 }
             }
             match log.poll(POLL_SLICE) {
-                Ok(Polled::Records(batch)) => {
-                    self.apply(batch.into_iter().map(|d| d.record).collect())
+                Ok(Polled::Records(batch)) => self.apply(batch),
+                Ok(Polled::Assigned(partitions)) => {
+                    if !self.assigned(&mut log, &partitions, &control) {
+                        return;
+                    }
                 }
-                // Embedded: the assignment is fixed for the shard's life.
-                Ok(Polled::Assigned(_) | Polled::Revoked(_) | Polled::Idle) => {}
+                Ok(Polled::Revoked(partitions)) => self.revoked(&partitions),
+                Ok(Polled::Idle) => {}
                 Err(LogError::Closed) => return,
                 Err(e) => panic!("event log: {e}"),
             }
         }
+    }
+
+    /// Rebuilds the books of newly assigned partitions from the store (retrying while it
+    /// cannot be read) and moves the reading position to where they were left. False if
+    /// told to stop meanwhile.
+    fn assigned(
+        &mut self,
+        log: &mut impl LogConsumer,
+        partitions: &[u32],
+        control: &Receiver<ShardControl>,
+    ) -> bool {
+        let Some(source) = self.source.as_mut() else {
+            return true; // embedded: the books were loaded at start
+        };
+        let started = std::time::Instant::now();
+        let loaded = loop {
+            match source.load(partitions) {
+                Ok(loaded) => break loaded,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?partitions, "loading assigned books; retrying");
+                    if matches!(
+                        control.recv_timeout(LOAD_RETRY),
+                        Ok(ShardControl::Stop)
+                            | Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+                    ) {
+                        return false;
+                    }
+                }
+            }
+        };
+        for (partition, offset) in loaded.resume_at {
+            if let Err(e) = log.seek(partition, offset) {
+                panic!("seeking partition {partition} to {offset}: {e}");
+            }
+        }
+        let symbols = loaded.books.len();
+        for (symbol, book) in loaded.books {
+            self.books.insert(symbol, book);
+        }
+        tracing::info!(
+            ?partitions,
+            symbols,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "engine partitions assigned; books rebuilt"
+        );
+        true
+    }
+
+    /// Stops matching the books of revoked partitions at once: another member rebuilds them.
+    fn revoked(&mut self, partitions: &[u32]) {
+        if self.source.is_none() {
+            return;
+        }
+        let partition_of = &self.partition_of;
+        self.books.retain(|symbol, _| {
+            !partition_of
+                .get(symbol)
+                .is_some_and(|p| partitions.contains(p))
+        });
+        self.partition_of.retain(|_, p| !partitions.contains(p));
+        tracing::info!(?partitions, "engine partitions revoked; books dropped");
     }
 
     fn snapshot(&self, symbol: u32) -> Option<BookSnapshot> {
@@ -125,6 +218,11 @@ impl Shard {
                 reply,
                 in_flight,
             } => {
+                let Outputs::Local(outputs) = &self.outputs else {
+                    let why = "the engine's outputs travel through the event log".to_string();
+                    let _ = reply.send(BookVerdict::NotCompared(why));
+                    return;
+                };
                 // Every output of this book so far has been sent (`apply` sends before it
                 // returns), so this one follows them all.
                 let audit = BookAudit {
@@ -133,35 +231,34 @@ impl Shard {
                     reply,
                     in_flight,
                 };
-                let _ = self.outputs.send(ShardOutput::BookAudit(audit));
+                let _ = outputs.send(ShardOutput::BookAudit(audit));
             }
             ShardControl::Stop => {}
         }
     }
 
-    fn apply(&mut self, batch: Vec<Record>) {
-        let mut current: Option<EngineOutput> = None;
-        for record in batch {
+    fn apply(&mut self, batch: Vec<Delivered>) {
+        let per_input = matches!(self.outputs, Outputs::Log(_));
+        let mut done: Vec<(u32, EngineOutput)> = Vec::new();
+        let mut current: Option<(u32, EngineOutput)> = None;
+        for Delivered {
+            partition,
+            offset,
+            record,
+        } in batch
+        {
             let input: BookInput = match serde_json::from_str(&record.payload) {
                 Ok(input) => input,
                 Err(e) => {
-                    // Only the sequencer writes book inputs; one that does not parse is a
-                    // bug or a corrupt store, and skipping it would silently lose an order.
+                    // Only the writer writes book inputs; one that does not parse is a bug or
+                    // a corrupt store, and skipping it would silently lose an order.
                     panic!("undecodable book input at offset {}: {e}", record.seq);
                 }
             };
             let symbol = input.symbol();
-            if current.as_ref().is_some_and(|o| o.symbol != symbol) {
-                self.send(current.take());
+            if per_input || current.as_ref().is_some_and(|(_, o)| o.symbol != symbol) {
+                done.extend(current.take());
             }
-            let out = current.get_or_insert_with(|| EngineOutput {
-                symbol,
-                last_input_seq: 0,
-                next_trade_id: 0,
-                inputs: 0,
-                events: Vec::new(),
-            });
-            out.inputs += 1;
             if let BookInput::SymbolListed {
                 base_unit,
                 lot_size,
@@ -175,10 +272,28 @@ impl Shard {
                     }),
                     input_seq: 0,
                 });
+                self.partition_of.insert(symbol, partition);
             }
             let Some(state) = self.books.get_mut(&symbol) else {
                 panic!("input for unknown symbol {symbol} at offset {}", record.seq);
             };
+            let (_, out) = current.get_or_insert_with(|| {
+                (
+                    partition,
+                    EngineOutput {
+                        symbol,
+                        first_input_seq: 0,
+                        last_input_seq: 0,
+                        next_trade_id: 0,
+                        events: Vec::new(),
+                        input_position: None,
+                        output_position: None,
+                    },
+                )
+            });
+            if per_input {
+                out.input_position = Some(LogPosition { partition, offset });
+            }
             if record.seq <= state.input_seq {
                 continue; // already applied before a restart
             }
@@ -186,22 +301,57 @@ impl Shard {
                 state.book.execute(&command, &mut out.events);
             }
             state.input_seq = record.seq;
+            if out.first_input_seq == 0 {
+                out.first_input_seq = record.seq;
+            }
             out.last_input_seq = record.seq;
             out.next_trade_id = state.book.next_trade_id();
         }
-        self.send(current);
-    }
-
-    fn send(&mut self, out: Option<EngineOutput>) {
-        let Some(mut out) = out else { return };
-        if out.last_input_seq == 0 {
-            // Only duplicates: report them as consumed, at the cursor already committed.
-            let state = &self.books[&out.symbol];
-            out.last_input_seq = state.input_seq;
-            out.next_trade_id = state.book.next_trade_id();
+        done.extend(current.take());
+        if per_input {
+            // A duplicate reports nothing: this book may be ahead of what settlement has
+            // applied (outputs in flight), and a run of duplicates reported "at the cursor"
+            // would move settlement's cursor past them.
+            done.retain(|(_, out)| out.last_input_seq != 0);
         }
-        // The sequencer outlives the shards; if it is gone the process is stopping.
-        let _ = self.outputs.send(ShardOutput::Engine(out));
+        for (_, out) in done.iter_mut() {
+            if out.last_input_seq == 0 {
+                // Only duplicates: report them as consumed, at the cursor already committed.
+                let state = &self.books[&out.symbol];
+                out.first_input_seq = state.input_seq;
+                out.last_input_seq = state.input_seq;
+                out.next_trade_id = state.book.next_trade_id();
+            }
+        }
+        match &self.outputs {
+            // The writer outlives the shards; if it is gone the process is stopping.
+            Outputs::Local(tx) => done.into_iter().for_each(|(_, out)| {
+                let _ = tx.send(ShardOutput::Engine(out));
+            }),
+            Outputs::Log(log) => append_outputs(&**log, done),
+        }
+    }
+}
+
+/// Appends outputs to the engine-output topic, each to its input's partition number, in
+/// order per partition. A failure stops the process: the outputs are not lost (the inputs
+/// are in the log, and the next owner of the partition replays them from the store's
+/// position).
+fn append_outputs(log: &dyn EventLog, outputs: Vec<(u32, EngineOutput)>) {
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<Record>> = Default::default();
+    for (partition, out) in outputs {
+        let payload = serde_json::to_string(&out).expect("an engine output serializes");
+        by_partition.entry(partition).or_default().push(Record::new(
+            out.last_input_seq,
+            out.symbol.to_string(),
+            "EngineOutput",
+            payload,
+        ));
+    }
+    for (partition, records) in by_partition {
+        if let Err(e) = log.append(partition, records) {
+            agora_core::writer::fatal("appending engine output", e);
+        }
     }
 }
 
@@ -210,7 +360,7 @@ mod tests {
     use super::*;
     use agora_engine::{Event, NewOrder, OrderKind, SelfTradePrevention, Side, TimeInForce};
 
-    fn accepted(offset: i64, id: u64) -> Record {
+    fn accepted(offset: i64, id: u64) -> Delivered {
         let input = BookInput::OrderAccepted {
             symbol: 7,
             order: NewOrder {
@@ -225,11 +375,15 @@ mod tests {
                 stp: SelfTradePrevention::None,
             },
         };
-        Record {
-            seq: offset,
-            key: "S".into(),
-            event_type: input.event_type().into(),
-            payload: serde_json::to_string(&input).unwrap().into(),
+        Delivered {
+            partition: 0,
+            offset: offset - 1,
+            record: Record {
+                seq: offset,
+                key: "S".into(),
+                event_type: input.event_type().into(),
+                payload: serde_json::to_string(&input).unwrap().into(),
+            },
         }
     }
 
@@ -254,7 +408,13 @@ mod tests {
                 input_seq,
             },
         );
-        (Shard { books, outputs: tx }, rx)
+        let shard = Shard {
+            books,
+            outputs: Outputs::Local(tx),
+            source: None,
+            partition_of: FxHashMap::default(),
+        };
+        (shard, rx)
     }
 
     #[test]
@@ -263,7 +423,7 @@ mod tests {
         // Offsets 1 and 2 were applied before a restart and come again; 3 is new.
         shard.apply(vec![accepted(1, 1), accepted(2, 2), accepted(3, 3)]);
         let out = next_engine_output(&mut rx);
-        assert_eq!((out.inputs, out.last_input_seq), (3, 3));
+        assert_eq!((out.first_input_seq, out.last_input_seq), (3, 3));
         let rested: Vec<u64> = out
             .events
             .iter()
@@ -281,7 +441,7 @@ mod tests {
         let (mut shard, mut rx) = shard_at(5);
         shard.apply(vec![accepted(4, 1), accepted(5, 2)]);
         let out = next_engine_output(&mut rx);
-        assert_eq!((out.inputs, out.last_input_seq), (2, 5));
+        assert_eq!((out.first_input_seq, out.last_input_seq), (5, 5));
         assert!(out.events.is_empty());
         assert!(shard.books[&7].book.is_empty());
     }

@@ -5,7 +5,7 @@
 use crate::model::*;
 use crate::schema::*;
 use agora_core::accounts::{ASSETS, BALANCES, USERS};
-use agora_core::store::{Database, ReadDatabase, Row, StoreResult, Table, Value};
+use agora_core::store::{Queries, ReadDatabase, Row, StoreResult, Table, Value};
 use agora_engine::Side;
 use std::sync::LazyLock;
 
@@ -33,11 +33,11 @@ fn decode_all<T>(rows: Vec<Row>, decode: fn(&Row) -> StoreResult<T>) -> StoreRes
 pub(crate) const OPEN: &str = "status IN ('NEW', 'PARTIALLY_FILLED')";
 
 /// The writer's reads: recovery at start, and lookups when its working set misses.
-pub struct Loads<'a, D: Database + ?Sized>(pub &'a mut D);
+pub struct Loads<'a, D: Queries + ?Sized>(pub &'a mut D);
 
-impl<D: Database + ?Sized> Loads<'_, D> {
+impl<D: Queries + ?Sized> Loads<'_, D> {
     fn rows(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
-        self.0.query(sql, params)
+        self.0.query_rows(sql, params)
     }
 
     fn max(&mut self, column: &str, table: &str) -> StoreResult<i64> {
