@@ -6,88 +6,10 @@
 mod common;
 use common::*;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-const SYMBOLS: [&str; 2] = ["BASE-QUOTE", "ALT-QUOTE"];
-
-/// The test market plus a second symbol, so that the symbols' cursors differ at a crash
-/// and the restart must drop re-published inputs of the one that was further ahead.
-fn two_markets(s: &Server, users: usize) -> Vec<u64> {
-    let ids = market(s, users);
-    s.admin("assets", json!({"code": "ALT", "scale": 2}));
-    s.admin(
-        "symbols",
-        json!({"name": "ALT-QUOTE", "base": "ALT", "quote": "QUOTE", "tick_size": "0.01", "lot_size": "1"}),
-    );
-    for &id in &ids {
-        s.admin(
-            "deposits",
-            json!({"user_id": id, "asset": "ALT", "amount": "1000000"}),
-        );
-    }
-    ids
-}
-
-/// Places a crossing flow from `threads` threads until told to stop or the server dies;
-/// returns every (user, order id) that was acknowledged with 202.
-fn load(
-    s: &Server,
-    users: &[u64],
-    threads: usize,
-    stop: Arc<AtomicBool>,
-    seed: u64,
-) -> Vec<std::thread::JoinHandle<Vec<(u64, u64)>>> {
-    (0..threads)
-        .map(|t| {
-            let (url, users, stop) = (s.url.clone(), users.to_vec(), stop.clone());
-            std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .unwrap();
-                let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 100 + t as u64);
-                let mut acked = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let user = users[rng.random_range(0..users.len())];
-                    let resp = if rng.random_range(0..10) == 0 && !acked.is_empty() {
-                        let (u, id): (u64, u64) = acked[rng.random_range(0..acked.len())];
-                        http.delete(format!("{url}/api/v1/orders/{id}"))
-                            .header("x-user-id", u)
-                            .send()
-                    } else {
-                        let side = if rng.random_bool(0.5) { "BUY" } else { "SELL" };
-                        let tif = if rng.random_bool(0.3) { "IOC" } else { "GTC" };
-                        let price = format!("10.{:02}", rng.random_range(0..20));
-                        let mut body =
-                            limit(side, &price, &rng.random_range(1..30).to_string(), tif);
-                        body["symbol"] = json!(SYMBOLS[rng.random_range(0..2)]);
-                        http.post(format!("{url}/api/v1/orders"))
-                            .header("x-user-id", user)
-                            .json(&body)
-                            .send()
-                    };
-                    match resp {
-                        Ok(r) if r.status().as_u16() == 202 => {
-                            let v: Value = match r.json() {
-                                Ok(v) => v,
-                                Err(_) => break,
-                            };
-                            if v["cancel_requested"] == false {
-                                acked.push((user, v["order_id"].as_u64().unwrap()));
-                            }
-                        }
-                        Ok(r) => assert!(r.status().is_client_error(), "answered {}", r.status()),
-                        Err(_) => break, // the server died
-                    }
-                }
-                acked
-            })
-        })
-        .collect()
-}
 
 /// Every acknowledged order exists; once settled it is terminal or resting in the book.
 fn check_acked(s: &Server, acked: &[(u64, u64)]) {

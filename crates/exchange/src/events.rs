@@ -25,6 +25,9 @@ pub enum BookInput {
         order: OrderId,
         user: UserId,
     },
+    /// Distributed mode: report the book as it stands after every earlier input, for a
+    /// reconciliation (the engine answers with a snapshot in its output; no effect).
+    AuditRequested { symbol: u32 },
 }
 
 impl BookInput {
@@ -32,7 +35,8 @@ impl BookInput {
         match *self {
             BookInput::SymbolListed { symbol, .. }
             | BookInput::OrderAccepted { symbol, .. }
-            | BookInput::CancelRequested { symbol, .. } => symbol,
+            | BookInput::CancelRequested { symbol, .. }
+            | BookInput::AuditRequested { symbol } => symbol,
         }
     }
 
@@ -41,13 +45,14 @@ impl BookInput {
             BookInput::SymbolListed { .. } => "SymbolListed",
             BookInput::OrderAccepted { .. } => "OrderAccepted",
             BookInput::CancelRequested { .. } => "CancelRequested",
+            BookInput::AuditRequested { .. } => "AuditRequested",
         }
     }
 
     /// The engine command this input becomes, if any.
     pub fn command(&self) -> Option<Command> {
         match *self {
-            BookInput::SymbolListed { .. } => None,
+            BookInput::SymbolListed { .. } | BookInput::AuditRequested { .. } => None,
             BookInput::OrderAccepted { order, .. } => Some(Command::Place(order)),
             BookInput::CancelRequested { order, .. } => Some(Command::Cancel { id: order }),
         }

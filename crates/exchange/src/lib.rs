@@ -15,6 +15,7 @@
 //! deterministic, so the replay yields the same trades with the same ids.
 
 pub mod bots;
+pub mod distributed;
 pub mod error;
 pub mod events;
 pub mod market;
@@ -40,7 +41,7 @@ use agora_store::queries::{Loads, Reads};
 use agora_store::sqlite::{Checkpointer, Durability, SqliteStore};
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
-use sequencer::{ExchangeVenue, Request};
+use sequencer::{ExchangeVenue, Request, ShardOutput};
 use shard::{InFlight, Outputs, Shard, ShardBook, ShardControl};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,6 +66,14 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// A PostgreSQL or MySQL/MariaDB URL; `None` is SQLite in `data_dir`.
     pub store_url: Option<String>,
+    /// `kafka://host:port,…`: the distributed mode's event log; `None` is the embedded log.
+    pub event_log_url: Option<String>,
+    /// Partitions of the Kafka topics when agora creates them.
+    pub log_partitions: u32,
+    /// Prefix of the Kafka topics and consumer groups (`agora` → `agora.book-inputs`).
+    pub log_namespace: String,
+    /// The roles this process plays (all of them unless distributed).
+    pub roles: distributed::Roles,
 }
 
 impl Config {
@@ -79,6 +88,10 @@ impl Config {
             shard_queue_batches: 1_024,
             clock: agora_core::clock::system(),
             store_url: None,
+            event_log_url: None,
+            log_partitions: distributed::PARTITIONS_DEFAULT,
+            log_namespace: distributed::NAMESPACE_DEFAULT.into(),
+            roles: distributed::Roles::ALL,
         }
     }
 }
@@ -142,7 +155,12 @@ struct Inner {
     market: Arc<market::MarketData>,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
+    /// Embedded: one per engine shard. Distributed: this process's engine member, if any.
     shard_control: Vec<crossbeam_channel::Sender<ShardControl>>,
+    /// Whether the engines' inputs and outputs travel through Kafka.
+    distributed: bool,
+    /// Distributed: stops the settlement consumer.
+    stop_feed: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
 }
@@ -201,6 +219,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("store is inconsistent: {0}")]
     Inconsistent(String),
+    #[error("event log: {0}")]
+    Log(String),
 }
 
 impl Exchange {
@@ -258,39 +278,42 @@ impl Exchange {
             replayed_at_start: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         });
-        let log = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
         let (output_tx, output_rx) = mpsc::unbounded_channel();
-        let mut shard_books: Vec<FxHashMap<u32, ShardBook>> = (0..config.engine_shards)
-            .map(|_| FxHashMap::default())
-            .collect();
-        for (symbol, book) in books {
-            let name = &refdata.symbols[&symbol].name;
-            shard_books[partition_for(name, config.engine_shards) as usize].insert(symbol, book);
-        }
         let mut threads = Vec::new();
         let mut shard_control = Vec::new();
-        for (i, books) in shard_books.into_iter().enumerate() {
-            let log_rx = log
-                .consumer([i as u32])
-                .expect("each shard owns its partition");
-            let (control_tx, control_rx) = crossbeam_channel::bounded(64);
-            shard_control.push(control_tx);
-            let shard = Shard {
-                books,
-                outputs: Outputs::Local(output_tx.clone()),
-                source: None,
-                partition_of: FxHashMap::default(),
-            };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("engine-{i}"))
-                    .spawn(move || shard.run(log_rx, control_rx))
-                    .expect("spawn engine thread"),
-            );
-        }
+        let stop_feed = Arc::new(AtomicBool::new(false));
+        let log: Arc<dyn agora_bus::EventLog> = match &config.event_log_url {
+            None => {
+                let log = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
+                spawn_shards(&config, &refdata, books, &log, &output_tx, &mut threads, &mut shard_control);
+                Arc::new(log)
+            }
+            Some(url) => {
+                let link = distributed::KafkaLink::open(
+                    url,
+                    config.log_partitions,
+                    &config.log_namespace,
+                )?;
+                if config.roles.engine {
+                    let member = distributed::EngineMember::start(&link, reader.clone())?;
+                    let (control, thread) = member.into_parts();
+                    shard_control.push(control);
+                    threads.push(thread);
+                }
+                threads.push(distributed::spawn_settlement_feed(
+                    &link,
+                    reader.clone(),
+                    output_tx.clone(),
+                    stop_feed.clone(),
+                )?);
+                link.log(agora_bus::topics::BOOK_INPUTS)?
+            }
+        };
         drop(output_tx);
         let limits = WriterLimits {
             batch_max: config.batch_max,
+            // Engines in other processes may be down; they catch up from the log.
+            catch_up_waits: config.event_log_url.is_none(),
             ..WriterLimits::default()
         };
         let (feed_tx, feed_rx) = crossbeam_channel::bounded(market::FEED_QUEUE_MAX);
@@ -311,12 +334,7 @@ impl Exchange {
             },
             feed_tx,
         )?;
-        let mut core = Core::load(
-            store,
-            config.clock.clone(),
-            Arc::new(log),
-            BALANCE_CACHE_MAX,
-        )?;
+        let mut core = Core::load(store, config.clock.clone(), log, BALANCE_CACHE_MAX)?;
         core.fence_with(fence);
         let writer = Writer::new(core, venue, limits);
         let (request_tx, request_rx) = RequestPort::bounded(config.request_queue_max);
@@ -337,6 +355,8 @@ impl Exchange {
                 shared,
                 clock: config.clock.clone(),
                 shard_control,
+                stop_feed,
+                distributed: config.event_log_url.is_some(),
                 threads: Mutex::new(threads),
                 checkpointer: Mutex::new(checkpointer),
             }),
@@ -628,6 +648,20 @@ impl Exchange {
         let in_flight = InFlight::take(&flag)
             .ok_or_else(|| "an earlier audit of this book is still in flight".to_string())?;
         let (reply, answer) = oneshot::channel();
+        if self.inner.distributed {
+            // Through the log, behind every input of the book sent before it.
+            let audit = Request::AuditBook {
+                symbol,
+                reply,
+                in_flight,
+            };
+            self.inner
+                .requests
+                .send(audit)
+                .await
+                .map_err(|_| "the exchange is stopping".to_string())?;
+            return Ok(answer);
+        }
         // On failure the message, and with it the in-flight mark, is dropped.
         let audit = ShardControl::Audit {
             symbol,
@@ -650,6 +684,9 @@ impl Exchange {
         deadline: tokio::time::Instant,
     ) -> Result<(), ()> {
         let shards = self.inner.shard_control.len() as u32;
+        if shards == 0 {
+            return Err(()); // the engines run in other processes
+        }
         let control = self.inner.shard_control[partition_for(symbol_name, shards) as usize].clone();
         let message = match control.try_send(message) {
             Ok(()) => return Ok(()),
@@ -668,6 +705,7 @@ impl Exchange {
         for control in &self.inner.shard_control {
             let _ = control.send(ShardControl::Stop);
         }
+        self.inner.stop_feed.store(true, Ordering::Release);
         let threads = std::mem::take(&mut *self.inner.threads.lock().expect("lock"));
         let checkpointer = self.inner.checkpointer.lock().expect("lock").take();
         let _ = tokio::task::spawn_blocking(move || {
@@ -677,6 +715,44 @@ impl Exchange {
             drop(checkpointer); // one last checkpoint after the final commit
         })
         .await;
+    }
+}
+
+/// Embedded mode: one engine thread per shard, each owning one partition of `log`.
+fn spawn_shards(
+    config: &Config,
+    refdata: &RefData,
+    books: FxHashMap<u32, ShardBook>,
+    log: &EmbeddedLog,
+    outputs: &mpsc::UnboundedSender<ShardOutput>,
+    threads: &mut Vec<JoinHandle<()>>,
+    shard_control: &mut Vec<crossbeam_channel::Sender<ShardControl>>,
+) {
+    let mut shard_books: Vec<FxHashMap<u32, ShardBook>> = (0..config.engine_shards)
+        .map(|_| FxHashMap::default())
+        .collect();
+    for (symbol, book) in books {
+        let name = &refdata.symbols[&symbol].name;
+        shard_books[partition_for(name, config.engine_shards) as usize].insert(symbol, book);
+    }
+    for (i, books) in shard_books.into_iter().enumerate() {
+        let log_rx = log
+            .consumer([i as u32])
+            .expect("each shard owns its partition");
+        let (control_tx, control_rx) = crossbeam_channel::bounded(64);
+        shard_control.push(control_tx);
+        let shard = Shard {
+            books,
+            outputs: Outputs::Local(outputs.clone()),
+            source: None,
+            partition_of: FxHashMap::default(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("engine-{i}"))
+                .spawn(move || shard.run(log_rx, control_rx))
+                .expect("spawn engine thread"),
+        );
     }
 }
 
@@ -701,23 +777,39 @@ fn restore_books(
     cursors: &[CursorRow],
 ) -> Result<FxHashMap<u32, ShardBook>, StartError> {
     let cursor_of: FxHashMap<u32, CursorRow> = cursors.iter().map(|c| (c.symbol, *c)).collect();
-    let mut books: FxHashMap<u32, ShardBook> = refdata
+    let mut orders_of: FxHashMap<u32, Vec<&OrderRow>> = FxHashMap::default();
+    for o in open_orders {
+        if !refdata.symbols.contains_key(&o.symbol) {
+            return Err(StartError::Inconsistent(format!("order {} has no symbol", o.id)));
+        }
+        orders_of.entry(o.symbol).or_default().push(o);
+    }
+    refdata
         .symbols
         .values()
         .map(|s| {
-            let mut book = Book::new(refdata.book_spec(s));
-            let input_seq = cursor_of.get(&s.id).map_or(0, |c| {
-                book.set_next_trade_id(c.next_trade_id);
-                c.input_seq
-            });
-            (s.id, ShardBook { book, input_seq })
+            let orders = orders_of.remove(&s.id).unwrap_or_default();
+            let book = restore_book(refdata, s, cursor_of.get(&s.id), orders)?;
+            Ok((s.id, book))
         })
-        .collect();
+        .collect()
+}
+
+/// One symbol's book at its cursor: the open orders (in arrival order) the engine had seen
+/// when the cursor was committed.
+fn restore_book<'a>(
+    refdata: &RefData,
+    symbol: &SymbolRow,
+    cursor: Option<&CursorRow>,
+    open_orders: impl IntoIterator<Item = &'a OrderRow>,
+) -> Result<ShardBook, StartError> {
+    let mut book = Book::new(refdata.book_spec(symbol));
+    let input_seq = cursor.map_or(0, |c| {
+        book.set_next_trade_id(c.next_trade_id);
+        c.input_seq
+    });
     for o in open_orders {
-        let state = books
-            .get_mut(&o.symbol)
-            .ok_or_else(|| StartError::Inconsistent(format!("order {} has no symbol", o.id)))?;
-        if o.accept_seq > state.input_seq {
+        if o.accept_seq > input_seq {
             continue; // not yet seen by the engine: it will be replayed
         }
         let (Some(price), Some(quantity), OrderType::Limit) = (o.price, o.quantity, o.order_type)
@@ -727,7 +819,7 @@ fn restore_books(
                 o.id
             )));
         };
-        state.book.restore(RestingOrder {
+        book.restore(RestingOrder {
             id: o.id,
             user: o.user,
             side: o.side,
@@ -735,8 +827,6 @@ fn restore_books(
             remaining: quantity - o.filled_qty,
         });
     }
-    for state in books.values() {
-        state.book.check_invariants();
-    }
-    Ok(books)
+    book.check_invariants();
+    Ok(ShardBook { book, input_seq })
 }

@@ -17,7 +17,7 @@ use crate::market::{candle_of, candle_row, Committed};
 use crate::reconcile::{self, BookVerdict};
 use crate::rules::{NewAsset, RefData, SymbolUpdate, ValidOrder, OPEN_ORDERS_PER_USER_SYMBOL_MAX};
 use crate::settlement::settle_trade;
-use crate::shard::BookAudit;
+use crate::shard::{BookAudit, BookSnapshot, InFlight};
 use crate::Shared;
 use agora_core::accounts::{BalanceRow, PostError};
 use agora_core::outbox::{put_consumer_offset, OutboxRow};
@@ -71,6 +71,13 @@ pub enum Request {
         update: SymbolUpdate,
         reply: Reply<SymbolRow>,
     },
+    /// Distributed mode: audit a book through the log (the engine's snapshot comes back in
+    /// its output, at the cut of the audit input).
+    AuditBook {
+        symbol: u32,
+        reply: oneshot::Sender<BookVerdict>,
+        in_flight: InFlight,
+    },
 }
 
 /// The answer to a placement: the order, and whether this call created it (false when a
@@ -100,6 +107,9 @@ pub struct EngineOutput {
     /// settlement consumer): where settlement resumes reading.
     #[serde(skip)]
     pub output_position: Option<LogPosition>,
+    /// The book right after an `AuditRequested` input (distributed mode's book audit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<BookSnapshot>,
 }
 
 /// A record's place in a topic.
@@ -161,6 +171,8 @@ pub(crate) struct ExchangeVenue {
     /// run (positions only move forward: an output replayed by an engine that lost its
     /// partition carries an older one).
     positions: FxHashMap<(&'static str, u32), i64>,
+    /// Distributed mode: book audits sent through the log, by the seq of their input.
+    audits: FxHashMap<i64, (oneshot::Sender<BookVerdict>, InFlight)>,
     next: Counters,
     write: Changes,
     dirty: Dirty,
@@ -213,6 +225,7 @@ impl ExchangeVenue {
             last_trade_ms,
             feed,
             positions: FxHashMap::default(),
+            audits: FxHashMap::default(),
             next,
             write: Changes::default(),
             dirty: Dirty::default(),
@@ -232,10 +245,7 @@ impl Venue for ExchangeVenue {
 
     fn apply_feedback(&mut self, core: &mut Core, feedback: ShardOutput) -> Option<BookAudit> {
         match feedback {
-            ShardOutput::Engine(o) => {
-                self.apply_engine_output(core, o);
-                None
-            }
+            ShardOutput::Engine(o) => self.apply_engine_output(core, o),
             // Compared after the outputs before it are committed (see `audit_book`).
             ShardOutput::BookAudit(a) if a.snapshot.is_some() => Some(a),
             ShardOutput::BookAudit(a) => {
@@ -376,6 +386,18 @@ impl ExchangeVenue {
             } => {
                 let result = self.update_symbol(core, symbol, update);
                 self.reply_after_commit(core, reply, result);
+            }
+            Request::AuditBook {
+                symbol,
+                reply,
+                in_flight,
+            } => {
+                if !self.refdata.symbols.contains_key(&symbol) {
+                    let _ = reply.send(BookVerdict::NotCompared("no such symbol".into()));
+                    return;
+                }
+                let seq = self.append_outbox(core, &BookInput::AuditRequested { symbol });
+                self.audits.insert(seq, (reply, in_flight));
             }
         }
     }
@@ -762,7 +784,8 @@ impl ExchangeVenue {
         let _ = reply.send(verdict);
     }
 
-    fn apply_engine_output(&mut self, core: &mut Core, out: EngineOutput) {
+    /// Settles one output; returns the book audit it answers, to compare once committed.
+    fn apply_engine_output(&mut self, core: &mut Core, mut out: EngineOutput) -> Option<BookAudit> {
         for (consumer, position) in [
             (ENGINE_CONSUMER, out.input_position),
             (SETTLEMENT_CONSUMER, out.output_position),
@@ -780,7 +803,7 @@ impl ExchangeVenue {
             // Inputs settled already: replayed after a restart, or (distributed) the same
             // output again from an engine that lost the partition or took it over. The engine
             // is deterministic, so its events are the ones applied then.
-            return;
+            return None;
         }
         if out.first_input_seq <= cursor {
             fatal(
@@ -897,6 +920,15 @@ impl ExchangeVenue {
                 Event::Rested { .. } | Event::CancelRejected { .. } => {}
             }
         }
+        let audit = out.audit.take().and_then(|snapshot| {
+            let (reply, in_flight) = self.audits.remove(&out.last_input_seq)?;
+            Some(BookAudit {
+                symbol: out.symbol,
+                snapshot: Some(snapshot),
+                reply,
+                in_flight,
+            })
+        });
         self.dirty.events.push((out.symbol, out.events));
         self.cursors.insert(
             out.symbol,
@@ -907,6 +939,7 @@ impl ExchangeVenue {
             },
         );
         self.dirty.cursors.insert(out.symbol);
+        audit
     }
 }
 
@@ -921,6 +954,9 @@ fn refuse(request: Request) {
         Request::CreateAsset { reply, .. } => drop(reply.send(Err(e()))),
         Request::CreateSymbol { reply, .. } => drop(reply.send(Err(e()))),
         Request::UpdateSymbol { reply, .. } => drop(reply.send(Err(e()))),
+        Request::AuditBook { reply, .. } => drop(reply.send(BookVerdict::NotCompared(
+            "the exchange is starting or stopping".into(),
+        ))),
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// A book as the shard holds it, for comparison with the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BookSnapshot {
     pub resting: Vec<RestingOrder>,
     pub next_trade_id: u64,
@@ -95,6 +95,8 @@ pub(crate) trait BookSource: Send {
 
 pub(crate) struct AssignedBooks {
     pub books: FxHashMap<u32, ShardBook>,
+    /// The partition of each book.
+    pub partition_of: FxHashMap<u32, u32>,
     pub resume_at: Vec<(u32, i64)>,
 }
 
@@ -173,9 +175,8 @@ impl Shard {
             }
         }
         let symbols = loaded.books.len();
-        for (symbol, book) in loaded.books {
-            self.books.insert(symbol, book);
-        }
+        self.books.extend(loaded.books);
+        self.partition_of.extend(loaded.partition_of);
         tracing::info!(
             ?partitions,
             symbols,
@@ -288,6 +289,7 @@ impl Shard {
                         events: Vec::new(),
                         input_position: None,
                         output_position: None,
+                        audit: None,
                     },
                 )
             });
@@ -301,6 +303,13 @@ impl Shard {
                 state.book.execute(&command, &mut out.events);
             }
             state.input_seq = record.seq;
+            if let BookInput::AuditRequested { .. } = input {
+                out.audit = Some(BookSnapshot {
+                    resting: state.book.resting(),
+                    next_trade_id: state.book.next_trade_id(),
+                    input_seq: record.seq,
+                });
+            }
             if out.first_input_seq == 0 {
                 out.first_input_seq = record.seq;
             }

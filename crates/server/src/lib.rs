@@ -104,12 +104,19 @@ pub fn exchange_config(settings: &Settings) -> Config {
     };
     config.engine_shards = settings.engine_shards;
     config.store_url = settings.store_url.clone();
+    config.event_log_url = settings.event_log_url.clone();
+    config.log_partitions = settings.log_partitions;
+    config.log_namespace = settings.log_namespace.clone();
+    config.roles = settings.roles;
     config.batch_max = settings.batch_max;
     config
 }
 
 /// Runs agora until SIGTERM or Ctrl-C.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    if !settings.roles.writer() {
+        return serve_engine(&settings).await;
+    }
     // Bind first: a busy port is refused before the store is opened or created.
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -173,6 +180,22 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("http stopped; draining the exchange");
     exchange.shutdown().await;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// An engine-only process: no HTTP, just a member of the engine group until SIGTERM.
+async fn serve_engine(settings: &Settings) -> anyhow::Result<()> {
+    let config = exchange_config(settings);
+    let member = tokio::task::spawn_blocking(move || {
+        agora_exchange::distributed::start_engine_process(&config)
+    })
+    .await??;
+    // Scripts wait for this line.
+    println!("agora engine running");
+    tracing::info!("engine process running");
+    shutdown_signal().await;
+    tokio::task::spawn_blocking(move || member.stop()).await?;
+    tracing::info!("engine stopped");
     Ok(())
 }
 

@@ -25,6 +25,24 @@ pub struct ServeArgs {
     /// database must exist; agora creates its tables [default: sqlite].
     #[arg(long, env = "AGORA_STORE", hide_env_values = true)]
     pub store: Option<String>,
+    /// The event log: `embedded` (the default, in this process) or
+    /// `kafka://host:port,…` (the distributed mode; librdkafka properties may follow as a
+    /// query, `?linger.ms=1`) [default: embedded].
+    #[arg(long, env = "AGORA_EVENT_LOG")]
+    pub event_log: Option<String>,
+    /// Partitions of the exchange's Kafka topics when agora creates them, 1 to 1024
+    /// [default: 8].
+    #[arg(long, env = "AGORA_LOG_PARTITIONS")]
+    pub log_partitions: Option<u32>,
+    /// Prefix of the Kafka topic and consumer-group names, so that several deployments can
+    /// share a cluster: 1-64 of a-z, 0-9, `-`, `_` [default: agora].
+    #[arg(long, env = "AGORA_LOG_NAMESPACE")]
+    pub log_namespace: Option<String>,
+    /// The roles this process plays: `all`, or some of `api,relay,engine,settlement,market`.
+    /// With Kafka, run the writer's process (`api,relay,settlement,market`) once and
+    /// engine processes (`engine`) as many times as you like [default: all].
+    #[arg(long, env = "AGORA_ROLES")]
+    pub roles: Option<String>,
     /// Seed demo assets, symbols, funded users and a starting book if the store is empty.
     #[arg(long, env = "AGORA_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
@@ -127,6 +145,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// A server database's URL; `None` is the embedded SQLite store in `data_dir`.
     pub store_url: Option<String>,
+    /// A Kafka URL; `None` is the embedded log.
+    pub event_log_url: Option<String>,
+    pub log_partitions: u32,
+    pub log_namespace: String,
+    pub roles: agora_exchange::distributed::Roles,
     pub demo: bool,
     /// The bots' configuration, if bots run.
     pub bots: Option<agora_exchange::bots::BotConfig>,
@@ -257,6 +280,43 @@ impl ServeArgs {
                 )
             }
         };
+        let event_log_url = match self.event_log.or(file.event_log).as_deref() {
+            None | Some("embedded") => None,
+            Some(url) => {
+                anyhow::ensure!(
+                    url.starts_with("kafka://"),
+                    "event-log must be embedded or kafka://host:port,…"
+                );
+                Some(url.to_string())
+            }
+        };
+        let log_partitions = self
+            .log_partitions
+            .or(file.log_partitions)
+            .unwrap_or(agora_exchange::distributed::PARTITIONS_DEFAULT);
+        anyhow::ensure!(
+            (1..=1024).contains(&log_partitions),
+            "log-partitions must be 1 to 1024"
+        );
+        let log_namespace = self
+            .log_namespace
+            .or(file.log_namespace)
+            .unwrap_or_else(|| agora_exchange::distributed::NAMESPACE_DEFAULT.into());
+        anyhow::ensure!(
+            (1..=64).contains(&log_namespace.len())
+                && log_namespace
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b)),
+            "log-namespace must be 1-64 of a-z, 0-9, -, _"
+        );
+        let roles = match self.roles.or(file.roles) {
+            None => agora_exchange::distributed::Roles::ALL,
+            Some(text) => agora_exchange::distributed::Roles::parse(&text)
+                .map_err(|e| anyhow::anyhow!("roles: {e}"))?,
+        };
+        roles
+            .check(event_log_url.is_some())
+            .map_err(|e| anyhow::anyhow!("roles: {e}"))?;
         Ok(Settings {
             listen,
             data_dir: self
@@ -275,6 +335,10 @@ impl ServeArgs {
                     Some(url.to_string())
                 }
             },
+            event_log_url: event_log_url.clone(),
+            log_partitions,
+            log_namespace,
+            roles,
             demo: self.demo || file.demo,
             bots: {
                 let on = (self.bots || file.bots || self.demo || file.demo)

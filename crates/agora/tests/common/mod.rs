@@ -6,6 +6,8 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The binary under test. AGORA_TEST_BIN runs the suite against another build (e.g. to show
@@ -480,6 +482,193 @@ pub fn levels(v: &serde_json::Value) -> Vec<(String, String)> {
                 l[0].as_str().unwrap().to_string(),
                 l[1].as_str().unwrap().to_string(),
             )
+        })
+        .collect()
+}
+
+/// The Kafka-protocol broker of the distributed tests as a log URL, or `None` (skip) when it
+/// is not running and the suite is not under CI (see `agora_testsvc`).
+pub fn kafka_or_skip() -> Option<String> {
+    let addr = agora_testsvc::service_addr("AGORA_TEST_KAFKA", "127.0.0.1:9092");
+    agora_testsvc::require_service("Kafka-protocol broker", &addr, "scripts/services")
+        .then(|| format!("kafka://{addr}"))
+}
+
+/// A topic and group namespace of its own for each test cluster on the shared broker.
+pub fn fresh_namespace() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "e2e-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The event-log flags of one test cluster.
+pub fn kafka_args(kafka: &str, namespace: &str, partitions: u32) -> Vec<String> {
+    [
+        "--event-log",
+        kafka,
+        "--log-namespace",
+        namespace,
+        "--log-partitions",
+        &partitions.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// An engine-only process (`agora serve --roles engine`) of a test cluster.
+pub struct EngineProcess {
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl EngineProcess {
+    /// Starts an engine process on `writer`'s store with these event-log flags.
+    pub fn start(writer: &Server, log_args: &[String]) -> EngineProcess {
+        let mut args: Vec<String> = vec![
+            "--data-dir".into(),
+            writer.data_dir.display().to_string(),
+            "--store".into(),
+            writer.store.clone(),
+            "--roles".into(),
+            "engine".into(),
+        ];
+        args.extend(log_args.iter().cloned());
+        let mut e = EngineProcess { child: None, args };
+        e.boot();
+        e
+    }
+
+    fn boot(&mut self) {
+        let mut child = Command::new(agora_bin())
+            .arg("serve")
+            .args(&self.args)
+            .env("AGORA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agora engine");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("agora engine exited before running")
+                .expect("read stdout");
+            if line.starts_with("agora engine running") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL (if running), then up again.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.boot();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub const SYMBOLS: [&str; 2] = ["BASE-QUOTE", "ALT-QUOTE"];
+
+/// The test market plus a second symbol, so that the symbols' cursors differ at a crash
+/// and the restart must drop re-published inputs of the one that was further ahead.
+pub fn two_markets(s: &Server, users: usize) -> Vec<u64> {
+    let ids = market(s, users);
+    s.admin("assets", json!({"code": "ALT", "scale": 2}));
+    s.admin(
+        "symbols",
+        json!({"name": "ALT-QUOTE", "base": "ALT", "quote": "QUOTE", "tick_size": "0.01", "lot_size": "1"}),
+    );
+    for &id in &ids {
+        s.admin(
+            "deposits",
+            json!({"user_id": id, "asset": "ALT", "amount": "1000000"}),
+        );
+    }
+    ids
+}
+
+/// Places a crossing flow on both of [`two_markets`]' symbols from `threads` threads until told to stop or the server dies;
+/// returns every (user, order id) that was acknowledged with 202.
+pub fn load(
+    s: &Server,
+    users: &[u64],
+    threads: usize,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) -> Vec<std::thread::JoinHandle<Vec<(u64, u64)>>> {
+    use rand::{Rng, SeedableRng};
+    (0..threads)
+        .map(|t| {
+            let (url, users, stop) = (s.url.clone(), users.to_vec(), stop.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 100 + t as u64);
+                let mut acked = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let user = users[rng.random_range(0..users.len())];
+                    let resp = if rng.random_range(0..10) == 0 && !acked.is_empty() {
+                        let (u, id): (u64, u64) = acked[rng.random_range(0..acked.len())];
+                        http.delete(format!("{url}/api/v1/orders/{id}"))
+                            .header("x-user-id", u)
+                            .send()
+                    } else {
+                        let side = if rng.random_bool(0.5) { "BUY" } else { "SELL" };
+                        let tif = if rng.random_bool(0.3) { "IOC" } else { "GTC" };
+                        let price = format!("10.{:02}", rng.random_range(0..20));
+                        let mut body =
+                            limit(side, &price, &rng.random_range(1..30).to_string(), tif);
+                        body["symbol"] = json!(SYMBOLS[rng.random_range(0..2)]);
+                        http.post(format!("{url}/api/v1/orders"))
+                            .header("x-user-id", user)
+                            .json(&body)
+                            .send()
+                    };
+                    match resp {
+                        Ok(r) if r.status().as_u16() == 202 => {
+                            let v: Value = match r.json() {
+                                Ok(v) => v,
+                                Err(_) => break,
+                            };
+                            if v["cancel_requested"] == false {
+                                acked.push((user, v["order_id"].as_u64().unwrap()));
+                            }
+                        }
+                        Ok(r) => assert!(r.status().is_client_error(), "answered {}", r.status()),
+                        Err(_) => break, // the server died
+                    }
+                }
+                acked
+            })
         })
         .collect()
 }

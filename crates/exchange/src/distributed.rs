@@ -1,0 +1,390 @@
+//! The distributed mode: the exchange's roles as processes that meet in Kafka and the store.
+//!
+//! - **settlement** (with **relay**): the writer. It holds the `exchange-writer` role
+//!   (fenced by epoch), takes the API's requests, commits holds, orders and outbox rows,
+//!   and publishes each commit's book inputs to `agora.book-inputs` (the relay: the writer
+//!   publishes its own commits, so there is one relay per store and per-key order holds).
+//!   It consumes `agora.engine-output` and settles it exactly once: every output names the
+//!   input it answers, and an input at or below its symbol's cursor is dropped. The cursor
+//!   and both log positions (where engines and settlement resume) commit with the effects.
+//! - **engine**: members of the consumer group `agora-engine` on `agora.book-inputs`. A
+//!   member that is assigned a partition rebuilds its books from the store (the open orders
+//!   at each symbol's cursor, read in one snapshot with the partition's position) and reads
+//!   on from that position; one that loses a partition drops its books at once. Outputs go
+//!   to the same partition number of `agora.engine-output`, one per input, so settlement
+//!   sees one input partition's outputs in order. A member that lost a partition and is
+//!   still sending (a "zombie") sends what the new owner sends — the engine is deterministic
+//!   — and settlement drops whichever copy comes second.
+//! - **api** and **market** run in the writer's process in this version (the request port
+//!   and the market feed are in-process there).
+
+use crate::rules::RefData;
+use crate::sequencer::{EngineOutput, LogPosition, ShardOutput, ENGINE_CONSUMER};
+use crate::sequencer::SETTLEMENT_CONSUMER;
+use crate::shard::{AssignedBooks, BookSource, Outputs, Shard, ShardControl};
+use crate::{restore_book, StartError};
+use agora_bus::{partition_for, topics, EventLog, LogConsumer, LogError, Polled};
+use agora_core::outbox::consumer_offsets;
+use agora_core::store::{InSnapshot, ReadDatabase, StoreResult};
+use agora_kafka::{KafkaConfig, KafkaConsumer, KafkaProducer};
+
+use agora_store::queries::Loads;
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Consumer group of the engine processes on `<prefix>.book-inputs`: `<prefix>-engine`.
+pub const ENGINE_GROUP: &str = "engine";
+/// Consumer group of the settlement (writer) on `<prefix>.engine-output`:
+/// `<prefix>-settlement`.
+pub const SETTLEMENT_GROUP: &str = "settlement";
+/// The default namespace of topics and groups: `agora.book-inputs`, `agora-engine`, …
+pub const NAMESPACE_DEFAULT: &str = "agora";
+/// Partitions of the exchange's topics when agora creates them.
+pub const PARTITIONS_DEFAULT: u32 = 8;
+
+/// Which roles this process plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub relay: bool,
+    pub engine: bool,
+    pub settlement: bool,
+    pub market: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        relay: true,
+        engine: true,
+        settlement: true,
+        market: true,
+    };
+
+    /// `all`, or a comma-separated subset of `api,relay,engine,settlement,market`.
+    pub fn parse(text: &str) -> Result<Roles, String> {
+        if text.trim() == "all" {
+            return Ok(Roles::ALL);
+        }
+        let mut roles = Roles {
+            api: false,
+            relay: false,
+            engine: false,
+            settlement: false,
+            market: false,
+        };
+        for role in text.split(',').map(str::trim) {
+            let flag = match role {
+                "api" => &mut roles.api,
+                "relay" => &mut roles.relay,
+                "engine" => &mut roles.engine,
+                "settlement" => &mut roles.settlement,
+                "market" => &mut roles.market,
+                _ => {
+                    return Err(format!(
+                        "unknown role {role:?}: roles are all, or any of api, relay, engine, \
+                         settlement, market"
+                    ))
+                }
+            };
+            *flag = true;
+        }
+        Ok(roles)
+    }
+
+    /// Whether this process hosts the writer (and with it the request port).
+    pub fn writer(&self) -> bool {
+        self.settlement
+    }
+
+    /// The combinations this version runs: the writer's process (settlement with relay,
+    /// and with any of api, market, engine), and engine-only processes.
+    pub fn check(&self, distributed: bool) -> Result<(), String> {
+        if !distributed && *self != Roles::ALL {
+            return Err("roles other than all need a Kafka event log (--event-log kafka://…)".into());
+        }
+        let writer_roles = self.settlement || self.relay || self.api || self.market;
+        if writer_roles && !(self.settlement && self.relay) {
+            return Err(
+                "api, market and relay run in the writer's process: give them with settlement \
+                 and relay (e.g. --roles api,relay,settlement,market), and run engines apart \
+                 with --roles engine"
+                    .into(),
+            );
+        }
+        if !writer_roles && !self.engine {
+            return Err("no role given".into());
+        }
+        Ok(())
+    }
+}
+
+/// The Kafka side of a process: its configuration, its producer, and the partition count
+/// of the exchange's topics.
+#[derive(Clone)]
+pub struct KafkaLink {
+    pub config: Arc<KafkaConfig>,
+    pub producer: Arc<KafkaProducer>,
+    pub partitions: u32,
+    /// Names this deployment's topics and groups, so several can share a cluster.
+    pub namespace: String,
+}
+
+impl KafkaLink {
+    /// Connects, and creates the exchange's topics with `partitions` partitions unless they
+    /// exist. Existing topics keep their partition count; engine output needs at least as
+    /// many partitions as book inputs (outputs go to their input's partition number).
+    pub fn open(url: &str, partitions: u32, namespace: &str) -> Result<KafkaLink, StartError> {
+        let log_error = |what: &str, e: LogError| StartError::Log(format!("{what}: {e}"));
+        let config = KafkaConfig::from_url(url).map_err(|e| log_error("event log URL", e))?;
+        let mut counts = Vec::new();
+        let (inputs, outputs) = (
+            topic(namespace, topics::BOOK_INPUTS),
+            topic(namespace, topics::ENGINE_OUTPUT),
+        );
+        for topic in [&inputs, &outputs] {
+            let state = agora_kafka::ensure_topic(&config, topic, partitions, 1)
+                .map_err(|e| log_error(&format!("topic {topic}"), e))?;
+            counts.push(match state {
+                agora_kafka::TopicState::Created => partitions,
+                agora_kafka::TopicState::Existed { partitions } => partitions,
+            });
+        }
+        if counts[1] < counts[0] {
+            return Err(StartError::Log(format!(
+                "{outputs} has {} partitions, fewer than the {} of {inputs}",
+                counts[1], counts[0],
+            )));
+        }
+        let producer =
+            KafkaProducer::new(&config).map_err(|e| log_error("creating the producer", e))?;
+        Ok(KafkaLink {
+            config: Arc::new(config),
+            producer: Arc::new(producer),
+            partitions: counts[0],
+            namespace: namespace.to_string(),
+        })
+    }
+
+    /// This deployment's name of a topic of [`topics`].
+    pub fn topic(&self, name: &str) -> String {
+        topic(&self.namespace, name)
+    }
+
+    /// This deployment's name of a consumer group.
+    pub fn group(&self, name: &str) -> String {
+        format!("{}-{name}", self.namespace)
+    }
+
+    pub fn join(&self, group: &str, topic: &str) -> Result<KafkaConsumer, StartError> {
+        let (group, topic) = (self.group(group), self.topic(topic));
+        KafkaConsumer::join(&self.config, &group, &topic)
+            .map_err(|e| StartError::Log(format!("joining {group} on {topic}: {e}")))
+    }
+
+    pub fn log(&self, topic: &str) -> Result<Arc<dyn EventLog>, StartError> {
+        let topic = self.topic(topic);
+        let log = self
+            .producer
+            .log(&topic)
+            .map_err(|e| StartError::Log(format!("topic {topic}: {e}")))?;
+        Ok(Arc::new(log))
+    }
+}
+
+/// `topic` (an `agora.` name of [`topics`]) in `namespace`.
+fn topic(namespace: &str, topic: &str) -> String {
+    let suffix = topic.strip_prefix("agora.").unwrap_or(topic);
+    format!("{namespace}.{suffix}")
+}
+
+/// Reads the books of assigned partitions from the store.
+struct StoreBooks {
+    reader: Arc<dyn ReadDatabase>,
+    partitions: u32,
+}
+
+impl BookSource for StoreBooks {
+    fn load(&mut self, partitions: &[u32]) -> Result<AssignedBooks, String> {
+        let mut found: Option<AssignedBooks> = None;
+        let mut failed: Option<StartError> = None;
+        self.reader
+            .snapshot(&mut |snapshot| {
+                let mut q = InSnapshot(snapshot);
+                let mut loads = Loads(&mut q);
+                let refdata = RefData::new(loads.assets()?, loads.symbols()?);
+                let cursors: FxHashMap<u32, _> =
+                    loads.cursors()?.into_iter().map(|c| (c.symbol, c)).collect();
+                let mut books = FxHashMap::default();
+                let mut partition_of = FxHashMap::default();
+                for symbol in refdata.symbols.values() {
+                    let partition = partition_for(&symbol.name, self.partitions);
+                    if !partitions.contains(&partition) {
+                        continue;
+                    }
+                    let cursor = cursors.get(&symbol.id);
+                    let orders = loads.book_orders(symbol.id, cursor.map_or(0, |c| c.input_seq))?;
+                    match restore_book(&refdata, symbol, cursor, &orders) {
+                        Ok(book) => {
+                            books.insert(symbol.id, book);
+                            partition_of.insert(symbol.id, partition);
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            return Ok(());
+                        }
+                    }
+                }
+                let positions: FxHashMap<String, i64> =
+                    positions_in(&mut q, ENGINE_CONSUMER)?.into_iter().collect();
+                let resume_at = partitions
+                    .iter()
+                    .map(|&p| (p, positions.get(&p.to_string()).map_or(0, |o| o + 1)))
+                    .collect();
+                found = Some(AssignedBooks {
+                    books,
+                    partition_of,
+                    resume_at,
+                });
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = failed {
+            // Not a passing fault: the store contradicts itself. Matching on would diverge.
+            agora_core::writer::fatal("rebuilding assigned books", e);
+        }
+        found.ok_or_else(|| "the snapshot returned nothing".to_string())
+    }
+}
+
+/// `consumer`'s positions, through the queries of a snapshot.
+fn positions_in(q: &mut InSnapshot<'_>, consumer: &str) -> StoreResult<Vec<(String, i64)>> {
+    use agora_core::store::Queries;
+    q.query_rows(
+        "SELECT partition_key, position FROM consumer_offsets WHERE consumer = ?",
+        &[consumer.to_string().into()],
+    )?
+    .iter()
+    .map(|r| Ok((r.text(0)?.to_string(), r.int(1)?)))
+    .collect()
+}
+
+/// A running engine member: its thread and its control channel.
+pub struct EngineMember {
+    pub(crate) control: crossbeam_channel::Sender<ShardControl>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EngineMember {
+    /// Joins the engine group; books are rebuilt as partitions are assigned.
+    pub fn start(link: &KafkaLink, reader: Arc<dyn ReadDatabase>) -> Result<EngineMember, StartError> {
+        let consumer = link.join(ENGINE_GROUP, topics::BOOK_INPUTS)?;
+        let shard = Shard {
+            books: FxHashMap::default(),
+            outputs: Outputs::Log(link.log(topics::ENGINE_OUTPUT)?),
+            source: Some(Box::new(StoreBooks {
+                reader,
+                partitions: link.partitions,
+            })),
+            partition_of: FxHashMap::default(),
+        };
+        let (control, control_rx) = crossbeam_channel::bounded(64);
+        let thread = std::thread::Builder::new()
+            .name("engine-member".into())
+            .spawn(move || shard.run(consumer, control_rx))
+            .expect("spawn engine thread");
+        Ok(EngineMember {
+            control,
+            thread: Some(thread),
+        })
+    }
+
+    /// Leaves the group and waits for the thread.
+    pub fn stop(mut self) {
+        let _ = self.control.send(ShardControl::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub(crate) fn into_parts(mut self) -> (crossbeam_channel::Sender<ShardControl>, JoinHandle<()>) {
+        let thread = self.thread.take().expect("thread");
+        (self.control.clone(), thread)
+    }
+}
+
+/// Feeds the writer with engine output read from `agora.engine-output`, resuming where the
+/// store says settlement stopped. Runs until `stop` or until the writer is gone.
+pub(crate) fn spawn_settlement_feed(
+    link: &KafkaLink,
+    reader: Arc<dyn ReadDatabase>,
+    feedback: mpsc::UnboundedSender<ShardOutput>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, StartError> {
+    let mut consumer = link.join(SETTLEMENT_GROUP, topics::ENGINE_OUTPUT)?;
+    let thread = std::thread::Builder::new()
+        .name("settlement-feed".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) && !feedback.is_closed() {
+                match consumer.poll(Duration::from_millis(50)) {
+                    Ok(Polled::Assigned(partitions)) => {
+                        let positions = loop {
+                            match consumer_offsets(&*reader, SETTLEMENT_CONSUMER) {
+                                Ok(p) => break p,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "reading settlement positions");
+                                    std::thread::sleep(Duration::from_millis(500));
+                                }
+                            }
+                        };
+                        let positions: FxHashMap<String, i64> = positions.into_iter().collect();
+                        for p in partitions {
+                            let at = positions.get(&p.to_string()).map_or(0, |o| o + 1);
+                            if let Err(e) = consumer.seek(p, at) {
+                                agora_core::writer::fatal("seeking engine output", e);
+                            }
+                        }
+                    }
+                    Ok(Polled::Records(batch)) => {
+                        for d in batch {
+                            let mut out: EngineOutput = match serde_json::from_str(&d.record.payload)
+                            {
+                                Ok(out) => out,
+                                Err(e) => agora_core::writer::fatal(
+                                    "decoding engine output",
+                                    format!("partition {} offset {}: {e}", d.partition, d.offset),
+                                ),
+                            };
+                            out.output_position = Some(LogPosition {
+                                partition: d.partition,
+                                offset: d.offset,
+                            });
+                            if feedback.send(ShardOutput::Engine(out)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(Polled::Revoked(_) | Polled::Idle) => {}
+                    Err(LogError::Closed) => return,
+                    Err(e) => agora_core::writer::fatal("consuming engine output", e),
+                }
+            }
+        })
+        .expect("spawn settlement feed");
+    Ok(thread)
+}
+
+/// An engine-only process (`--roles engine`): joins the engine group and matches what it
+/// is assigned until stopped. It reads the store; it never writes it.
+pub fn start_engine_process(config: &crate::Config) -> Result<EngineMember, StartError> {
+    let url = config.event_log_url.as_deref().ok_or_else(|| {
+        StartError::Log("an engine process needs a Kafka event log (--event-log kafka://…)".into())
+    })?;
+    let crate::OpenStore { reader, .. } = crate::open_store(config)?;
+    let link = KafkaLink::open(url, config.log_partitions, &config.log_namespace)?;
+    EngineMember::start(&link, reader)
+}
