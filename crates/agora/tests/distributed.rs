@@ -18,13 +18,20 @@ use std::time::Duration;
 const PARTITIONS: u32 = 4;
 
 /// librdkafka settings for a test cluster: a killed engine's partitions move to the
-/// survivor within seconds, not the default 45 s session timeout.
-const FAST_GROUPS: &str = "session.timeout.ms=6000&heartbeat.interval.ms=500";
+/// survivor within seconds, not the default 45 s session timeout; and one record per
+/// record batch, because tansu 0.6.0's memory engine answers a fetch from the middle of a
+/// batch without that batch's tail (see `crates/kafka/tests/broker.rs`), and engines and
+/// settlement resume from the middle of batches after every rebalance and restart.
+const TEST_CLIENT: &str = "session.timeout.ms=6000&heartbeat.interval.ms=500&batch.num.messages=1";
 
-/// A writer process and `engines` engine processes on one fresh store and namespace.
-fn cluster(engines: usize) -> Option<(Server, Vec<EngineProcess>, Vec<String>)> {
-    let kafka = kafka_or_skip()?;
-    let log_args = kafka_args(&format!("{kafka}?{FAST_GROUPS}"), &fresh_namespace(), PARTITIONS);
+/// A writer process and `engines` engine processes on one fresh store and namespace, on
+/// the broker at `kafka` (a `kafka://` URL).
+fn cluster_on(
+    kafka: &str,
+    namespace: &str,
+    engines: usize,
+) -> (Server, Vec<EngineProcess>, Vec<String>) {
+    let log_args = kafka_args(&format!("{kafka}?{TEST_CLIENT}"), namespace, PARTITIONS);
     let mut writer_args: Vec<&str> = vec!["--roles", "api,relay,settlement,market"];
     writer_args.extend(log_args.iter().map(String::as_str));
     let writer = Server::start_with(&writer_args);
@@ -32,7 +39,30 @@ fn cluster(engines: usize) -> Option<(Server, Vec<EngineProcess>, Vec<String>)> 
         .map(|_| EngineProcess::start(&writer, &log_args))
         .collect();
     let args: Vec<String> = writer_args.iter().map(|a| a.to_string()).collect();
-    Some((writer, engines, args))
+    (writer, engines, args)
+}
+
+/// A cluster on the test broker (tansu under `scripts/services`), or `None` (skip).
+fn cluster(engines: usize) -> Option<(Server, Vec<EngineProcess>, Vec<String>)> {
+    let kafka = kafka_or_skip()?;
+    Some(cluster_on(&kafka, &fresh_namespace(), engines))
+}
+
+/// librdkafka's mock cluster, served from this test process to the agora processes, with
+/// the namespace's topics created.
+fn mock_broker(
+    namespace: &str,
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka mock cluster");
+    for topic in ["book-inputs", "engine-output"] {
+        mock.create_topic(&format!("{namespace}.{topic}"), PARTITIONS as i32, 1)
+            .expect("create topic");
+    }
+    let url = format!("kafka://{}", mock.bootstrap_servers());
+    (mock, url)
 }
 
 /// Every acknowledged order exists and is in a known status (that open ones are exactly
@@ -44,8 +74,15 @@ fn check_acked(s: &Server, acked: &[(u64, u64)]) {
         let o: Value = r.json().unwrap();
         let status = o["status"].as_str().unwrap();
         assert!(
-            ["FILLED", "CANCELED", "EXPIRED", "REJECTED", "NEW", "PARTIALLY_FILLED"]
-                .contains(&status),
+            [
+                "FILLED",
+                "CANCELED",
+                "EXPIRED",
+                "REJECTED",
+                "NEW",
+                "PARTIALLY_FILLED"
+            ]
+            .contains(&status),
             "order {id} in unknown status {status}"
         );
     }
@@ -60,7 +97,10 @@ fn orders_match_in_engine_processes_and_settle_through_the_log() {
     random_flow(&s, &users, 300, 11, 0.3);
     let report = s.assert_invariants();
     assert!(
-        s.json("/api/v1/admin/status", None)["trades"].as_u64().unwrap() > 10,
+        s.json("/api/v1/admin/status", None)["trades"]
+            .as_u64()
+            .unwrap()
+            > 10,
         "the flow should trade: {report}"
     );
     // The market read model follows the settled trades.
@@ -68,11 +108,17 @@ fn orders_match_in_engine_processes_and_settle_through_the_log() {
     assert!(!trades["trades"].as_array().unwrap().is_empty());
 }
 
+/// The cluster test runs on librdkafka's mock cluster: tansu 0.6.0's group coordinator
+/// also evicts live members now and then after a member was killed, and can leave a
+/// partition assigned to a member that is gone (seen with two clusters on one broker), so
+/// a book stops until the broker is restarted. The mock's coordinator expires a killed
+/// member after the session timeout and hands its partitions to the survivors, as Kafka's
+/// does.
 #[test]
 fn killed_engines_and_writer_lose_nothing_and_apply_nothing_twice() {
-    let Some((mut s, mut engines, writer_args)) = cluster(2) else {
-        return;
-    };
+    let namespace = fresh_namespace();
+    let (_broker, kafka) = mock_broker(&namespace);
+    let (mut s, mut engines, writer_args) = cluster_on(&kafka, &namespace, 2);
     let writer_args: Vec<&str> = writer_args.iter().map(String::as_str).collect();
     let users = two_markets(&s, 6);
     let mut acked_all: Vec<(u64, u64)> = Vec::new();
@@ -105,7 +151,10 @@ fn killed_engines_and_writer_lose_nothing_and_apply_nothing_twice() {
         acked_all.len()
     );
     assert!(
-        s.json("/api/v1/admin/status", None)["trades"].as_u64().unwrap() > 20,
+        s.json("/api/v1/admin/status", None)["trades"]
+            .as_u64()
+            .unwrap()
+            > 20,
         "the flow should trade"
     );
     // Offline, on the stopped store: the ledger and order invariants from scratch.

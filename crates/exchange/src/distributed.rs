@@ -19,8 +19,8 @@
 //!   and the market feed are in-process there).
 
 use crate::rules::RefData;
-use crate::sequencer::{EngineOutput, LogPosition, ShardOutput, ENGINE_CONSUMER};
 use crate::sequencer::SETTLEMENT_CONSUMER;
+use crate::sequencer::{EngineOutput, LogPosition, ShardOutput, ENGINE_CONSUMER};
 use crate::shard::{AssignedBooks, BookSource, Outputs, Shard, ShardControl};
 use crate::{restore_book, StartError};
 use agora_bus::{partition_for, topics, EventLog, LogConsumer, LogError, Polled};
@@ -105,7 +105,9 @@ impl Roles {
     /// and with any of api, market, engine), and engine-only processes.
     pub fn check(&self, distributed: bool) -> Result<(), String> {
         if !distributed && *self != Roles::ALL {
-            return Err("roles other than all need a Kafka event log (--event-log kafka://…)".into());
+            return Err(
+                "roles other than all need a Kafka event log (--event-log kafka://…)".into(),
+            );
         }
         let writer_roles = self.settlement || self.relay || self.api || self.market;
         if writer_roles && !(self.settlement && self.relay) {
@@ -217,8 +219,11 @@ impl BookSource for StoreBooks {
                 let mut q = InSnapshot(snapshot);
                 let mut loads = Loads(&mut q);
                 let refdata = RefData::new(loads.assets()?, loads.symbols()?);
-                let cursors: FxHashMap<u32, _> =
-                    loads.cursors()?.into_iter().map(|c| (c.symbol, c)).collect();
+                let cursors: FxHashMap<u32, _> = loads
+                    .cursors()?
+                    .into_iter()
+                    .map(|c| (c.symbol, c))
+                    .collect();
                 let mut books = FxHashMap::default();
                 let mut partition_of = FxHashMap::default();
                 for symbol in refdata.symbols.values() {
@@ -281,7 +286,10 @@ pub struct EngineMember {
 
 impl EngineMember {
     /// Joins the engine group; books are rebuilt as partitions are assigned.
-    pub fn start(link: &KafkaLink, reader: Arc<dyn ReadDatabase>) -> Result<EngineMember, StartError> {
+    pub fn start(
+        link: &KafkaLink,
+        reader: Arc<dyn ReadDatabase>,
+    ) -> Result<EngineMember, StartError> {
         let consumer = link.join(ENGINE_GROUP, topics::BOOK_INPUTS)?;
         let shard = Shard {
             books: FxHashMap::default(),
@@ -311,7 +319,9 @@ impl EngineMember {
         }
     }
 
-    pub(crate) fn into_parts(mut self) -> (crossbeam_channel::Sender<ShardControl>, JoinHandle<()>) {
+    pub(crate) fn into_parts(
+        mut self,
+    ) -> (crossbeam_channel::Sender<ShardControl>, JoinHandle<()>) {
         let thread = self.thread.take().expect("thread");
         (self.control.clone(), thread)
     }
@@ -351,14 +361,17 @@ pub(crate) fn spawn_settlement_feed(
                     }
                     Ok(Polled::Records(batch)) => {
                         for d in batch {
-                            let mut out: EngineOutput = match serde_json::from_str(&d.record.payload)
-                            {
-                                Ok(out) => out,
-                                Err(e) => agora_core::writer::fatal(
-                                    "decoding engine output",
-                                    format!("partition {} offset {}: {e}", d.partition, d.offset),
-                                ),
-                            };
+                            let mut out: EngineOutput =
+                                match serde_json::from_str(&d.record.payload) {
+                                    Ok(out) => out,
+                                    Err(e) => agora_core::writer::fatal(
+                                        "decoding engine output",
+                                        format!(
+                                            "partition {} offset {}: {e}",
+                                            d.partition, d.offset
+                                        ),
+                                    ),
+                                };
                             out.output_position = Some(LogPosition {
                                 partition: d.partition,
                                 offset: d.offset,

@@ -27,7 +27,9 @@ pub enum BookInput {
     },
     /// Distributed mode: report the book as it stands after every earlier input, for a
     /// reconciliation (the engine answers with a snapshot in its output; no effect).
-    AuditRequested { symbol: u32 },
+    AuditRequested {
+        symbol: u32,
+    },
 }
 
 impl BookInput {

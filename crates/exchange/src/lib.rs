@@ -285,7 +285,15 @@ impl Exchange {
         let log: Arc<dyn agora_bus::EventLog> = match &config.event_log_url {
             None => {
                 let log = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
-                spawn_shards(&config, &refdata, books, &log, &output_tx, &mut threads, &mut shard_control);
+                spawn_shards(
+                    &config,
+                    &refdata,
+                    books,
+                    &log,
+                    &output_tx,
+                    &mut threads,
+                    &mut shard_control,
+                );
                 Arc::new(log)
             }
             Some(url) => {
@@ -780,7 +788,10 @@ fn restore_books(
     let mut orders_of: FxHashMap<u32, Vec<&OrderRow>> = FxHashMap::default();
     for o in open_orders {
         if !refdata.symbols.contains_key(&o.symbol) {
-            return Err(StartError::Inconsistent(format!("order {} has no symbol", o.id)));
+            return Err(StartError::Inconsistent(format!(
+                "order {} has no symbol",
+                o.id
+            )));
         }
         orders_of.entry(o.symbol).or_default().push(o);
     }

@@ -29,6 +29,12 @@ pub fn ensure_topic(
         .client_config(&[])
         .create()
         .map_err(|e| broker_error("creating the Kafka admin client", e))?;
+    // A topic that exists already is left alone, without asking to create it: a deployment
+    // may give agora no right to create topics, and some brokers (librdkafka's mock) do not
+    // answer CreateTopics at all.
+    if let Some(partitions) = existing_partitions(&admin, topic)? {
+        return Ok(TopicState::Existed { partitions });
+    }
     let new_topic = NewTopic::new(
         topic,
         partitions as i32,
@@ -57,6 +63,24 @@ pub fn ensure_topic(
     })
 }
 
+/// The topic's partition count if the metadata lists it with every partition led.
+fn existing_partitions(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<Option<u32>, LogError> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|e| broker_error(&format!("reading the metadata of topic {topic}"), e))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions())
+        .filter(|ps| !ps.is_empty() && ps.iter().all(|p| p.error().is_none() && p.leader() >= 0))
+        .map(|ps| ps.len() as u32))
+}
+
 /// The topic's partition count once the metadata shows every partition with a leader.
 fn visible_partitions(
     admin: &AdminClient<DefaultClientContext>,
@@ -64,20 +88,8 @@ fn visible_partitions(
 ) -> Result<u32, LogError> {
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     loop {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-            .map_err(|e| broker_error(&format!("reading the metadata of topic {topic}"), e))?;
-        let ready = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions())
-            .filter(|ps| {
-                !ps.is_empty() && ps.iter().all(|p| p.error().is_none() && p.leader() >= 0)
-            });
-        if let Some(partitions) = ready {
-            return Ok(partitions.len() as u32);
+        if let Some(partitions) = existing_partitions(admin, topic)? {
+            return Ok(partitions);
         }
         if Instant::now() >= deadline {
             return Err(LogError::Broker(format!(

@@ -46,13 +46,16 @@ impl KafkaConsumer {
     /// from a later `poll`.
     pub fn join(config: &KafkaConfig, group: &str, topic: &str) -> Result<KafkaConsumer, LogError> {
         let consumer: BaseConsumer<GroupContext> = config
-            .client_config(&[
-                ("group.id", group),
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("allow.auto.create.topics", "false"),
-            ])
+            .config_for(
+                &[
+                    ("group.id", group),
+                    ("enable.auto.commit", "false"),
+                    ("enable.auto.offset.store", "false"),
+                    ("auto.offset.reset", "earliest"),
+                    ("allow.auto.create.topics", "false"),
+                ],
+                crate::PRODUCER_PROPERTIES,
+            )
             .create_with_context(GroupContext {
                 topic: topic.to_string(),
                 events: Mutex::new(VecDeque::new()),

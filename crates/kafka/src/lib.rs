@@ -101,17 +101,49 @@ impl KafkaConfig {
 
     /// A client configuration: the brokers, then `ours`, then the caller's settings.
     fn client_config(&self, ours: &[(&str, &str)]) -> ClientConfig {
+        self.config_for(ours, &[])
+    }
+
+    /// Like [`KafkaConfig::client_config`], leaving out the caller's settings that belong
+    /// to the other kind of client (one URL configures producers and consumers; librdkafka
+    /// would warn about each misplaced property).
+    fn config_for(&self, ours: &[(&str, &str)], not_for_this_client: &[&str]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in ours {
             config.set(*key, *value);
         }
         for (key, value) in &self.settings {
-            config.set(key, value);
+            if !not_for_this_client.contains(&key.as_str()) {
+                config.set(key, value);
+            }
         }
         config
     }
 }
+
+/// Consumer-only librdkafka properties a log URL may carry.
+const CONSUMER_PROPERTIES: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "fetch.wait.max.ms",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "partition.assignment.strategy",
+    "group.instance.id",
+];
+
+/// Producer-only librdkafka properties a log URL may carry.
+const PRODUCER_PROPERTIES: &[&str] = &[
+    "batch.num.messages",
+    "batch.size",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "queue.buffering.max.messages",
+    "compression.type",
+    "message.timeout.ms",
+];
 
 fn broker_error(context: &str, error: impl std::fmt::Display) -> LogError {
     LogError::Broker(format!("{context}: {error}"))

@@ -20,18 +20,21 @@ pub struct KafkaProducer {
 impl KafkaProducer {
     pub fn new(config: &KafkaConfig) -> Result<KafkaProducer, LogError> {
         let producer = config
-            .client_config(&[
-                // Retries keep per-partition order and write nothing twice; implies acks=all,
-                // which is also set so that reading the configuration says it.
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                // `append` waits for its acknowledgements, so a long linger is pure latency;
-                // 1 ms still gathers one append's records into one request.
-                ("linger.ms", "1"),
-                // A topic that does not exist is a deployment error, not something to create
-                // with the broker's default partition count.
-                ("allow.auto.create.topics", "false"),
-            ])
+            .config_for(
+                &[
+                    // Retries keep per-partition order and write nothing twice; implies acks=all,
+                    // which is also set so that reading the configuration says it.
+                    ("enable.idempotence", "true"),
+                    ("acks", "all"),
+                    // `append` waits for its acknowledgements, so a long linger is pure latency;
+                    // 1 ms still gathers one append's records into one request.
+                    ("linger.ms", "1"),
+                    // A topic that does not exist is a deployment error, not something to create
+                    // with the broker's default partition count.
+                    ("allow.auto.create.topics", "false"),
+                ],
+                crate::CONSUMER_PROPERTIES,
+            )
             .create_with_context(AckContext)
             .map_err(|e| broker_error("creating the Kafka producer", e))?;
         Ok(KafkaProducer { producer })

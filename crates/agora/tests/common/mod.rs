@@ -26,6 +26,11 @@ pub fn test_store_base() -> Option<String> {
         .filter(|s| !s.is_empty() && s != "sqlite")
 }
 
+/// The servers' log level: `AGORA_TEST_LOG` (e.g. `info`), else `warn`.
+pub fn test_log_level() -> String {
+    std::env::var("AGORA_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// Whether the suite runs on the embedded SQLite store (some tests edit it directly).
 pub fn on_sqlite() -> bool {
     test_store_base().is_none()
@@ -115,7 +120,7 @@ impl Server {
             .arg(&self.data_dir)
             .args(["--store", &self.store])
             .args(extra)
-            .env("AGORA_LOG", "warn")
+            .env("AGORA_LOG", test_log_level())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -335,7 +340,7 @@ pub fn reconcile_offline(s: &Server) -> (i32, Value) {
         .arg("--data-dir")
         .arg(&s.data_dir)
         .args(["--store", &s.store])
-        .env("AGORA_LOG", "warn")
+        .env("AGORA_LOG", test_log_level())
         .output()
         .expect("run agora reconcile");
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -550,7 +555,7 @@ impl EngineProcess {
         let mut child = Command::new(agora_bin())
             .arg("serve")
             .args(&self.args)
-            .env("AGORA_LOG", "warn")
+            .env("AGORA_LOG", test_log_level())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
