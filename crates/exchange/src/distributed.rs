@@ -43,6 +43,9 @@ pub const ENGINE_GROUP: &str = "engine";
 pub const SETTLEMENT_GROUP: &str = "settlement";
 /// The default namespace of topics and groups: `agora.book-inputs`, `agora-engine`, …
 pub const NAMESPACE_DEFAULT: &str = "agora";
+/// Engine outputs the settlement feed queues for the writer at most.
+const FEED_QUEUED_MAX: u64 = 65_536;
+
 /// Partitions of the exchange's topics when agora creates them.
 pub const PARTITIONS_DEFAULT: u32 = 8;
 
@@ -333,6 +336,7 @@ pub(crate) fn spawn_settlement_feed(
     link: &KafkaLink,
     reader: Arc<dyn ReadDatabase>,
     feedback: mpsc::UnboundedSender<ShardOutput>,
+    shared: Arc<crate::Shared>,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, StartError> {
     let mut consumer = link.join(SETTLEMENT_GROUP, topics::ENGINE_OUTPUT)?;
@@ -340,6 +344,12 @@ pub(crate) fn spawn_settlement_feed(
         .name("settlement-feed".into())
         .spawn(move || {
             while !stop.load(Ordering::Acquire) && !feedback.is_closed() {
+                if shared.feed_queued.load(Ordering::Acquire) >= FEED_QUEUED_MAX {
+                    // The writer is behind: leave the records in Kafka (librdkafka's own
+                    // prefetch is bounded) until it catches up.
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
                 match consumer.poll(Duration::from_millis(50)) {
                     Ok(Polled::Assigned(partitions)) => {
                         let positions = loop {
@@ -376,6 +386,7 @@ pub(crate) fn spawn_settlement_feed(
                                 partition: d.partition,
                                 offset: d.offset,
                             });
+                            shared.feed_queued.fetch_add(1, Ordering::AcqRel);
                             if feedback.send(ShardOutput::Engine(out)).is_err() {
                                 return;
                             }

@@ -112,6 +112,9 @@ pub(crate) struct Shared {
     /// Book inputs re-published from the outbox when this process started.
     pub replayed_at_start: AtomicU64,
     pub ready: AtomicBool,
+    /// Distributed: engine outputs the settlement feed has queued for the writer and the
+    /// writer has not applied yet (the feed stops reading above a bound).
+    pub feed_queued: AtomicU64,
 }
 
 impl Shared {
@@ -277,6 +280,7 @@ impl Exchange {
             trades: AtomicU64::new(0), // set by the sequencer from its counters
             replayed_at_start: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            feed_queued: AtomicU64::new(0),
         });
         let (output_tx, output_rx) = mpsc::unbounded_channel();
         let mut threads = Vec::new();
@@ -312,6 +316,7 @@ impl Exchange {
                     &link,
                     reader.clone(),
                     output_tx.clone(),
+                    shared.clone(),
                     stop_feed.clone(),
                 )?);
                 link.log(agora_bus::topics::BOOK_INPUTS)?

@@ -786,6 +786,9 @@ impl ExchangeVenue {
 
     /// Settles one output; returns the book audit it answers, to compare once committed.
     fn apply_engine_output(&mut self, core: &mut Core, mut out: EngineOutput) -> Option<BookAudit> {
+        if out.output_position.is_some() {
+            self.shared.feed_queued.fetch_sub(1, Ordering::AcqRel);
+        }
         for (consumer, position) in [
             (ENGINE_CONSUMER, out.input_position),
             (SETTLEMENT_CONSUMER, out.output_position),
