@@ -7,7 +7,9 @@ use std::time::Instant;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "kafka://127.0.0.1:9092".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "kafka://127.0.0.1:9092".into());
     let per_append: usize = args.next().map_or(10, |n| n.parse().expect("a number"));
     let config = KafkaConfig::from_url(&url).expect("log URL");
     let topic = format!("append-latency-{}", std::process::id());
@@ -19,7 +21,14 @@ fn main() {
     let mut took_us = Vec::new();
     for i in 0..200i64 {
         let records = (0..per_append as i64)
-            .map(|j| Record::new(i * 1_000 + j, "k", "Latency", "{\"padding\":\"0123456789\"}"))
+            .map(|j| {
+                Record::new(
+                    i * 1_000 + j,
+                    "k",
+                    "Latency",
+                    "{\"padding\":\"0123456789\"}",
+                )
+            })
             .collect();
         let started = Instant::now();
         log.append(0, records).expect("append");
