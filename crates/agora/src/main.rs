@@ -65,14 +65,17 @@ fn init_logging(json: bool) {
     }
 }
 
-/// A panic on the sequencer or an engine thread means the in-memory state can no longer be
-/// trusted: stop the whole process (fail-stop) and let recovery rebuild from the store.
+/// A panic on the writer, an engine, the market or the settlement feed thread means the
+/// in-memory state can no longer be trusted: stop the whole process (fail-stop) and let
+/// recovery rebuild from the store.
 fn abort_on_core_thread_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
         let name = std::thread::current().name().unwrap_or("").to_string();
-        if name == "sequencer" || name.starts_with("engine-") {
+        if ["writer", "market", "settlement-feed"].contains(&name.as_str())
+            || name.starts_with("engine-")
+        {
             std::process::abort();
         }
     }));

@@ -113,11 +113,11 @@ impl Roles {
             );
         }
         let writer_roles = self.settlement || self.relay || self.api || self.market;
-        if writer_roles && !(self.settlement && self.relay) {
+        if writer_roles && !(self.settlement && self.relay && self.api && self.market) {
             return Err(
-                "api, market and relay run in the writer's process: give them with settlement \
-                 and relay (e.g. --roles api,relay,settlement,market), and run engines apart \
-                 with --roles engine"
+                "api, market and relay run in the writer's process in this version: give them \
+                 together (--roles api,relay,settlement,market, with engine or not), and run \
+                 engines apart with --roles engine"
                     .into(),
             );
         }
@@ -357,6 +357,9 @@ pub(crate) fn spawn_settlement_feed(
                                 Ok(p) => break p,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "reading settlement positions");
+                                    if stop.load(Ordering::Acquire) || feedback.is_closed() {
+                                        return;
+                                    }
                                     std::thread::sleep(Duration::from_millis(500));
                                 }
                             }
@@ -411,4 +414,28 @@ pub fn start_engine_process(config: &crate::Config) -> Result<EngineMember, Star
     let crate::OpenStore { reader, .. } = crate::open_store(config)?;
     let link = KafkaLink::open(url, config.log_partitions, &config.log_namespace)?;
     EngineMember::start(&link, reader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_only_the_runnable_combinations_pass() {
+        assert_eq!(Roles::parse("all"), Ok(Roles::ALL));
+        let writer = Roles::parse("api,relay,settlement,market").unwrap();
+        assert!(writer.writer() && !writer.engine);
+        assert_eq!(writer.check(true), Ok(()));
+        let engine = Roles::parse("engine").unwrap();
+        assert!(!engine.writer());
+        assert_eq!(engine.check(true), Ok(()));
+        assert_eq!(Roles::ALL.check(false), Ok(()));
+        assert!(engine.check(false).is_err(), "roles apart need Kafka");
+        assert!(Roles::parse("relay,settlement")
+            .unwrap()
+            .check(true)
+            .is_err());
+        assert!(Roles::parse("api").unwrap().check(true).is_err());
+        assert!(Roles::parse("matcher").is_err());
+    }
 }

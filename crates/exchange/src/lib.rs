@@ -124,7 +124,14 @@ impl Shared {
     /// there means either the batch has not committed or its symbols are already counted.
     pub fn pending_inputs(&self) -> u64 {
         let committing = self.committing.load(Ordering::Acquire);
-        committing + self.keys_in_flight.load(Ordering::Acquire)
+        let pending = committing + self.keys_in_flight.load(Ordering::Acquire);
+        // Before the catch-up's first commit nothing is counted yet, though the store may
+        // hold unsettled inputs: never report "nothing pending" before ready.
+        if self.ready.load(Ordering::Acquire) {
+            pending
+        } else {
+            pending.max(1)
+        }
     }
 }
 

@@ -197,6 +197,19 @@ impl ExchangeVenue {
         let users = loaded.iter().map(|u| u.id).collect();
         let user_names = loaded.into_iter().map(|u| u.name).collect();
         let next = loads.counters()?;
+        // Positions only move forward, also across restarts: an output replayed after one
+        // carries an older position than the one stored.
+        let mut positions = FxHashMap::default();
+        for consumer in [ENGINE_CONSUMER, SETTLEMENT_CONSUMER] {
+            for row in loads.0.query(
+                "SELECT partition_key, position FROM consumer_offsets WHERE consumer = ?",
+                &[consumer.into()],
+            )? {
+                if let Ok(partition) = row.text(0)?.parse::<u32>() {
+                    positions.insert((consumer, partition), row.int(1)?);
+                }
+            }
+        }
         shared
             .trades
             .store(next.max_trade_seq as u64, Ordering::Release);
@@ -224,7 +237,7 @@ impl ExchangeVenue {
             candles,
             last_trade_ms,
             feed,
-            positions: FxHashMap::default(),
+            positions,
             audits: FxHashMap::default(),
             next,
             write: Changes::default(),
@@ -396,6 +409,9 @@ impl ExchangeVenue {
                     let _ = reply.send(BookVerdict::NotCompared("no such symbol".into()));
                     return;
                 }
+                // Audits nobody waits for any more (no engine answered in time) let go of
+                // their in-flight mark here, so the next reconciliation can ask again.
+                self.audits.retain(|_, (reply, _)| !reply.is_closed());
                 let seq = self.append_outbox(core, &BookInput::AuditRequested { symbol });
                 self.audits.insert(seq, (reply, in_flight));
             }
@@ -817,7 +833,12 @@ impl ExchangeVenue {
                 ),
             );
         }
-        let symbol = self.refdata.symbols[&out.symbol].clone();
+        let Some(symbol) = self.refdata.symbols.get(&out.symbol).cloned() else {
+            fatal(
+                "settling engine output",
+                format!("output for unknown symbol {}", out.symbol),
+            );
+        };
         let spec = self.refdata.book_spec(&symbol);
         let last = self.last_trade_ms.get(&symbol.id).copied().unwrap_or(0);
         let now = core.now_ms().max(last);

@@ -258,7 +258,7 @@ impl Shard {
             };
             let symbol = input.symbol();
             if per_input || current.as_ref().is_some_and(|(_, o)| o.symbol != symbol) {
-                done.extend(current.take());
+                done.extend(current.take().map(|run| self.close_run(run)));
             }
             if let BookInput::SymbolListed {
                 base_unit,
@@ -316,21 +316,12 @@ impl Shard {
             out.last_input_seq = record.seq;
             out.next_trade_id = state.book.next_trade_id();
         }
-        done.extend(current.take());
+        done.extend(current.take().map(|run| self.close_run(run)));
         if per_input {
             // A duplicate reports nothing: this book may be ahead of what settlement has
             // applied (outputs in flight), and a run of duplicates reported "at the cursor"
             // would move settlement's cursor past them.
-            done.retain(|(_, out)| out.last_input_seq != 0);
-        }
-        for (_, out) in done.iter_mut() {
-            if out.last_input_seq == 0 {
-                // Only duplicates: report them as consumed, at the cursor already committed.
-                let state = &self.books[&out.symbol];
-                out.first_input_seq = state.input_seq;
-                out.last_input_seq = state.input_seq;
-                out.next_trade_id = state.book.next_trade_id();
-            }
+            done.retain(|(_, out)| out.first_input_seq != 0);
         }
         match &self.outputs {
             // The writer outlives the shards; if it is gone the process is stopping.
@@ -339,6 +330,23 @@ impl Shard {
             }),
             Outputs::Log(log) => append_outputs(&**log, done),
         }
+    }
+}
+
+impl Shard {
+    /// Ends a run of one symbol's inputs. A run of only duplicates reports them consumed at
+    /// the book's cursor *now* — not at the end of the poll's batch, when a later run of
+    /// the same symbol may have moved the cursor past inputs whose output has not been sent
+    /// yet (settlement would then drop that output as already applied).
+    fn close_run(&self, (partition, mut out): (u32, EngineOutput)) -> (u32, EngineOutput) {
+        if out.last_input_seq == 0 {
+            let state = &self.books[&out.symbol];
+            out.last_input_seq = state.input_seq;
+            out.next_trade_id = state.book.next_trade_id();
+            // first_input_seq stays 0: nothing here has effects (and per-input mode drops it).
+            out.first_input_seq = 0;
+        }
+        (partition, out)
     }
 }
 
@@ -370,8 +378,12 @@ mod tests {
     use agora_engine::{Event, NewOrder, OrderKind, SelfTradePrevention, Side, TimeInForce};
 
     fn accepted(offset: i64, id: u64) -> Delivered {
+        accepted_on(7, offset, id)
+    }
+
+    fn accepted_on(symbol: u32, offset: i64, id: u64) -> Delivered {
         let input = BookInput::OrderAccepted {
-            symbol: 7,
+            symbol,
             order: NewOrder {
                 id,
                 user: 1,
@@ -450,9 +462,40 @@ mod tests {
         let (mut shard, mut rx) = shard_at(5);
         shard.apply(vec![accepted(4, 1), accepted(5, 2)]);
         let out = next_engine_output(&mut rx);
-        assert_eq!((out.first_input_seq, out.last_input_seq), (5, 5));
+        assert_eq!((out.first_input_seq, out.last_input_seq), (0, 5));
         assert!(out.events.is_empty());
         assert!(shard.books[&7].book.is_empty());
+    }
+
+    /// A run of duplicates is reported at the cursor the book had when the run ended: the
+    /// same poll may bring later inputs of the symbol, and reporting the dup run at the
+    /// cursor they move to would make settlement drop their output as already applied
+    /// (found by the fast-bots crash test: crossed books after a restart).
+    #[test]
+    fn a_run_of_duplicates_reports_the_cursor_at_its_end_not_the_batchs() {
+        let (mut shard, mut rx) = shard_at(2);
+        shard.books.insert(
+            8,
+            ShardBook {
+                book: Book::new(BookSpec {
+                    base_unit: 1,
+                    lot_size: 1,
+                }),
+                input_seq: 0,
+            },
+        );
+        shard.apply(vec![
+            accepted_on(7, 2, 1),
+            accepted_on(8, 3, 2),
+            accepted_on(7, 4, 3),
+        ]);
+        let outs: Vec<(u32, i64, i64)> = (0..3)
+            .map(|_| {
+                let o = next_engine_output(&mut rx);
+                (o.symbol, o.first_input_seq, o.last_input_seq)
+            })
+            .collect();
+        assert_eq!(outs, vec![(7, 0, 2), (8, 3, 3), (7, 4, 4)]);
     }
 
     #[test]

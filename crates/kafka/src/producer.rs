@@ -25,6 +25,9 @@ impl KafkaProducer {
                     // Retries keep per-partition order and write nothing twice; implies acks=all,
                     // which is also set so that reading the configuration says it.
                     ("enable.idempotence", "true"),
+                    // A record that cannot be delivered fails the producer instead of leaving a
+                    // gap that later records of the same partition would close over.
+                    ("enable.gapless.guarantee", "true"),
                     ("acks", "all"),
                     // `append` waits for its acknowledgements, so a long linger is pure latency;
                     // 1 ms still gathers one append's records into one request.
