@@ -116,18 +116,34 @@ pub async fn start(exchange: &Exchange, config: BotConfig) -> crate::ExchangeRes
         .collect();
     symbols.sort_by_key(|s| s.id);
     for symbol in symbols {
-        let Some(reference) = reference_price(exchange, &symbol) else {
-            tracing::info!(symbol = %symbol.name, "no price to follow yet; no bots");
-            continue;
-        };
         let (exchange, config, stop) = (exchange.clone(), config.clone(), stop.clone());
         let (maker, taker) = (users[0], users[1]);
         tokio::spawn(async move {
+            // A symbol's bots start once it has a price to follow: a trade, or a quote in
+            // the book. Orders just placed get there once an engine has matched them — in
+            // distributed mode the engine processes may start after this one.
+            let mut announced = false;
+            let reference = loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Some(price) = reference_price(&exchange, &symbol) {
+                    break price;
+                }
+                if !announced {
+                    tracing::info!(symbol = %symbol.name, "no price to follow yet; bots wait");
+                    announced = true;
+                }
+                tokio::time::sleep(PRICE_POLL).await;
+            };
             run_symbol(exchange, config, stop, symbol, reference, maker, taker).await;
         });
     }
     Ok(Bots { stop })
 }
+
+/// How often a symbol without a price is looked at again.
+const PRICE_POLL: Duration = Duration::from_millis(200);
 
 fn reference_price(exchange: &Exchange, symbol: &SymbolRow) -> Option<i64> {
     let m = exchange.market().symbol(symbol.id)?;
