@@ -68,12 +68,13 @@ pub fn put_consumer_offset(b: &mut WriteBatch, consumer: &str, partition_key: &s
     );
 }
 
-/// Every position `consumer` has committed, by partition key.
+/// Every position `consumer` has committed, by partition key: on the writer's connection
+/// or in a snapshot (see [`crate::store::Queries`]).
 pub fn consumer_offsets(
-    db: &dyn crate::store::ReadDatabase,
+    q: &mut (impl crate::store::Queries + ?Sized),
     consumer: &str,
 ) -> StoreResult<Vec<(String, i64)>> {
-    db.query(
+    q.query_rows(
         "SELECT partition_key, position FROM consumer_offsets WHERE consumer = ?",
         &[consumer.to_string().into()],
     )?

@@ -25,7 +25,7 @@ use crate::shard::{AssignedBooks, BookSource, Outputs, Shard, ShardControl};
 use crate::{restore_book, StartError};
 use agora_bus::{partition_for, topics, EventLog, LogConsumer, LogError, Polled};
 use agora_core::outbox::consumer_offsets;
-use agora_core::store::{InSnapshot, ReadDatabase, StoreResult};
+use agora_core::store::{InSnapshot, ReadDatabase};
 use agora_kafka::{KafkaConfig, KafkaConsumer, KafkaProducer};
 
 use agora_store::queries::Loads;
@@ -247,8 +247,9 @@ impl BookSource for StoreBooks {
                         }
                     }
                 }
-                let positions: FxHashMap<String, i64> =
-                    positions_in(&mut q, ENGINE_CONSUMER)?.into_iter().collect();
+                let positions: FxHashMap<String, i64> = consumer_offsets(&mut q, ENGINE_CONSUMER)?
+                    .into_iter()
+                    .collect();
                 let resume_at = partitions
                     .iter()
                     .map(|&p| (p, positions.get(&p.to_string()).map_or(0, |o| o + 1)))
@@ -267,18 +268,6 @@ impl BookSource for StoreBooks {
         }
         found.ok_or_else(|| "the snapshot returned nothing".to_string())
     }
-}
-
-/// `consumer`'s positions, through the queries of a snapshot.
-fn positions_in(q: &mut InSnapshot<'_>, consumer: &str) -> StoreResult<Vec<(String, i64)>> {
-    use agora_core::store::Queries;
-    q.query_rows(
-        "SELECT partition_key, position FROM consumer_offsets WHERE consumer = ?",
-        &[consumer.to_string().into()],
-    )?
-    .iter()
-    .map(|r| Ok((r.text(0)?.to_string(), r.int(1)?)))
-    .collect()
 }
 
 /// A running engine member: its thread and its control channel.
@@ -353,8 +342,13 @@ pub(crate) fn spawn_settlement_feed(
                 match consumer.poll(Duration::from_millis(50)) {
                     Ok(Polled::Assigned(partitions)) => {
                         let positions = loop {
-                            match consumer_offsets(&*reader, SETTLEMENT_CONSUMER) {
-                                Ok(p) => break p,
+                            let mut found = Vec::new();
+                            let read = reader.snapshot(&mut |s| {
+                                found = consumer_offsets(&mut InSnapshot(s), SETTLEMENT_CONSUMER)?;
+                                Ok(())
+                            });
+                            match read {
+                                Ok(()) => break found,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "reading settlement positions");
                                     if stop.load(Ordering::Acquire) || feedback.is_closed() {

@@ -20,7 +20,7 @@ use crate::settlement::settle_trade;
 use crate::shard::{BookAudit, BookSnapshot, InFlight};
 use crate::Shared;
 use agora_core::accounts::{BalanceRow, PostError};
-use agora_core::outbox::{put_consumer_offset, OutboxRow};
+use agora_core::outbox::{consumer_offsets, put_consumer_offset, OutboxRow};
 use agora_core::writer::{fatal, Core, Venue};
 use agora_core::{Database, WriteBatch};
 use agora_engine::{DoneReason, Event, NewOrder, Side};
@@ -201,12 +201,9 @@ impl ExchangeVenue {
         // carries an older position than the one stored.
         let mut positions = FxHashMap::default();
         for consumer in [ENGINE_CONSUMER, SETTLEMENT_CONSUMER] {
-            for row in loads.0.query(
-                "SELECT partition_key, position FROM consumer_offsets WHERE consumer = ?",
-                &[consumer.into()],
-            )? {
-                if let Ok(partition) = row.text(0)?.parse::<u32>() {
-                    positions.insert((consumer, partition), row.int(1)?);
+            for (partition, position) in consumer_offsets(&mut *loads.0, consumer)? {
+                if let Ok(partition) = partition.parse::<u32>() {
+                    positions.insert((consumer, partition), position);
                 }
             }
         }
