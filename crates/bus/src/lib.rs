@@ -152,6 +152,20 @@ pub trait EventLog: Send + Sync {
     /// holds them (the broker has acknowledged them). Blocks while the partition is full:
     /// backpressure reaches the producer instead of memory growing.
     fn append(&self, partition: u32, records: Vec<Record>) -> Result<(), LogError>;
+
+    /// Queues records (already in `seq` order) behind everything appended to `partition`
+    /// before, and returns without waiting for the log to acknowledge them: a pipelined
+    /// producer (the writer's relay, an engine's output) goes on with its next batch while
+    /// this one is on the wire. Order per partition holds as with [`EventLog::append`].
+    ///
+    /// An error returned here means nothing of `records` was queued. A record that was
+    /// queued and then fails to be delivered ends the process: its producer has moved on,
+    /// and only a restart from the store (the relay re-publishes everything past its
+    /// position; an engine resumes from the positions settlement committed) can put the
+    /// records back in order. Blocks while the producer's queue is full.
+    fn append_queued(&self, partition: u32, records: Vec<Record>) -> Result<(), LogError> {
+        self.append(partition, records)
+    }
 }
 
 /// One member of a consumer group on one topic.

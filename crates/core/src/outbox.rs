@@ -265,8 +265,11 @@ impl Outbox {
         }
         let mut partitions: Vec<_> = by_partition.into_iter().collect();
         partitions.sort_by_key(|(p, _)| *p);
+        // Queued, not waited for: the commit already made the rows durable, so the writer
+        // goes on with its next batch while these are on the wire (a failed delivery ends
+        // the process and the restart re-publishes from the relay position).
         for (partition, records) in partitions {
-            log.append(partition, records)?;
+            log.append_queued(partition, records)?;
         }
         Ok(())
     }

@@ -404,8 +404,9 @@ impl<V: Venue> Writer<V> {
         }
         let events = self.core.outbox.take_committed();
         self.venue.durable(balances);
-        // Publish before replying: once a caller holds its answer, the consumers have the
-        // events it caused.
+        // Publish before replying: once a caller holds its answer, the events it caused are
+        // with the consumers (an embedded log) or queued for the broker in commit order (a
+        // Kafka log, whose acknowledgements the next batch does not wait for).
         self.publish(events);
         let keys = self.keys_in_flight();
         self.venue.in_flight(keys);

@@ -366,7 +366,10 @@ fn append_outputs(log: &dyn EventLog, outputs: Vec<(u32, EngineOutput)>) {
         ));
     }
     for (partition, records) in by_partition {
-        if let Err(e) = log.append(partition, records) {
+        // Queued: the engine matches its next inputs while these are on the wire. Settlement
+        // commits the engine's position with the effects, so a lost output is matched again
+        // by whoever resumes the partition.
+        if let Err(e) = log.append_queued(partition, records) {
             agora_core::writer::fatal("appending engine output", e);
         }
     }

@@ -29,8 +29,8 @@ impl KafkaProducer {
                     // gap that later records of the same partition would close over.
                     ("enable.gapless.guarantee", "true"),
                     ("acks", "all"),
-                    // `append` waits for its acknowledgements, so a long linger is pure latency;
-                    // 1 ms still gathers one append's records into one request.
+                    // Appends go out at once (pipelined or waited for), so a long linger is pure
+                    // latency; 1 ms still gathers one append's records into one request.
                     ("linger.ms", "1"),
                     // A topic that does not exist is a deployment error, not something to create
                     // with the broker's default partition count.
@@ -93,6 +93,35 @@ impl EventLog for KafkaLog {
     /// acknowledged all of them (or one failed: then the error, and the caller appends the
     /// batch again; records already written come twice and consumers drop them by `seq`).
     fn append(&self, partition: u32, records: Vec<Record>) -> Result<(), LogError> {
+        let Some(acks) = self.enqueue(partition, &records, Delivery::Awaited)? else {
+            return Ok(());
+        };
+        acks.wait().map_err(|e| {
+            LogError::Broker(format!(
+                "delivering to {} partition {partition}: {e}",
+                self.topic
+            ))
+        })
+    }
+
+    /// Enqueues the records and returns: the delivery reports arrive on librdkafka's thread,
+    /// and a failed one ends the process (see [`EventLog::append_queued`]). The producer is
+    /// idempotent with the gapless guarantee, so records queued later on the partition are
+    /// never written past a failed one.
+    fn append_queued(&self, partition: u32, records: Vec<Record>) -> Result<(), LogError> {
+        self.enqueue(partition, &records, Delivery::Queued)
+            .map(drop)
+    }
+}
+
+impl KafkaLog {
+    /// Hands the records to librdkafka in order; `None` when there were none.
+    fn enqueue(
+        &self,
+        partition: u32,
+        records: &[Record],
+        delivery: Delivery,
+    ) -> Result<Option<Arc<Acks>>, LogError> {
         if partition >= self.partitions {
             return Err(LogError::NoSuchPartition {
                 partition,
@@ -100,10 +129,10 @@ impl EventLog for KafkaLog {
             });
         }
         if records.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let acks = Arc::new(Acks::expecting(records.len()));
-        for record in &records {
+        let acks = Arc::new(Acks::expecting(records.len(), delivery));
+        for record in records {
             let seq = record.seq.to_string();
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header {
@@ -136,12 +165,7 @@ impl EventLog for KafkaLog {
                 }
             }
         }
-        acks.wait().map_err(|e| {
-            LogError::Broker(format!(
-                "delivering to {} partition {partition}: {e}",
-                self.topic
-            ))
-        })
+        Ok(Some(acks))
     }
 }
 
@@ -158,10 +182,20 @@ impl ProducerContext for AckContext {
     }
 }
 
-/// The acknowledgements one `append` waits for.
+/// Who learns of a delivery's outcome.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// `append`, waiting on [`Acks::wait`].
+    Awaited,
+    /// `append_queued`: nobody waits, so a failure stops the process.
+    Queued,
+}
+
+/// The acknowledgements of one append.
 struct Acks {
     state: Mutex<AckState>,
     done: Condvar,
+    delivery: Delivery,
 }
 
 struct AckState {
@@ -170,8 +204,9 @@ struct AckState {
 }
 
 impl Acks {
-    fn expecting(pending: usize) -> Acks {
+    fn expecting(pending: usize, delivery: Delivery) -> Acks {
         Acks {
+            delivery,
             state: Mutex::new(AckState {
                 pending,
                 first_error: None,
@@ -181,6 +216,12 @@ impl Acks {
     }
 
     fn report(&self, error: Option<String>) {
+        if let (Delivery::Queued, Some(e)) = (self.delivery, &error) {
+            // The producer moved on past this record; a restart re-publishes it in order.
+            tracing::error!(error = %e, "a queued record was not delivered; stopping");
+            eprintln!("fatal: a queued record was not delivered: {e}");
+            std::process::abort();
+        }
         let mut state = self.state.lock().expect("acks lock");
         state.pending -= 1;
         if state.first_error.is_none() {
