@@ -40,8 +40,18 @@ pub(crate) enum Step<'b> {
     },
 }
 
+/// How a table's rows are split into statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sizing {
+    /// One placeholder per value: statements of power-of-two row counts (see [`chunks`]).
+    PowersOfTwo,
+    /// The rows travel as one parameter (PostgreSQL's [`json_insert_sql`]): the statement is
+    /// the same whatever the count, so one carries up to [`ROWS_MAX`] rows.
+    OneParameter,
+}
+
 /// The statements that apply `batch`, in order.
-pub(crate) fn plan(batch: &WriteBatch) -> Vec<Step<'_>> {
+pub(crate) fn plan(batch: &WriteBatch, sizing: Sizing) -> Vec<Step<'_>> {
     let mut steps = Vec::new();
     // The tables put since the last `Exec`, in order of first appearance.
     let mut pending: Vec<(&'static Table, Vec<&[Value]>)> = Vec::new();
@@ -55,7 +65,7 @@ pub(crate) fn plan(batch: &WriteBatch) -> Vec<Step<'_>> {
                 }
             }
             Write::Exec { sql, .. } => {
-                flush(&mut pending, &mut steps);
+                flush(&mut pending, &mut steps, sizing);
                 steps.push(Step::Exec {
                     sql,
                     params: values,
@@ -63,11 +73,15 @@ pub(crate) fn plan(batch: &WriteBatch) -> Vec<Step<'_>> {
             }
         }
     }
-    flush(&mut pending, &mut steps);
+    flush(&mut pending, &mut steps, sizing);
     steps
 }
 
-fn flush<'b>(pending: &mut Vec<(&'static Table, Vec<&'b [Value]>)>, steps: &mut Vec<Step<'b>>) {
+fn flush<'b>(
+    pending: &mut Vec<(&'static Table, Vec<&'b [Value]>)>,
+    steps: &mut Vec<Step<'b>>,
+    sizing: Sizing,
+) {
     for (table, mut rows) in pending.drain(..) {
         if table.update.is_empty() {
             // Stable: duplicates stay in the statement, and the database refuses them.
@@ -76,10 +90,22 @@ fn flush<'b>(pending: &mut Vec<(&'static Table, Vec<&'b [Value]>)>, steps: &mut 
             let last: BTreeMap<Key, &[Value]> = rows.iter().map(|r| (key(table, r), *r)).collect();
             rows = last.into_values().collect();
         }
-        for chunk in chunks(rows.len(), rows_max(table)) {
-            let rest = rows.split_off(chunk);
-            steps.push(Step::Rows { table, rows });
-            rows = rest;
+        match sizing {
+            Sizing::PowersOfTwo => {
+                for chunk in chunks(rows.len(), rows_max(table)) {
+                    let rest = rows.split_off(chunk);
+                    steps.push(Step::Rows { table, rows });
+                    rows = rest;
+                }
+            }
+            Sizing::OneParameter => {
+                while rows.len() > ROWS_MAX {
+                    let rest = rows.split_off(ROWS_MAX);
+                    steps.push(Step::Rows { table, rows });
+                    rows = rest;
+                }
+                steps.push(Step::Rows { table, rows });
+            }
         }
     }
 }
@@ -124,6 +150,72 @@ fn key<'b>(table: &Table, row: &'b [Value]) -> Key<'b> {
             Value::Static(s) => KeyPart::Text(s),
         })
         .collect()
+}
+
+/// PostgreSQL's insert of any number of rows of `table` as one JSON array of objects keyed
+/// by column name (see [`json_rows`]), the same upsert or plain insert as [`insert_sql`].
+/// `json_populate_recordset` converts each field to the column's type, so the statement is
+/// one text for every batch size: one round trip per table however large the batch, where
+/// one placeholder per value needs a statement per power of two.
+pub(crate) fn json_insert_sql(table: &Table) -> String {
+    let quote = |c: &str| format!("\"{c}\"");
+    let columns: Vec<String> = table.columns.iter().map(|c| quote(c)).collect();
+    let columns = columns.join(", ");
+    let mut sql = format!(
+        "INSERT INTO {name} ({columns}) SELECT {columns} FROM json_populate_recordset(NULL::{name}, $1::json)",
+        name = quote(table.name),
+    );
+    if !table.update.is_empty() {
+        let key: Vec<String> = table.key().iter().map(|c| quote(c)).collect();
+        let set: Vec<String> = table
+            .update
+            .iter()
+            .map(|c| format!("{0} = excluded.{0}", quote(c)))
+            .collect();
+        sql += &format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            key.join(", "),
+            set.join(", ")
+        );
+    }
+    sql
+}
+
+/// The argument of [`json_insert_sql`]: `rows` as a JSON array of objects keyed by column.
+pub(crate) fn json_rows(table: &Table, rows: &[&[Value]]) -> String {
+    use std::fmt::Write as _;
+    // Written straight into one string (strings escaped by serde_json): a batch can carry
+    // thousands of rows, and a tree of `serde_json::Value`s would allocate per field.
+    let keys: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| serde_json::to_string(c).expect("a str serializes"))
+        .collect();
+    let mut json = String::with_capacity(rows.len() * table.columns.len() * 16 + 2);
+    json.push('[');
+    for (i, row) in rows.iter().enumerate() {
+        json.push_str(if i == 0 { "{" } else { ",{" });
+        for (j, (key, value)) in keys.iter().zip(row.iter()).enumerate() {
+            if j > 0 {
+                json.push(',');
+            }
+            json.push_str(key);
+            json.push(':');
+            match value {
+                Value::Null => json.push_str("null"),
+                Value::Int(v) => write!(json, "{v}").expect("writing to a String"),
+                Value::Text(s) => {
+                    json.push_str(&serde_json::to_string(s).expect("a str serializes"))
+                }
+                Value::Static(s) => {
+                    json.push_str(&serde_json::to_string(s).expect("a str serializes"))
+                }
+            }
+        }
+        json.push('}');
+    }
+    json.push(']');
+    json
 }
 
 /// The insert of `rows` rows of `table` in `dialect`: an upsert of the `update` columns
@@ -251,7 +343,7 @@ mod tests {
         b.put(&ITEMS, item(1, 1));
         b.put(&EVENTS, event("a", 1));
         assert_eq!(
-            shape(&plan(&b)),
+            shape(&plan(&b, Sizing::PowersOfTwo)),
             [
                 ("items".into(), vec![1i64.into(), 2i64.into()]),
                 ("events".into(), vec!["a".into(), "b".into()]),
@@ -267,7 +359,7 @@ mod tests {
         b.put(&ITEMS, item(1, 2));
         b.put(&EVENTS, event("a", 1));
         assert_eq!(
-            shape(&plan(&b)),
+            shape(&plan(&b, Sizing::PowersOfTwo)),
             [
                 ("items".into(), vec![1i64.into()]),
                 ("DELETE FROM items WHERE id = ?".into(), vec![1i64.into()]),
@@ -284,7 +376,7 @@ mod tests {
         b.put(&ITEMS, item(1, 2));
         b.put(&EVENTS, event("a", 1));
         b.put(&EVENTS, [Value::Text("a".into()), 1i64.into(), Value::Null]);
-        let steps = plan(&b);
+        let steps = plan(&b, Sizing::PowersOfTwo);
         let Step::Rows { rows, .. } = &steps[0] else {
             panic!("{steps:?}")
         };
@@ -325,7 +417,7 @@ mod tests {
         for id in 0..1_000 {
             b.put(&ITEMS, item(id, 1));
         }
-        let sizes: Vec<usize> = plan(&b)
+        let sizes: Vec<usize> = plan(&b, Sizing::PowersOfTwo)
             .iter()
             .map(|s| match s {
                 Step::Rows { rows, .. } => rows.len(),
@@ -364,6 +456,54 @@ mod tests {
         };
         assert!(insert_sql(Dialect::Mysql, &pair, 1)
             .contains("`a` = IF(`a` = VALUES(`a`) AND `b` = VALUES(`b`), `a`, NULL)"));
+    }
+
+    #[test]
+    fn postgres_takes_any_number_of_rows_as_one_json_parameter() {
+        let mut b = WriteBatch::default();
+        for id in 0..1_500 {
+            b.put(&ITEMS, item(id, 1));
+        }
+        let sizes: Vec<usize> = plan(&b, Sizing::OneParameter)
+            .iter()
+            .map(|s| match s {
+                Step::Rows { rows, .. } => rows.len(),
+                Step::Exec { .. } => 0,
+            })
+            .collect();
+        assert_eq!(sizes, vec![ROWS_MAX, 1_500 - ROWS_MAX]);
+        assert_eq!(
+            json_insert_sql(&EVENTS),
+            "INSERT INTO \"events\" (\"stream\", \"n\", \"body\") SELECT \"stream\", \"n\", \"body\" \
+             FROM json_populate_recordset(NULL::\"events\", $1::json)"
+        );
+        assert!(json_insert_sql(&ITEMS)
+            .ends_with(" ON CONFLICT (\"id\") DO UPDATE SET \"qty\" = excluded.\"qty\""));
+    }
+
+    #[test]
+    fn json_rows_escape_text_and_keep_integers_exact() {
+        let row = [
+            Value::Static("a\"b"),
+            Value::Int(i64::MAX),
+            Value::Text("line\nbreak \\ ' quote".into()),
+        ];
+        let json = json_rows(
+            &EVENTS,
+            &[&row, &[Value::Null, Value::Int(-1), Value::Null]],
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!([
+                {"stream": "a\"b", "n": i64::MAX, "body": "line\nbreak \\ ' quote"},
+                {"stream": null, "n": -1, "body": null},
+            ])
+        );
+        assert!(
+            json.contains(&i64::MAX.to_string()),
+            "integers are written exactly"
+        );
     }
 
     #[test]

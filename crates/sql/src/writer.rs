@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agora_core::store::{Fence, Migration, Row, StoreError, StoreResult, Table, Value, WriteBatch};
+use agora_core::store::{
+    Dialect, Fence, Migration, Row, StoreError, StoreResult, Table, Value, WriteBatch,
+};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, TryStreamExt};
 use sqlx::{ConnectOptions, Connection};
@@ -14,7 +16,7 @@ use tokio::sync::Mutex;
 use crate::backend::{Backend, Conn, Options};
 use crate::bridge::{Bridge, RowSink, ROWS_PER_CHUNK};
 use crate::error::{sql, Failure};
-use crate::plan::{insert_sql, plan, Step};
+use crate::plan::{insert_sql, json_insert_sql, json_rows, plan, Sizing, Step};
 
 /// How long opening a connection may take before the operation fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,7 +31,7 @@ pub(crate) struct Writer<B: Backend> {
     /// mutex because the operations that use it run on the bridge's runtime; the writer is
     /// used from one thread, so the mutex is never contended.
     conn: Arc<Mutex<Option<Conn<B>>>>,
-    /// Statement texts, built once: multi-row inserts by (table, rows), portable `Exec`s
+    /// Statement texts, built once: inserts by (table, rows; 0 for a JSON insert), `Exec`s
     /// in this dialect.
     inserts: HashMap<(usize, usize), Arc<str>>,
     execs: HashMap<&'static str, Arc<str>>,
@@ -126,9 +128,30 @@ impl<B: Backend> Writer<B> {
 
     /// The batch's statements with their arguments, built on the caller's thread.
     fn statements(&mut self, batch: &WriteBatch) -> StoreResult<Vec<Statement<B>>> {
-        plan(batch)
+        // PostgreSQL takes a table's rows as one JSON parameter: one statement per table.
+        // MySQL has no such conversion without spelling every column's type, so it gets
+        // multi-row inserts with a placeholder per value.
+        let sizing = match B::DIALECT {
+            Dialect::Postgres => Sizing::OneParameter,
+            _ => Sizing::PowersOfTwo,
+        };
+        plan(batch, sizing)
             .into_iter()
             .map(|step| match step {
+                Step::Rows { table, rows } if sizing == Sizing::OneParameter => {
+                    let sql = self
+                        .inserts
+                        .entry((std::ptr::from_ref::<Table>(table) as usize, 0))
+                        .or_insert_with(|| json_insert_sql(table).into())
+                        .clone();
+                    let mut args = B::Args::default();
+                    B::bind(&mut args, &Value::Text(json_rows(table, &rows)))?;
+                    Ok(Statement {
+                        sql,
+                        args,
+                        doing: Doing::Insert(table),
+                    })
+                }
                 Step::Rows { table, rows } => {
                     let sql = self
                         .inserts
