@@ -3,7 +3,10 @@
 //! (`AGORA_TEST_KAFKA`, default 127.0.0.1:9092) and the store the suite runs on
 //! (`AGORA_TEST_STORE`: SQLite, PostgreSQL or MariaDB). Each test cluster has topics and
 //! consumer groups of its own (`--log-namespace`). Without a broker these tests fail under
-//! `CI=true` and skip with a hint otherwise.
+//! `CI=true` and skip with a hint otherwise. The writer keeps its idempotency records in
+//! Redis (`AGORA_TEST_REDIS`, under the cluster's namespace as key prefix), so a keyed
+//! request is still answered once across the writer's restarts; without Redis (outside CI)
+//! the clusters use the in-process cache and the cases that need Redis are skipped.
 
 mod common;
 use common::*;
@@ -34,12 +37,50 @@ fn cluster_on(
     let log_args = kafka_args(&format!("{kafka}?{TEST_CLIENT}"), namespace, PARTITIONS);
     let mut writer_args: Vec<&str> = vec!["--roles", "api,relay,settlement,market"];
     writer_args.extend(log_args.iter().map(String::as_str));
+    let cache_args = redis_cache_args(namespace);
+    writer_args.extend(cache_args.iter().map(String::as_str));
     let writer = Server::start_with(&writer_args);
     let engines = (0..engines)
         .map(|_| EngineProcess::start(&writer, &log_args))
         .collect();
     let args: Vec<String> = writer_args.iter().map(|a| a.to_string()).collect();
     (writer, engines, args)
+}
+
+/// `--cache redis://… --cache-prefix <namespace>` when the test Redis answers (it must
+/// under `CI=true`); none otherwise (the in-process cache).
+fn redis_cache_args(namespace: &str) -> Vec<String> {
+    match agora_cache::testing::redis_or_skip() {
+        Some(url) => ["--cache", &url, "--cache-prefix", namespace]
+            .map(String::from)
+            .to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// Whether the cluster's writer runs on Redis (see [`redis_cache_args`]).
+fn on_redis(writer_args: &[&str]) -> bool {
+    writer_args
+        .iter()
+        .any(|a| a.starts_with("redis://") || a.starts_with("rediss://"))
+}
+
+/// Places a limit order under an `Idempotency-Key`; returns (status, body, replayed).
+fn keyed_order(s: &Server, user: u64, key: &str) -> (u16, Value, bool) {
+    let r = s
+        .http
+        .post(format!("{}/api/v1/orders", s.url))
+        .header("x-user-id", user)
+        .header("idempotency-key", key)
+        .json(&limit("BUY", "9.00", "1", "GTC"))
+        .send()
+        .expect("request");
+    let status = r.status().as_u16();
+    let replayed = r
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    (status, r.json().expect("json"), replayed)
 }
 
 /// A cluster on the test broker (tansu under `scripts/services`), or `None` (skip).
@@ -121,6 +162,11 @@ fn killed_engines_and_writer_lose_nothing_and_apply_nothing_twice() {
     let (mut s, mut engines, writer_args) = cluster_on(&kafka, &namespace, 2);
     let writer_args: Vec<&str> = writer_args.iter().map(String::as_str).collect();
     let users = two_markets(&s, 6);
+    // A keyed order before any kill: with Redis, the writer answers its retries with the
+    // first answer after every restart (the in-process cache would forget it).
+    let keyed = keyed_order(&s, users[0], &format!("{namespace}-keyed"));
+    assert_eq!(keyed.0, 202, "{}", keyed.1);
+    assert!(!keyed.2, "a first request is not a replay");
     let mut acked_all: Vec<(u64, u64)> = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for round in 0..3 {
@@ -143,6 +189,14 @@ fn killed_engines_and_writer_lose_nothing_and_apply_nothing_twice() {
         }
         s.restart_with(&writer_args);
         check_acked(&s, &acked_all);
+        if on_redis(&writer_args) {
+            let again = keyed_order(&s, users[0], &format!("{namespace}-keyed"));
+            assert_eq!(
+                (again.0, &again.1, again.2),
+                (keyed.0, &keyed.1, true),
+                "the keyed order is replayed from Redis after the writer's restart"
+            );
+        }
         s.assert_invariants();
     }
     assert!(
