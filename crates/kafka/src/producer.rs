@@ -10,11 +10,19 @@ use std::time::Duration;
 /// How long `append` waits before retrying a record librdkafka's full queue refused.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
 
+/// Records handed over by `append_queued` and not yet acknowledged, per producer, before the
+/// next `append_queued` waits. This is the pipelined producer's backpressure: without it a
+/// writer that commits faster than the broker takes records queues them in librdkafka
+/// (100,000 by default) and the consumers fall seconds behind while every request is
+/// accepted. A thousand is several commits' worth of book inputs at a few milliseconds each.
+const QUEUED_UNACKED_MAX: usize = 1_024;
+
 /// The process's idempotent producer, shared by every topic it writes (librdkafka wants one
 /// producer per process: one connection per broker, batching across topics). Cheap to clone.
 #[derive(Clone)]
 pub struct KafkaProducer {
     producer: ThreadedProducer<AckContext>,
+    unacked: Arc<Unacked>,
 }
 
 impl KafkaProducer {
@@ -40,7 +48,10 @@ impl KafkaProducer {
             )
             .create_with_context(AckContext)
             .map_err(|e| broker_error("creating the Kafka producer", e))?;
-        Ok(KafkaProducer { producer })
+        Ok(KafkaProducer {
+            producer,
+            unacked: Arc::new(Unacked::default()),
+        })
     }
 
     /// The producer's handle on `topic`, which must exist (see [`crate::ensure_topic`]).
@@ -131,8 +142,15 @@ impl KafkaLog {
         if records.is_empty() {
             return Ok(None);
         }
-        let acks = Arc::new(Acks::expecting(records.len(), delivery));
-        for record in records {
+        let unacked = match delivery {
+            Delivery::Awaited => None,
+            Delivery::Queued => {
+                self.producer.unacked.take(records.len());
+                Some(self.producer.unacked.clone())
+            }
+        };
+        let acks = Arc::new(Acks::expecting(records.len(), unacked));
+        for (sent, record) in records.iter().enumerate() {
             let seq = record.seq.to_string();
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header {
@@ -157,10 +175,14 @@ impl KafkaLog {
                         std::thread::sleep(QUEUE_FULL_BACKOFF);
                     }
                     Err((e, _)) => {
+                        if let Some(unacked) = &acks.queued {
+                            // These records were counted and will never be reported.
+                            unacked.give_back(records.len() - sent);
+                        }
                         return Err(broker_error(
                             &format!("producing to {} partition {partition}", self.topic),
                             e,
-                        ))
+                        ));
                     }
                 }
             }
@@ -195,7 +217,34 @@ enum Delivery {
 struct Acks {
     state: Mutex<AckState>,
     done: Condvar,
-    delivery: Delivery,
+    /// Queued (nobody waits): the producer's count that each report gives back to.
+    queued: Option<Arc<Unacked>>,
+}
+
+/// How many queued records await their acknowledgement (see [`QUEUED_UNACKED_MAX`]).
+#[derive(Default)]
+struct Unacked {
+    count: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Unacked {
+    /// Counts `n` more records, first waiting until the count is below the bound (one
+    /// append larger than the bound passes alone, so that it cannot wait forever).
+    fn take(&self, n: usize) {
+        let count = self.count.lock().expect("unacked lock");
+        let mut count = self
+            .freed
+            .wait_while(count, |c| *c > 0 && *c + n > QUEUED_UNACKED_MAX)
+            .expect("unacked lock");
+        *count += n;
+    }
+
+    fn give_back(&self, n: usize) {
+        let mut count = self.count.lock().expect("unacked lock");
+        *count -= n;
+        self.freed.notify_all();
+    }
 }
 
 struct AckState {
@@ -204,9 +253,9 @@ struct AckState {
 }
 
 impl Acks {
-    fn expecting(pending: usize, delivery: Delivery) -> Acks {
+    fn expecting(pending: usize, queued: Option<Arc<Unacked>>) -> Acks {
         Acks {
-            delivery,
+            queued,
             state: Mutex::new(AckState {
                 pending,
                 first_error: None,
@@ -216,11 +265,15 @@ impl Acks {
     }
 
     fn report(&self, error: Option<String>) {
-        if let (Delivery::Queued, Some(e)) = (self.delivery, &error) {
-            // The producer moved on past this record; a restart re-publishes it in order.
-            tracing::error!(error = %e, "a queued record was not delivered; stopping");
-            eprintln!("fatal: a queued record was not delivered: {e}");
-            std::process::abort();
+        if let Some(unacked) = &self.queued {
+            if let Some(e) = &error {
+                // The producer moved on past this record; a restart re-publishes it in order.
+                tracing::error!(error = %e, "a queued record was not delivered; stopping");
+                eprintln!("fatal: a queued record was not delivered: {e}");
+                std::process::abort();
+            }
+            unacked.give_back(1);
+            return;
         }
         let mut state = self.state.lock().expect("acks lock");
         state.pending -= 1;
@@ -243,5 +296,33 @@ impl Acks {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_appends_wait_while_the_unacknowledged_bound_is_reached() {
+        let unacked = Arc::new(Unacked::default());
+        unacked.take(QUEUED_UNACKED_MAX - 1);
+        let waiter = {
+            let unacked = unacked.clone();
+            std::thread::spawn(move || unacked.take(2))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "two more would pass the bound");
+        unacked.give_back(1);
+        waiter.join().unwrap();
+        assert_eq!(*unacked.count.lock().unwrap(), QUEUED_UNACKED_MAX);
+    }
+
+    #[test]
+    fn an_append_larger_than_the_bound_passes_alone() {
+        let unacked = Unacked::default();
+        unacked.take(QUEUED_UNACKED_MAX * 3);
+        unacked.give_back(QUEUED_UNACKED_MAX * 3);
+        assert_eq!(*unacked.count.lock().unwrap(), 0);
     }
 }
