@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use reqwest::blocking::RequestBuilder;
 use serde_json::{json, Value};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -60,25 +59,6 @@ fn start(cache: &str, extra: &[&str]) -> Option<Server> {
     Some(Server::start_with(&args))
 }
 
-/// Sends a request and returns (status, body, whether it was a replay).
-fn send(request: RequestBuilder) -> (u16, Value, bool) {
-    let r = request.send().expect("request");
-    let status = r.status().as_u16();
-    let replayed = r
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|v| v == "true");
-    (status, r.json().expect("json"), replayed)
-}
-
-fn keyed_order(s: &Server, user: u64, key: &str, body: &Value) -> RequestBuilder {
-    s.http
-        .post(format!("{}/api/v1/orders", s.url))
-        .header("x-user-id", user)
-        .header("idempotency-key", key)
-        .json(body)
-}
-
 fn order_count(s: &Server, user: u64) -> usize {
     s.json("/api/v1/orders", Some(user))["orders"]
         .as_array()
@@ -95,34 +75,34 @@ fn a_keyed_request_is_answered_once_and_replayed(cache: &str) {
     let buy = limit("BUY", "10.00", "5", "GTC");
 
     // Placed once; the retry gets the same answer, marked as a replay.
-    let (status, first, replayed) = send(keyed_order(&s, alice, "order-1", &buy));
+    let (status, first, replayed) = send_keyed(keyed_order(&s, alice, "order-1", &buy));
     assert_eq!((status, replayed), (202, false), "{first}");
-    let (status, again, replayed) = send(keyed_order(&s, alice, "order-1", &buy));
+    let (status, again, replayed) = send_keyed(keyed_order(&s, alice, "order-1", &buy));
     assert_eq!((status, replayed), (202, true), "{again}");
     assert_eq!(again, first);
     assert_eq!(order_count(&s, alice), 1);
 
     // The same key for another request is a client bug: refused, nothing placed.
     let other = limit("BUY", "10.01", "5", "GTC");
-    let (status, problem, _) = send(keyed_order(&s, alice, "order-1", &other));
+    let (status, problem, _) = send_keyed(keyed_order(&s, alice, "order-1", &other));
     assert_eq!(
         (status, &problem["code"]),
         (422, &json!("IDEMPOTENCY_KEY_REUSED"))
     );
     assert_eq!(order_count(&s, alice), 1);
     // Keys are per user: bob's "order-1" is his own.
-    let (status, bobs, replayed) = send(keyed_order(&s, bob, "order-1", &other));
+    let (status, bobs, replayed) = send_keyed(keyed_order(&s, bob, "order-1", &other));
     assert_eq!((status, replayed), (202, false), "{bobs}");
     assert_ne!(bobs["order_id"], first["order_id"]);
 
     // A definite refusal is kept too: the retry does not run again.
     let too_fine = limit("BUY", "10.001", "5", "GTC");
-    let (status, refused, _) = send(keyed_order(&s, alice, "order-2", &too_fine));
+    let (status, refused, _) = send_keyed(keyed_order(&s, alice, "order-2", &too_fine));
     assert_eq!(
         (status, &refused["code"]),
         (400, &json!("TOO_MANY_DECIMALS"))
     );
-    let (status, again, replayed) = send(keyed_order(&s, alice, "order-2", &too_fine));
+    let (status, again, replayed) = send_keyed(keyed_order(&s, alice, "order-2", &too_fine));
     assert_eq!((status, replayed, &again), (400, true, &refused));
 
     // Cancels and deposits take keys as well.
@@ -133,9 +113,9 @@ fn a_keyed_request_is_answered_once_and_replayed(cache: &str) {
             .header("x-user-id", alice)
             .header("idempotency-key", "cancel-1")
     };
-    let (status, canceled, replayed) = send(cancel());
+    let (status, canceled, replayed) = send_keyed(cancel());
     assert_eq!((status, replayed), (202, false), "{canceled}");
-    let (status, again, replayed) = send(cancel());
+    let (status, again, replayed) = send_keyed(cancel());
     assert_eq!((status, replayed, &again), (202, true, &canceled));
     let deposit = || {
         s.http
@@ -143,24 +123,24 @@ fn a_keyed_request_is_answered_once_and_replayed(cache: &str) {
             .header("idempotency-key", "deposit-1")
             .json(&json!({"user_id": bob, "asset": "BASE", "amount": "7"}))
     };
-    let (status, balance, _) = send(deposit());
+    let (status, balance, _) = send_keyed(deposit());
     assert_eq!((status, &balance["available"]), (200, &json!("1000007.00")));
-    let (status, again, replayed) = send(deposit());
+    let (status, again, replayed) = send_keyed(deposit());
     assert_eq!((status, replayed, &again), (200, true, &balance));
     assert_eq!(s.balance(bob, "BASE").0, "1000007.00"); // credited once
 
     // Bad keys are refused before anything runs.
     for key in ["k".repeat(256), "with space".into()] {
-        let (status, problem, _) = send(keyed_order(&s, alice, &key, &buy));
+        let (status, problem, _) = send_keyed(keyed_order(&s, alice, &key, &buy));
         assert_eq!(
             (status, &problem["code"]),
             (400, &json!("INVALID_IDEMPOTENCY_KEY"))
         );
     }
     // An unauthenticated request takes no key: the key is still free for its user.
-    let (status, _, _) = send(keyed_order(&s, 999, "order-3", &buy));
+    let (status, _, _) = send_keyed(keyed_order(&s, 999, "order-3", &buy));
     assert_eq!(status, 401);
-    let (status, _, replayed) = send(keyed_order(&s, alice, "order-3", &buy));
+    let (status, _, replayed) = send_keyed(keyed_order(&s, alice, "order-3", &buy));
     assert_eq!((status, replayed), (202, false));
     // Without a key nothing changes: two requests, two orders.
     assert_eq!(place(&s, alice, buy.clone()).0, 202);
@@ -183,7 +163,7 @@ fn concurrent_duplicates_create_one_order(cache: &str) {
                 let (barrier, request) = (barrier.clone(), keyed_order(&s, user, "dup", &body));
                 scope.spawn(move || {
                     barrier.wait();
-                    send(request)
+                    send_keyed(request)
                 })
             })
             .collect();

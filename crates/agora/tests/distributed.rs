@@ -65,24 +65,6 @@ fn on_redis(writer_args: &[&str]) -> bool {
         .any(|a| a.starts_with("redis://") || a.starts_with("rediss://"))
 }
 
-/// Places a limit order under an `Idempotency-Key`; returns (status, body, replayed).
-fn keyed_order(s: &Server, user: u64, key: &str) -> (u16, Value, bool) {
-    let r = s
-        .http
-        .post(format!("{}/api/v1/orders", s.url))
-        .header("x-user-id", user)
-        .header("idempotency-key", key)
-        .json(&limit("BUY", "9.00", "1", "GTC"))
-        .send()
-        .expect("request");
-    let status = r.status().as_u16();
-    let replayed = r
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|v| v == "true");
-    (status, r.json().expect("json"), replayed)
-}
-
 /// A cluster on the test broker (tansu under `scripts/services`), or `None` (skip).
 fn cluster(engines: usize) -> Option<(Server, Vec<EngineProcess>, Vec<String>)> {
     let kafka = kafka_or_skip()?;
@@ -164,7 +146,9 @@ fn killed_engines_and_writer_lose_nothing_and_apply_nothing_twice() {
     let users = two_markets(&s, 6);
     // A keyed order before any kill: with Redis, the writer answers its retries with the
     // first answer after every restart (the in-process cache would forget it).
-    let keyed = keyed_order(&s, users[0], &format!("{namespace}-keyed"));
+    let keyed_key = format!("{namespace}-keyed");
+    let keyed_buy = limit("BUY", "9.00", "1", "GTC");
+    let keyed = send_keyed(keyed_order(&s, users[0], &keyed_key, &keyed_buy));
     assert_eq!(keyed.0, 202, "{}", keyed.1);
     assert!(!keyed.2, "a first request is not a replay");
     let mut acked_all: Vec<(u64, u64)> = Vec::new();
@@ -190,7 +174,7 @@ fn killed_engines_and_writer_lose_nothing_and_apply_nothing_twice() {
         s.restart_with(&writer_args);
         check_acked(&s, &acked_all);
         if on_redis(&writer_args) {
-            let again = keyed_order(&s, users[0], &format!("{namespace}-keyed"));
+            let again = send_keyed(keyed_order(&s, users[0], &keyed_key, &keyed_buy));
             assert_eq!(
                 (again.0, &again.1, again.2),
                 (keyed.0, &keyed.1, true),

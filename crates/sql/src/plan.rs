@@ -166,19 +166,26 @@ pub(crate) fn json_insert_sql(table: &Table) -> String {
         name = quote(table.name),
     );
     if !table.update.is_empty() {
-        let key: Vec<String> = table.key().iter().map(|c| quote(c)).collect();
-        let set: Vec<String> = table
-            .update
-            .iter()
-            .map(|c| format!("{0} = excluded.{0}", quote(c)))
-            .collect();
-        sql += &format!(
-            " ON CONFLICT ({}) DO UPDATE SET {}",
-            key.join(", "),
-            set.join(", ")
-        );
+        sql += &on_conflict_update(table);
     }
     sql
+}
+
+/// PostgreSQL's (and SQLite's) upsert clause: on the primary key, overwrite the `update`
+/// columns.
+fn on_conflict_update(table: &Table) -> String {
+    let quote = |c: &str| format!("\"{c}\"");
+    let key: Vec<String> = table.key().iter().map(|c| quote(c)).collect();
+    let set: Vec<String> = table
+        .update
+        .iter()
+        .map(|c| format!("{0} = excluded.{0}", quote(c)))
+        .collect();
+    format!(
+        " ON CONFLICT ({}) DO UPDATE SET {}",
+        key.join(", "),
+        set.join(", ")
+    )
 }
 
 /// The argument of [`json_insert_sql`]: `rows` as a JSON array of objects keyed by column.
@@ -204,11 +211,9 @@ pub(crate) fn json_rows(table: &Table, rows: &[&[Value]]) -> String {
             match value {
                 Value::Null => json.push_str("null"),
                 Value::Int(v) => write!(json, "{v}").expect("writing to a String"),
-                Value::Text(s) => {
-                    json.push_str(&serde_json::to_string(s).expect("a str serializes"))
-                }
-                Value::Static(s) => {
-                    json.push_str(&serde_json::to_string(s).expect("a str serializes"))
+                Value::Text(_) | Value::Static(_) => {
+                    let text = value.as_str().expect("text values have a str");
+                    json.push_str(&serde_json::to_string(text).expect("a str serializes"));
                 }
             }
         }
@@ -278,19 +283,7 @@ pub(crate) fn insert_sql(dialect: Dialect, table: &Table, rows: usize) -> String
             );
             sql += &format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "));
         }
-        _ => {
-            let key: Vec<String> = table.key().iter().map(|c| quote(c)).collect();
-            let set: Vec<String> = table
-                .update
-                .iter()
-                .map(|c| format!("{0} = excluded.{0}", quote(c)))
-                .collect();
-            sql += &format!(
-                " ON CONFLICT ({}) DO UPDATE SET {}",
-                key.join(", "),
-                set.join(", ")
-            );
-        }
+        _ => sql += &on_conflict_update(table),
     }
     sql
 }

@@ -677,3 +677,29 @@ pub fn load(
         })
         .collect()
 }
+
+/// Sends a request and returns (status, body, whether it was a replay of a keyed request:
+/// `Idempotent-Replayed: true`).
+pub fn send_keyed(request: reqwest::blocking::RequestBuilder) -> (u16, Value, bool) {
+    let r = request.send().expect("request");
+    let status = r.status().as_u16();
+    let replayed = r
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    (status, r.json().expect("json"), replayed)
+}
+
+/// `POST /api/v1/orders` of `body` for `user` under `Idempotency-Key: key`.
+pub fn keyed_order(
+    s: &Server,
+    user: u64,
+    key: &str,
+    body: &Value,
+) -> reqwest::blocking::RequestBuilder {
+    s.http
+        .post(format!("{}/api/v1/orders", s.url))
+        .header("x-user-id", user)
+        .header("idempotency-key", key)
+        .json(body)
+}
