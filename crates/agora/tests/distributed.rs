@@ -200,3 +200,107 @@ fn killed_engines_and_writer_lose_nothing_and_apply_nothing_twice() {
     let (code, report) = reconcile_offline(&s);
     assert_eq!(code, 0, "{report:#}");
 }
+
+/// The flags that put a cluster's writer on Redis (`--cache …`, `--cache-prefix …`): what
+/// its API processes must share with it.
+fn cache_args_of(writer_args: &[String]) -> Vec<&str> {
+    writer_args
+        .windows(2)
+        .filter(|w| w[0] == "--cache" || w[0] == "--cache-prefix")
+        .flat_map(|w| [w[0].as_str(), w[1].as_str()])
+        .collect()
+}
+
+/// Two api-only processes (`--roles api --writer-url …`) in front of a cluster's writer, on
+/// the same store and Redis: listings, deposits and orders through either are the writer's
+/// commits; either reads what the other did; a keyed order sent to one is replayed by the
+/// other; market data, status and reconciliation come from the writer's process; while the
+/// writer is down they answer 503 without doing anything, and carry on once it is back.
+#[test]
+fn api_processes_share_the_writer_the_store_and_the_keys() {
+    if on_sqlite() {
+        return; // an API process needs a store other processes can open
+    }
+    let Some((mut s, _engines, writer_args)) = cluster(1) else {
+        return;
+    };
+    let cache_args = cache_args_of(&writer_args);
+    if cache_args.is_empty() {
+        return; // no Redis outside CI: API processes need it (see redis_cache_args)
+    }
+    let api = [
+        Server::api_process(&s, &cache_args),
+        Server::api_process(&s, &cache_args),
+    ];
+    // Listings and funding through the first: the second sees them (in the store, and in
+    // its reference data within its reload interval).
+    let users = two_markets(&api[0], 6);
+    let markets = api[1].json("/api/v1/markets", None);
+    assert_eq!(markets["markets"].as_array().unwrap().len(), 2, "{markets}");
+    let (code, o) = place(&api[1], users[0], limit("BUY", "9.50", "3", "GTC"));
+    assert_eq!(code, 202, "{o}");
+    let id = o["order_id"].as_u64().unwrap();
+    assert_eq!(api[0].order(users[0], id)["status"], "NEW");
+    assert_eq!(
+        api[0]
+            .get(&format!("/api/v1/orders/{id}"), Some(users[1]))
+            .status(),
+        404,
+        "another user's order is not found"
+    );
+    let canceled = api[0].delete(&format!("/api/v1/orders/{id}"), users[0]);
+    assert_eq!(canceled.status(), 202);
+    wait_status(&api[1], users[0], id, &["CANCELED"]);
+    // An unknown user is refused by an API process as by the writer's.
+    assert_eq!(
+        place(&api[0], 999_999, limit("BUY", "9.50", "1", "GTC")).0,
+        401
+    );
+
+    // Orders through both at once.
+    std::thread::scope(|scope| {
+        for (i, a) in api.iter().enumerate() {
+            let users = &users;
+            scope.spawn(move || random_flow(a, users, 150, 40 + i as u64, 0.3));
+        }
+    });
+    // One Idempotency-Key, sent to each: the second answer is the first, replayed.
+    let key = format!("{}-keyed", cache_args[cache_args.len() - 1]);
+    let body = limit("SELL", "10.90", "2", "GTC");
+    let first = send_keyed(keyed_order(&api[0], users[2], &key, &body));
+    assert_eq!((first.0, first.2), (202, false), "{}", first.1);
+    let again = send_keyed(keyed_order(&api[1], users[2], &key, &body));
+    assert_eq!((again.0, again.2), (202, true), "{}", again.1);
+    assert_eq!(again.1["order_id"], first.1["order_id"]);
+
+    // Market data is the writer's process's, forwarded as it is.
+    let depth = "/api/v1/markets/BASE-QUOTE/depth?limit=50";
+    s.quiesce();
+    assert_eq!(api[0].json(depth, None), s.json(depth, None));
+    // WebSockets are served by market processes only.
+    assert_eq!(api[0].get("/ws", None).status(), 421);
+
+    // The writer dies: commands get 503 WRITER_UNAVAILABLE and change nothing; reads of
+    // the store go on.
+    let writer_url = s.url.clone();
+    let listen = writer_url.trim_start_matches("http://").to_string();
+    s.kill9();
+    let before = api[0].json("/api/v1/balances", Some(users[3]));
+    let (code, problem) = place(&api[0], users[3], limit("BUY", "9.10", "1", "GTC"));
+    assert_eq!(
+        (code, problem["code"].as_str()),
+        (503, Some("WRITER_UNAVAILABLE"))
+    );
+    assert_eq!(api[1].json("/api/v1/balances", Some(users[3])), before);
+    // Back on the same address: the API processes carry on.
+    let mut restart_args: Vec<&str> = writer_args.iter().map(String::as_str).collect();
+    restart_args.extend(["--listen", &listen]);
+    s.restart_with(&restart_args);
+    assert_eq!(s.url, writer_url);
+    let (code, o) = place(&api[0], users[3], limit("BUY", "9.10", "1", "GTC"));
+    assert_eq!(code, 202, "{o}");
+
+    // Every invariant, checked through an API process (status and reconciliation are
+    // forwarded to the writer's process).
+    api[1].assert_invariants();
+}

@@ -104,9 +104,30 @@ impl Roles {
         self.settlement
     }
 
+    /// Only the API: an API process that sends its commands to the writer's process.
+    pub fn api_only(&self) -> bool {
+        self.api && !(self.relay || self.engine || self.settlement || self.market)
+    }
+
     /// The combinations this version runs: the writer's process (settlement with relay,
-    /// and with any of api, market, engine), and engine-only processes.
-    pub fn check(&self, distributed: bool) -> Result<(), String> {
+    /// api and market, with engine or not), engine-only processes, and api-only processes
+    /// (with the writer's address).
+    pub fn check(&self, distributed: bool, writer_url_given: bool) -> Result<(), String> {
+        if self.api_only() {
+            // Needs no log: it reaches the writer over HTTP and reads the store.
+            return if writer_url_given {
+                Ok(())
+            } else {
+                Err(
+                    "an api-only process (--roles api) needs --writer-url, the address of \
+                     the writer's process"
+                        .into(),
+                )
+            };
+        }
+        if writer_url_given {
+            return Err("--writer-url is for api-only processes (--roles api)".into());
+        }
         if !distributed && *self != Roles::ALL {
             return Err(
                 "roles other than all need a Kafka event log (--event-log kafka://…)".into(),
@@ -405,7 +426,7 @@ pub fn start_engine_process(config: &crate::Config) -> Result<EngineMember, Star
     let url = config.event_log_url.as_deref().ok_or_else(|| {
         StartError::Log("an engine process needs a Kafka event log (--event-log kafka://…)".into())
     })?;
-    let crate::OpenStore { reader, .. } = crate::open_store(config)?;
+    let reader = crate::open_reader(config)?;
     let link = KafkaLink::open(url, config.log_partitions, &config.log_namespace)?;
     EngineMember::start(&link, reader)
 }
@@ -419,17 +440,34 @@ mod tests {
         assert_eq!(Roles::parse("all"), Ok(Roles::ALL));
         let writer = Roles::parse("api,relay,settlement,market").unwrap();
         assert!(writer.writer() && !writer.engine);
-        assert_eq!(writer.check(true), Ok(()));
+        assert_eq!(writer.check(true, false), Ok(()));
         let engine = Roles::parse("engine").unwrap();
         assert!(!engine.writer());
-        assert_eq!(engine.check(true), Ok(()));
-        assert_eq!(Roles::ALL.check(false), Ok(()));
-        assert!(engine.check(false).is_err(), "roles apart need Kafka");
+        assert_eq!(engine.check(true, false), Ok(()));
+        assert_eq!(Roles::ALL.check(false, false), Ok(()));
+        assert!(
+            engine.check(false, false).is_err(),
+            "roles apart need Kafka"
+        );
         assert!(Roles::parse("relay,settlement")
             .unwrap()
-            .check(true)
+            .check(true, false)
             .is_err());
-        assert!(Roles::parse("api").unwrap().check(true).is_err());
+        let api = Roles::parse("api").unwrap();
+        assert!(api.api_only() && !api.writer());
+        assert!(
+            api.check(true, false).is_err(),
+            "api alone needs the writer's address"
+        );
+        assert_eq!(api.check(false, true), Ok(()), "api alone needs no log");
+        assert!(
+            Roles::ALL.check(false, true).is_err(),
+            "the writer has no writer url"
+        );
+        assert!(Roles::parse("api,engine")
+            .unwrap()
+            .check(true, true)
+            .is_err());
         assert!(Roles::parse("matcher").is_err());
     }
 }

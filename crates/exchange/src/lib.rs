@@ -15,6 +15,7 @@
 //! deterministic, so the replay yields the same trades with the same ids.
 
 pub mod bots;
+pub mod commands;
 pub mod distributed;
 pub mod error;
 pub mod events;
@@ -27,6 +28,7 @@ pub mod shard;
 #[cfg(test)]
 pub(crate) mod test_rows;
 
+pub use commands::{Answer, Command, WriterPort};
 pub use error::{ErrorClass, ExchangeError, ExchangeResult};
 pub use rules::{NewAsset, NewSymbol, OrderRequest, RefData, SymbolUpdate};
 pub use sequencer::Placed;
@@ -173,6 +175,8 @@ struct Inner {
     stop_feed: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
+    /// An API process without the writer: where its commands go (see [`Exchange::connect`]).
+    writer: Option<Arc<dyn WriterPort>>,
 }
 
 /// The store's connections, as the configuration chose them.
@@ -210,6 +214,34 @@ pub fn open_store(config: &Config) -> Result<OpenStore, StartError> {
             })
         }
     }
+}
+
+/// How often an API process without the writer reloads the reference data.
+pub const REFDATA_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A read pool on the store `config` names, for a process that does not host the writer
+/// (an API or engine process): no writer connection, no migrations.
+pub fn open_reader(config: &Config) -> Result<Arc<dyn ReadDatabase>, StartError> {
+    match &config.store_url {
+        // SQLite is one process's file: its reader comes with the store.
+        None => Ok(open_store(config)?.reader),
+        Some(url) => Ok(agora_sql::connect_reader(
+            url,
+            config.read_connections as u32,
+        )?),
+    }
+}
+
+/// Assets and symbols as committed, read in one snapshot.
+fn load_refdata(reader: &dyn ReadDatabase) -> StoreResult<RefData> {
+    let mut refdata = None;
+    reader.snapshot(&mut |snapshot| {
+        let mut q = agora_core::store::InSnapshot(snapshot);
+        let mut loads = Loads(&mut q);
+        refdata = Some(RefData::new(loads.assets()?, loads.symbols()?));
+        Ok(())
+    })?;
+    Ok(refdata.expect("the snapshot ran"))
 }
 
 /// The writer role of the exchange's store (one holder at a time, fenced by epoch).
@@ -379,8 +411,98 @@ impl Exchange {
                 distributed: config.event_log_url.is_some(),
                 threads: Mutex::new(threads),
                 checkpointer: Mutex::new(checkpointer),
+                writer: None,
             }),
         })
+    }
+
+    /// An API process that does not host the writer (`--roles api`): it sends every state
+    /// change to `writer`, reads committed state from the store's read pool, and keeps the
+    /// reference data (assets, symbols) it validates with fresh: reloaded every
+    /// [`REFDATA_REFRESH`], and at once after a listing through it or an answer that names
+    /// something it has not loaded yet. Market data, books and reconciliation are the writer's
+    /// process's (the HTTP layer forwards them).
+    pub fn connect(config: &Config, writer: Arc<dyn WriterPort>) -> Result<Exchange, StartError> {
+        let reader = open_reader(config)?;
+        let refdata = load_refdata(&*reader)?;
+        let shared = Arc::new(Shared {
+            refdata: RwLock::new(Arc::new(refdata)),
+            // Users are looked up in the store on a miss (they are created elsewhere).
+            users: RwLock::default(),
+            published: AtomicU64::new(0),
+            committing: AtomicU64::new(0),
+            keys_in_flight: AtomicU64::new(0),
+            trades: AtomicU64::new(0),
+            replayed_at_start: AtomicU64::new(0),
+            ready: AtomicBool::new(true),
+            feed_queued: AtomicU64::new(0),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let refresher = {
+            let (reader, shared, stop) = (reader.clone(), shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("refdata".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(REFDATA_REFRESH);
+                        match load_refdata(&*reader) {
+                            Ok(r) => *shared.refdata.write().expect("lock") = Arc::new(r),
+                            Err(e) => tracing::warn!(error = %e, "reference data not reloaded"),
+                        }
+                    }
+                })
+                .expect("spawn refdata thread")
+        };
+        // No writer here: its port is closed from the start (nothing local sends to it).
+        let (requests, _) = RequestPort::bounded(1);
+        Ok(Exchange {
+            inner: Arc::new(Inner {
+                requests,
+                auditor: Arc::new(PortableAuditor::new(reader.clone())),
+                reader,
+                reconciling: tokio::sync::Mutex::new(()),
+                book_audits: Mutex::default(),
+                market: Arc::new(market::MarketData::new(
+                    FxHashMap::default(),
+                    Vec::new(),
+                    Vec::new(),
+                )),
+                shared,
+                clock: config.clock.clone(),
+                shard_control: Vec::new(),
+                stop_feed: stop,
+                distributed: true,
+                threads: Mutex::new(vec![refresher]),
+                checkpointer: Mutex::new(None),
+                writer: Some(writer),
+            }),
+        })
+    }
+
+    /// Whether this process sends its state changes to a writer in another process.
+    pub fn is_remote(&self) -> bool {
+        self.inner.writer.is_some()
+    }
+
+    /// Sends a command to the writer's process; reloads the reference data when the answer
+    /// may have changed it or names something not loaded here.
+    async fn forward<T: TryFrom<Answer, Error = ExchangeError>>(
+        &self,
+        writer: &Arc<dyn WriterPort>,
+        command: Command,
+    ) -> ExchangeResult<T> {
+        let changes_refdata = command.changes_refdata();
+        let answer = writer.execute(command).await?;
+        if changes_refdata || answer.is_newer_than(&self.refdata()) {
+            let reader = self.inner.reader.clone();
+            match tokio::task::spawn_blocking(move || load_refdata(&*reader)).await {
+                Ok(Ok(r)) => *self.inner.shared.refdata.write().expect("lock") = Arc::new(r),
+                // The command is done; the periodic reload catches up.
+                Ok(Err(e)) => tracing::warn!(error = %e, "reference data not reloaded"),
+                Err(e) => tracing::warn!(error = %e, "reference data not reloaded"),
+            }
+        }
+        answer.try_into()
     }
 
     /// The exchange's clock (the one its rows are stamped with).
@@ -420,13 +542,21 @@ impl Exchange {
         self.inner.shared.refdata.read().expect("lock").clone()
     }
 
-    pub fn user_exists(&self, user: u64) -> bool {
-        self.inner
-            .shared
-            .users
-            .read()
-            .expect("lock")
-            .contains(&user)
+    /// Whether `user` exists. The writer's process knows every user; an API process without
+    /// it asks the store on a miss and remembers the users it found.
+    pub async fn user_exists(&self, user: u64) -> ExchangeResult<bool> {
+        let users = &self.inner.shared.users;
+        if users.read().expect("lock").contains(&user) {
+            return Ok(true);
+        }
+        if self.inner.writer.is_none() || user > ORDER_ID_MAX {
+            return Ok(false);
+        }
+        let found = self.read(move |r| r.user(user)).await?.is_some();
+        if found {
+            users.write().expect("lock").insert(user);
+        }
+        Ok(found)
     }
 
     async fn call<T>(
@@ -458,6 +588,12 @@ impl Exchange {
     }
 
     pub async fn place_order(&self, user: u64, request: &OrderRequest) -> ExchangeResult<Placed> {
+        if let Some(writer) = &self.inner.writer {
+            let order = request.clone();
+            return self
+                .forward(writer, Command::PlaceOrder { user, order })
+                .await;
+        }
         let refdata = self.refdata();
         // Only a MARKET SELL is valued at the reference price (its notional is otherwise
         // unknown until it matches); no other order pays for reading it.
@@ -479,6 +615,11 @@ impl Exchange {
         if order > ORDER_ID_MAX {
             return Err(order_not_found(order));
         }
+        if let Some(writer) = &self.inner.writer {
+            return self
+                .forward(writer, Command::CancelOrder { user, order })
+                .await;
+        }
         self.call(|reply| Request::CancelOrder { user, order, reply })
             .await
     }
@@ -489,6 +630,15 @@ impl Exchange {
         asset: &str,
         amount: &str,
     ) -> ExchangeResult<BalanceRow> {
+        if let Some(writer) = &self.inner.writer {
+            let (asset, amount) = (asset.to_string(), amount.to_string());
+            let deposit = Command::Deposit {
+                user,
+                asset,
+                amount,
+            };
+            return self.forward(writer, deposit).await;
+        }
         let asset = self.refdata().asset_by_code(asset)?.clone();
         let amount = rules::parse_amount(amount, &asset)?;
         self.call(|reply| Request::Deposit {
@@ -513,16 +663,26 @@ impl Exchange {
             ));
         }
         let name = name.to_string();
+        if let Some(writer) = &self.inner.writer {
+            return self.forward(writer, Command::CreateUser { name }).await;
+        }
         self.call(|reply| Request::CreateUser { name, reply }).await
     }
 
     pub async fn create_asset(&self, asset: NewAsset) -> ExchangeResult<AssetRow> {
+        if let Some(writer) = &self.inner.writer {
+            return self.forward(writer, Command::CreateAsset { asset }).await;
+        }
         rules::validate_asset(&asset, &self.refdata())?;
         self.call(|reply| Request::CreateAsset { asset, reply })
             .await
     }
 
     pub async fn create_symbol(&self, symbol: &NewSymbol) -> ExchangeResult<SymbolRow> {
+        if let Some(writer) = &self.inner.writer {
+            let symbol = symbol.clone();
+            return self.forward(writer, Command::CreateSymbol { symbol }).await;
+        }
         let symbol = rules::validate_symbol(symbol, &self.refdata())?;
         self.call(|reply| Request::CreateSymbol { symbol, reply })
             .await
@@ -538,6 +698,12 @@ impl Exchange {
         name: &str,
         update: SymbolUpdate,
     ) -> ExchangeResult<SymbolRow> {
+        if let Some(writer) = &self.inner.writer {
+            let name = name.to_string();
+            return self
+                .forward(writer, Command::UpdateSymbol { name, update })
+                .await;
+        }
         let symbol = self.refdata().symbol_by_name(name)?.id;
         if update.status.is_none() && update.default_self_trade_prevention_mode.is_none() {
             return Err(ExchangeError::invalid(

@@ -7,7 +7,7 @@ use agora_engine::{BookSpec, OrderKind, SelfTradePrevention, Side, TimeInForce};
 use agora_ledger::units::{self, DecimalError};
 use agora_store::{AssetRow, OrderType, SymbolRow, SymbolStatus};
 use rustc_hash::FxHashMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A unit enum's API name (`OrderStatus::Filled` → `FILLED`), for messages.
 pub fn enum_name<T: serde::Serialize>(value: &T) -> String {
@@ -144,7 +144,7 @@ fn valid_name(field: &'static str, name: &str, extra: &[u8]) -> ExchangeResult<(
 }
 
 /// An asset to list: its code and how many decimals its amounts have.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewAsset {
@@ -176,7 +176,7 @@ pub fn validate_asset(req: &NewAsset, refdata: &RefData) -> ExchangeResult<()> {
 
 /// A symbol to list: which asset trades against which, and its trading rules. Amounts are
 /// decimal strings in the base (quantities) or quote (prices, notionals) asset.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewSymbol {
@@ -220,7 +220,7 @@ pub struct NewSymbol {
 }
 
 /// What an operator may change on a listed symbol (at least one of the two).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[cfg_attr(
     feature = "openapi",
     derive(utoipa::ToSchema),
@@ -307,7 +307,7 @@ pub fn validate_symbol(req: &NewSymbol, refdata: &RefData) -> ExchangeResult<Sym
 /// An order as the API receives it. LIMIT: `price` and `quantity`. MARKET BUY:
 /// `quote_quantity` (the amount of quote to spend). MARKET SELL: `quantity`. Numbers are
 /// decimal strings, exact at the assets' scales.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {

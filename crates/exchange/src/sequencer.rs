@@ -82,7 +82,7 @@ pub enum Request {
 
 /// The answer to a placement: the order, and whether this call created it (false when a
 /// repeated client order id returned the original).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Placed {
     pub order: OrderRow,
     pub created: bool,

@@ -32,7 +32,7 @@ pub struct ActingUser(pub u64);
 
 impl ActingUser {
     /// Reads the acting user from request headers (the only reader of `X-User-Id`).
-    pub fn from_headers(
+    pub async fn from_headers(
         headers: &axum::http::HeaderMap,
         state: &AppState,
     ) -> Result<ActingUser, Problem> {
@@ -46,7 +46,7 @@ impl ActingUser {
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| unauthenticated("X-User-Id must be a user id"))?;
-        if !state.exchange.user_exists(id) {
+        if !state.exchange.user_exists(id).await? {
             return Err(unauthenticated("unknown user"));
         }
         Ok(ActingUser(id))
@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for ActingUser {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        ActingUser::from_headers(&parts.headers, state)
+        ActingUser::from_headers(&parts.headers, state).await
     }
 }
 

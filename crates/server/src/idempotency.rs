@@ -165,6 +165,7 @@ async fn keyed(
     // Authenticate first: no request may take a key in a scope it cannot act in.
     let scope = match scope {
         Scope::User => ActingUser::from_headers(request.headers(), &state)
+            .await
             .map(|ActingUser(user)| format!("user:{user}")),
         Scope::Admin => Admin::from_headers(request.headers(), &state).map(|_| "admin".into()),
     };

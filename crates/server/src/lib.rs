@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod problem;
 pub mod rate_limit;
 pub mod settings;
+pub mod writer_link;
 pub mod ws;
 
 use agora_exchange::{Config, Exchange};
@@ -41,10 +42,25 @@ pub struct AppState {
     pub idempotency_ttl_ms: u64,
     /// The per-client limit of `/api/v1`, if any.
     pub rate_limit: Option<agora_cache::Rate>,
+    /// An api-only process: the writer's process, where commands and what only it holds in
+    /// memory are sent.
+    pub writer: Option<Arc<writer_link::WriterClient>>,
 }
 
 pub fn router(state: AppState, inflight_max: usize) -> Router {
     let mut api = openapi::api_router(&state);
+    let process_routes = match &state.writer {
+        // An api-only process: what only the writer's process holds goes there.
+        Some(writer) => {
+            let layer = axum::middleware::from_fn_with_state(writer.clone(), writer_link::forward);
+            api = api.layer(layer);
+            Router::new().route("/ws", get(writer_link::no_websockets))
+        }
+        None => Router::new().route("/ws", get(ws::ws_handler)).route(
+            writer_link::REQUESTS_PATH,
+            axum::routing::post(writer_link::take_command),
+        ),
+    };
     // Not even a pass-through layer when off: the order path pays nothing for it.
     if let Some(rate) = state.rate_limit {
         let layer = axum::middleware::from_fn_with_state((state.clone(), rate), rate_limit::limit);
@@ -52,7 +68,7 @@ pub fn router(state: AppState, inflight_max: usize) -> Router {
     }
     Router::new()
         .route("/health", get(api::health))
-        .route("/ws", get(ws::ws_handler))
+        .merge(process_routes)
         .merge(api)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -114,7 +130,7 @@ pub fn exchange_config(settings: &Settings) -> Config {
 
 /// Runs agora until SIGTERM or Ctrl-C.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    if !settings.roles.writer() {
+    if !settings.roles.writer() && !settings.roles.api_only() {
         return serve_engine(&settings).await;
     }
     // Bind first: a busy port is refused before the store is opened or created.
@@ -131,8 +147,22 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("opening the cache {}", settings.cache))?;
     let config = exchange_config(&settings);
     let hub = Arc::new(ws::Hub::new(settings.ws_limits, config.clock.clone()));
-    let observer: Arc<dyn agora_exchange::market::CommitObserver> = hub.clone();
-    let exchange = Exchange::start_observed(config, Some(observer))?;
+    let (exchange, writer) = match &settings.writer_url {
+        None => {
+            let observer: Arc<dyn agora_exchange::market::CommitObserver> = hub.clone();
+            (Exchange::start_observed(config, Some(observer))?, None)
+        }
+        Some(url) => {
+            let writer = Arc::new(writer_link::WriterClient::new(
+                url,
+                settings.admin_token.as_deref(),
+            )?);
+            let port: Arc<dyn agora_exchange::WriterPort> = writer.clone();
+            let exchange =
+                tokio::task::spawn_blocking(move || Exchange::connect(&config, port)).await??;
+            (exchange, Some(writer))
+        }
+    };
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find a port chosen with `--listen ...:0`.
     println!("agora listening on http://{addr}");
@@ -165,6 +195,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         cache,
         idempotency_ttl_ms: settings.idempotency_ttl_ms,
         rate_limit: settings.rate_limit,
+        writer,
     };
     let listener = listener::LimitedListener::new(
         listener,

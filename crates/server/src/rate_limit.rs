@@ -27,12 +27,14 @@ pub async fn limit(
 ) -> Response {
     // A user id that names no user is an anonymous request: otherwise made-up ids would
     // each get their own bucket.
-    let user = request
-        .headers()
-        .contains_key("x-user-id")
-        .then(|| ActingUser::from_headers(request.headers(), &state).ok())
-        .flatten()
-        .map(|ActingUser(user)| user);
+    let user = if request.headers().contains_key("x-user-id") {
+        ActingUser::from_headers(request.headers(), &state)
+            .await
+            .ok()
+            .map(|ActingUser(user)| user)
+    } else {
+        None
+    };
     let peer = request
         .extensions()
         .get::<ConnectInfo<PeerAddr>>()

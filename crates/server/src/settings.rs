@@ -43,6 +43,12 @@ pub struct ServeArgs {
     /// engine processes (`engine`) as many times as you like [default: all].
     #[arg(long, env = "AGORA_ROLES")]
     pub roles: Option<String>,
+    /// The writer's process, for an api-only process (`--roles api`): the `http://host:port`
+    /// an `agora serve` hosting the writer listens on. The api-only process needs the same
+    /// PostgreSQL or MySQL store, the same Redis cache (`--cache`, `--cache-prefix`) and the
+    /// same admin token as the writer's process.
+    #[arg(long, env = "AGORA_WRITER_URL")]
+    pub writer_url: Option<String>,
     /// Seed demo assets, symbols, funded users and a starting book if the store is empty.
     #[arg(long, env = "AGORA_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
@@ -150,6 +156,8 @@ pub struct Settings {
     pub log_partitions: u32,
     pub log_namespace: String,
     pub roles: agora_exchange::distributed::Roles,
+    /// An api-only process: the writer's process (`http://host:port`).
+    pub writer_url: Option<String>,
     pub demo: bool,
     /// The bots' configuration, if bots run.
     pub bots: Option<agora_exchange::bots::BotConfig>,
@@ -314,31 +322,56 @@ impl ServeArgs {
             Some(text) => agora_exchange::distributed::Roles::parse(&text)
                 .map_err(|e| anyhow::anyhow!("roles: {e}"))?,
         };
+        let writer_url = self.writer_url.or(file.writer_url);
         roles
-            .check(event_log_url.is_some())
+            .check(event_log_url.is_some(), writer_url.is_some())
             .map_err(|e| anyhow::anyhow!("roles: {e}"))?;
+        if let Some(url) = &writer_url {
+            check_writer_url(url)?;
+        }
+        let store_url = match self.store.or(file.store).as_deref() {
+            None | Some("sqlite") => None,
+            Some(url) => {
+                anyhow::ensure!(
+                    ["postgres://", "postgresql://", "mysql://"]
+                        .iter()
+                        .any(|scheme| url.starts_with(scheme)),
+                    "store must be sqlite, postgres://… or mysql://…"
+                );
+                Some(url.to_string())
+            }
+        };
+        if roles.api_only() {
+            // Every API process must see the same committed state and the same idempotency
+            // keys as the others.
+            anyhow::ensure!(
+                store_url.is_some(),
+                "an api-only process reads the writer's store: give --store postgres://… or \
+                 mysql://… (SQLite is one process's file)"
+            );
+            anyhow::ensure!(
+                matches!(cache, agora_cache::Backend::Redis(_)),
+                "an api-only process shares idempotency keys and rate limits with the others: \
+                 give --cache redis://…"
+            );
+            let seeds = self.demo || file.demo || self.bots || file.bots;
+            anyhow::ensure!(
+                !seeds,
+                "demo data and bots run in the writer's process, not an api-only one"
+            );
+        }
         Ok(Settings {
             listen,
             data_dir: self
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("agora-data")),
-            store_url: match self.store.or(file.store).as_deref() {
-                None | Some("sqlite") => None,
-                Some(url) => {
-                    anyhow::ensure!(
-                        ["postgres://", "postgresql://", "mysql://"]
-                            .iter()
-                            .any(|scheme| url.starts_with(scheme)),
-                        "store must be sqlite, postgres://… or mysql://…"
-                    );
-                    Some(url.to_string())
-                }
-            },
+            store_url,
             event_log_url: event_log_url.clone(),
             log_partitions,
             log_namespace,
             roles,
+            writer_url,
             demo: self.demo || file.demo,
             bots: {
                 let on = (self.bots || file.bots || self.demo || file.demo)
@@ -395,6 +428,22 @@ impl ServeArgs {
             rate_limit,
         })
     }
+}
+
+/// A writer URL is `http://host:port` (plain HTTP: the writer's process is on the
+/// deployment's private network, like its database), without a path.
+fn check_writer_url(url: &str) -> anyhow::Result<()> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|_| anyhow::anyhow!("writer-url must be http://host:port"))?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http")
+            && uri.authority().is_some()
+            && matches!(uri.path(), "" | "/")
+            && uri.query().is_none(),
+        "writer-url must be http://host:port"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -557,5 +606,46 @@ mod tests {
         assert!(resolve(&["--listen", "0.0.0.0:8080", "--admin-token", token]).is_ok());
         // A short token is refused anywhere.
         assert!(resolve(&["--admin-token", "short"]).is_err());
+    }
+
+    #[test]
+    fn api_only_processes_need_the_writer_a_shared_store_and_redis() {
+        let pg = "postgres://postgres@127.0.0.1/agora";
+        let redis = "redis://127.0.0.1:6379/0";
+        let writer = "http://10.0.0.5:8080";
+        let api = |extra: &[&str]| {
+            let mut args = vec!["--roles", "api", "--store", pg, "--cache", redis];
+            args.extend_from_slice(extra);
+            resolve(&args)
+        };
+        let s = api(&["--writer-url", writer]).unwrap();
+        assert!(s.roles.api_only());
+        assert_eq!(s.writer_url.as_deref(), Some(writer));
+        assert!(api(&[]).is_err(), "no writer url");
+        for url in [
+            "https://10.0.0.5:8080",
+            "http://10.0.0.5:8080/x",
+            "10.0.0.5:8080",
+            "http://",
+        ] {
+            assert!(api(&["--writer-url", url]).is_err(), "{url}");
+        }
+        assert!(
+            api(&["--writer-url", writer, "--demo"]).is_err(),
+            "demo runs with the writer"
+        );
+        let on = |args: &[&str]| resolve(args).map(|_| ());
+        assert!(
+            on(&["--roles", "api", "--writer-url", writer, "--cache", redis]).is_err(),
+            "sqlite"
+        );
+        assert!(
+            on(&["--roles", "api", "--writer-url", writer, "--store", pg]).is_err(),
+            "memory cache"
+        );
+        assert!(
+            on(&["--writer-url", writer]).is_err(),
+            "only an api-only process has a writer url"
+        );
     }
 }

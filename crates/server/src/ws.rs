@@ -443,7 +443,7 @@ pub async fn ws_handler(
     headers: HeaderMap,
 ) -> Response {
     let user = if headers.contains_key("x-user-id") {
-        match ActingUser::from_headers(&headers, &state) {
+        match ActingUser::from_headers(&headers, &state).await {
             Ok(ActingUser(u)) => Some(u),
             Err(problem) => return problem.into_response(),
         }

@@ -164,9 +164,24 @@ pub fn connect(
             let reader = writer.reader(read_connections)?;
             Ok((Box::new(writer), Arc::new(reader)))
         }
-        // Not the URL itself: it may hold a password.
-        _ => Err(StoreError::Database(format!(
-            "a store URL starts with postgres:// or mysql://, not {scheme:?}://"
-        ))),
+        _ => Err(unknown_scheme(scheme)),
     }
+}
+
+/// Only a read pool of `connections` for a `postgres://` or `mysql://` URL, on a runtime of
+/// its own: for a process that reads the store without hosting the writer.
+pub fn connect_reader(url: &str, connections: u32) -> StoreResult<Arc<dyn ReadDatabase>> {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    match scheme {
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresReader::connect(url, connections)?)),
+        "mysql" => Ok(Arc::new(MysqlReader::connect(url, connections)?)),
+        _ => Err(unknown_scheme(scheme)),
+    }
+}
+
+fn unknown_scheme(scheme: &str) -> StoreError {
+    // Not the URL itself: it may hold a password.
+    StoreError::Database(format!(
+        "a store URL starts with postgres:// or mysql://, not {scheme:?}://"
+    ))
 }

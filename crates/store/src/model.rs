@@ -39,7 +39,7 @@ pub struct SymbolRow {
     pub default_stp: SelfTradePrevention,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRow {
     pub id: u64,
     pub name: String,

@@ -259,6 +259,15 @@ impl<R: ReadDatabase + ?Sized> Reads<R> {
         Ok(fills)
     }
 
+    pub fn user(&self, id: u64) -> StoreResult<Option<UserRow>> {
+        let sql = format!("{} WHERE id = ?", select_from(&USERS));
+        self.0
+            .query_one(&sql, &[id.into()])?
+            .as_ref()
+            .map(UserRow::decode)
+            .transpose()
+    }
+
     pub fn user_by_name(&self, name: &str) -> StoreResult<Option<UserRow>> {
         let sql = format!("{} WHERE name = ?", select_from(&USERS));
         self.0

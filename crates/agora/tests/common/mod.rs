@@ -84,6 +84,8 @@ pub struct Server {
     pub store: String,
     _dir: Option<tempfile::TempDir>,
     pub http: Client,
+    /// Whether the store is this server's to drop (not an API process's in front of another).
+    owns_store: bool,
 }
 
 impl Server {
@@ -101,6 +103,7 @@ impl Server {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+            owns_store: true,
         };
         s.boot(&[]);
         s
@@ -113,9 +116,34 @@ impl Server {
         s
     }
 
+    /// An api-only process (`--roles api`) in front of `writer`: the same store, its commands
+    /// sent to `writer`'s address; `extra` adds flags (the cache's, at least).
+    pub fn api_process(writer: &Server, extra: &[&str]) -> Server {
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data_dir: writer.data_dir.clone(),
+            store: writer.store.clone(),
+            _dir: None,
+            http: writer.http.clone(),
+            owns_store: false,
+        };
+        let mut args = vec!["--roles", "api", "--writer-url", &writer.url];
+        args.extend_from_slice(extra);
+        s.boot(&args);
+        s
+    }
+
     fn boot(&mut self, extra: &[&str]) {
+        // A free port, unless the flags name one (a restart on the same address).
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(agora_bin())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
+            .args(listen)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--store", &self.store])
@@ -365,7 +393,8 @@ pub fn problem_kinds(report: &Value) -> Vec<String> {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
-        if let Some((base, name)) = self.store.rsplit_once('/').filter(|_| !on_sqlite()) {
+        let owned = self.owns_store && !on_sqlite();
+        if let Some((base, name)) = self.store.rsplit_once('/').filter(|_| owned) {
             drop_database(base, name);
         }
     }
