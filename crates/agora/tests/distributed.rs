@@ -211,20 +211,35 @@ fn cache_args_of(writer_args: &[String]) -> Vec<&str> {
         .collect()
 }
 
-/// Two api-only processes (`--roles api --writer-url …`) in front of a cluster's writer, on
+/// Two api-only processes (`--roles api --writer-url …`) in front of a writer, on
 /// the same store and Redis: listings, deposits and orders through either are the writer's
 /// commits; either reads what the other did; a keyed order sent to one is replayed by the
 /// other; market data, status and reconciliation come from the writer's process; while the
 /// writer is down they answer 503 without doing anything, and carry on once it is back.
 #[test]
-fn api_processes_share_the_writer_the_store_and_the_keys() {
+fn api_processes_share_a_cluster_writer_the_store_and_the_keys() {
     if on_sqlite() {
         return; // an API process needs a store other processes can open
     }
-    let Some((mut s, _engines, writer_args)) = cluster(1) else {
+    if let Some((s, _engines, writer_args)) = cluster(1) {
+        api_processes_in_front_of(s, &writer_args);
+    }
+}
+
+/// The same in front of a writer with the embedded log (no Kafka): API processes need only
+/// the writer's address, the store and Redis.
+#[test]
+fn api_processes_share_an_embedded_writer_the_store_and_the_keys() {
+    if on_sqlite() {
         return;
-    };
-    let cache_args = cache_args_of(&writer_args);
+    }
+    let writer_args = redis_cache_args(&fresh_namespace());
+    let args: Vec<&str> = writer_args.iter().map(String::as_str).collect();
+    api_processes_in_front_of(Server::start_with(&args), &writer_args);
+}
+
+fn api_processes_in_front_of(mut s: Server, writer_args: &[String]) {
+    let cache_args = cache_args_of(writer_args);
     if cache_args.is_empty() {
         return; // no Redis outside CI: API processes need it (see redis_cache_args)
     }
@@ -303,4 +318,36 @@ fn api_processes_share_the_writer_the_store_and_the_keys() {
     // Every invariant, checked through an API process (status and reconciliation are
     // forwarded to the writer's process).
     api[1].assert_invariants();
+}
+
+/// A writer that takes the connection and never answers: the API process answers 503
+/// `WRITER_NO_ANSWER` (the outcome is unknown) after its call timeout, and keeps the
+/// `Idempotency-Key` held, so that a retry cannot place the order a second time.
+#[test]
+fn a_writer_that_never_answers_leaves_the_key_held() {
+    if on_sqlite() {
+        return;
+    }
+    let namespace = fresh_namespace();
+    let writer_args = redis_cache_args(&namespace);
+    let cache_args = cache_args_of(&writer_args);
+    if cache_args.is_empty() {
+        return;
+    }
+    let args: Vec<&str> = writer_args.iter().map(String::as_str).collect();
+    let s = Server::start_with(&args);
+    let users = market(&s, 1);
+    // Accepts connections (the kernel's backlog does) and never reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let api = Server::api_process_to(&silent_url, &s, &cache_args);
+    let body = limit("BUY", "9.00", "1", "GTC");
+    let key = format!("{namespace}-silent");
+    let first = send_keyed(keyed_order(&api, users[0], &key, &body));
+    assert_eq!(first.0, 503, "{}", first.1);
+    assert_eq!(first.1["code"], "WRITER_NO_ANSWER");
+    let retry = send_keyed(keyed_order(&api, users[0], &key, &body));
+    assert_eq!(retry.0, 409, "{} replayed: {}", retry.1, retry.2);
+    assert_eq!(retry.1["code"], "IDEMPOTENCY_KEY_IN_USE");
+    drop(silent);
 }

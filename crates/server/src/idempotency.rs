@@ -10,6 +10,9 @@
 //! - keys are per acting user (per admin for admin endpoints), 1-255 visible ASCII
 //!   characters (400 `INVALID_IDEMPOTENCY_KEY`).
 //!
+//! An api-only process whose writer did not answer (`WRITER_NO_ANSWER`: the request may
+//! have been done) keeps the key held until its lease ends; retries meanwhile get 409.
+//!
 //! A request without the header does not touch the cache. Once a keyed request has started,
 //! it runs to the end on its own task even if the client goes away or the request deadline
 //! answers 408, and its answer is stored: the client's retry then gets it, instead of a
@@ -247,6 +250,10 @@ async fn run(state: AppState, held: Held, request: Request, mut handler: Route) 
         .await;
     let response = match response {
         Ok(Ok(response)) if is_definite(response.status()) => response,
+        // Sent to the writer's process, which did not answer: the request may have been
+        // done, so the key is not freed for a retry that could do it twice. It stays held
+        // (retries get 409) until its lease ends.
+        Ok(Ok(response)) if outcome_unknown(&response) => return response,
         Ok(Ok(response)) => {
             free(&state, &scope, &key, lease).await;
             return response;
@@ -291,6 +298,11 @@ async fn free(state: &AppState, scope: &str, key: &str, lease: Lease) {
     if let Err(e) = state.cache.abandon(scope, key, lease).await {
         tracing::warn!(error = %e, %scope, %key, "idempotency key not freed; its lease will");
     }
+}
+
+fn outcome_unknown(response: &Response) -> bool {
+    response.extensions().get::<crate::problem::ProblemCode>()
+        == Some(&crate::problem::ProblemCode(crate::writer_link::NO_ANSWER))
 }
 
 /// 2xx and 4xx say what the request does; 408 (cut off), 429 (not served) and 5xx do not.

@@ -50,6 +50,10 @@ impl<'r> utoipa::ToResponse<'r> for Problem {
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The `code` of a problem answer, as a response extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProblemCode(pub &'static str);
+
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
         Problem {
@@ -73,6 +77,8 @@ impl IntoResponse for Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        // For middleware that acts on the kind of error (idempotency keys).
+        response.extensions_mut().insert(ProblemCode(self.code));
         response
     }
 }

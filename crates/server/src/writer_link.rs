@@ -108,14 +108,18 @@ fn unreachable_writer(why: &str) -> ExchangeError {
     )
 }
 
+/// The code of a command whose outcome is unknown.
+pub const NO_ANSWER: &str = "WRITER_NO_ANSWER";
+
 /// The request may have reached the writer, but no answer came back: its outcome is unknown.
 fn no_answer(why: &str) -> ExchangeError {
     tracing::warn!(why, "no answer from the writer");
     ExchangeError::new(
         agora_exchange::ErrorClass::Unavailable,
-        "WRITER_NO_ANSWER",
-        "the writer's process did not answer; the request may or may not have been done: \
-         retry with the same Idempotency-Key or client_order_id",
+        NO_ANSWER,
+        "the writer's process did not answer; the request may or may not have been done (an \
+         order's client_order_id finds it if it was; an Idempotency-Key sent with it stays \
+         held until its lease ends)",
     )
 }
 

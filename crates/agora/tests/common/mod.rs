@@ -119,6 +119,12 @@ impl Server {
     /// An api-only process (`--roles api`) in front of `writer`: the same store, its commands
     /// sent to `writer`'s address; `extra` adds flags (the cache's, at least).
     pub fn api_process(writer: &Server, extra: &[&str]) -> Server {
+        Server::api_process_to(&writer.url, writer, extra)
+    }
+
+    /// An api-only process on `store_of`'s store whose commands go to `writer_url`.
+    pub fn api_process_to(writer_url: &str, store_of: &Server, extra: &[&str]) -> Server {
+        let writer = store_of;
         let mut s = Server {
             child: None,
             url: String::new(),
@@ -128,7 +134,7 @@ impl Server {
             http: writer.http.clone(),
             owns_store: false,
         };
-        let mut args = vec!["--roles", "api", "--writer-url", &writer.url];
+        let mut args = vec!["--roles", "api", "--writer-url", writer_url];
         args.extend_from_slice(extra);
         s.boot(&args);
         s
