@@ -170,6 +170,12 @@ fn bad_requests_get_a_4xx_problem_and_change_nothing() {
         ("GET", "/api/v1/admin/books/NOPE", None, None, vec![], 404, "UNKNOWN_SYMBOL"),
         ("PATCH", "/api/v1/admin/symbols/NOPE", None, json_ct, order(json!({"status": "HALTED"})), 404, "UNKNOWN_SYMBOL"),
         ("PATCH", "/api/v1/admin/symbols/BASE-QUOTE", None, json_ct, order(json!({})), 400, "EMPTY_UPDATE"),
+        // The writer's request port, as API processes reach it.
+        ("POST", "/internal/v1/requests", None, json_ct, b"{not json".to_vec(), 400, "INVALID_COMMAND"),
+        ("POST", "/internal/v1/requests", None, json_ct, order(json!({"drop_tables": {}})), 400, "INVALID_COMMAND"),
+        ("POST", "/internal/v1/requests", None, json_ct, order(json!({"create_user": {"name": "x", "admin": true}})), 400, "INVALID_COMMAND"),
+        ("POST", "/internal/v1/requests", None, json_ct, vec![b' '; 20 * 1024], 413, "BODY_TOO_LARGE"),
+        ("GET", "/internal/v1/requests", None, None, vec![], 405, "METHOD_NOT_ALLOWED"),
     ];
     for (method, path, user, ct, body, want_code, want_problem) in cases {
         let (code, problem, content_type) = raw(&s, method, path, user, ct, body);

@@ -150,15 +150,15 @@ impl WriterPort for WriterClient {
 }
 
 /// The writer's side: runs a command from an API process as its own API would.
-pub async fn take_command(State(state): State<AppState>, _: Admin, body: Bytes) -> Response {
-    if body.len() > COMMAND_BYTES_MAX {
+pub async fn take_command(State(state): State<AppState>, _: Admin, body: Body) -> Response {
+    let Ok(body) = axum::body::to_bytes(body, COMMAND_BYTES_MAX).await else {
         return Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "BODY_TOO_LARGE",
             format!("a command is at most {COMMAND_BYTES_MAX} bytes"),
         )
         .into_response();
-    }
+    };
     let command: Command = match serde_json::from_slice(&body) {
         Ok(command) => command,
         Err(e) => return Problem::bad_request("INVALID_COMMAND", e.to_string()).into_response(),
