@@ -83,6 +83,9 @@ pub fn consumer_offsets(
     .collect()
 }
 
+/// The relay position: every event at or below it has been applied by its consumer.
+pub const RELAY_POSITION_SQL: &str = "SELECT COALESCE(MAX(seq), 0) FROM relay_position";
+
 const OUTBOX_PRUNE: &str = "DELETE FROM outbox WHERE seq <= ?";
 
 /// Prune the outbox every this many commits (nothing at or below the relay position is ever
@@ -148,7 +151,7 @@ impl Outbox {
         let one = |db: &mut dyn Database, sql: &str| -> StoreResult<i64> {
             db.query_one(sql, &[])?.map_or(Ok(0), |r| r.int(0))
         };
-        let relay_position = one(db, "SELECT COALESCE(MAX(seq), 0) FROM relay_position")?;
+        let relay_position = one(db, RELAY_POSITION_SQL)?;
         // Pruning deletes rows up to the relay position, so an idle outbox may be empty: the
         // sequence continues after the larger of the two, never restarts below consumers'
         // positions (their inputs at or below them are dropped as already applied).
@@ -236,6 +239,26 @@ impl Outbox {
         std::mem::take(&mut self.pending)
     }
 
+    /// Counts committed rows (oldest first) as in flight until their consumer has applied
+    /// them, without publishing them: a relay process publishes them (see
+    /// [`crate::relay`]). Rows for which `publish` says no go to no consumer.
+    pub fn track(&mut self, rows: &[OutboxRow], publish: impl Fn(&OutboxRow) -> bool) {
+        for row in rows.iter().filter(|r| publish(r)) {
+            self.track_row(row);
+        }
+    }
+
+    fn track_row(&mut self, row: &OutboxRow) {
+        match self.published_max.get_mut(row.aggregate_id.as_str()) {
+            Some(max) => *max = row.seq,
+            None => {
+                self.published_max
+                    .insert(row.aggregate_id.as_str().into(), row.seq);
+            }
+        }
+        self.published_max_all = self.published_max_all.max(row.seq);
+    }
+
     /// Publishes rows (oldest first) to their key's partition. Rows for which `publish`
     /// says no stay in the outbox only (events no consumer reads from the log).
     pub fn publish(
@@ -250,9 +273,8 @@ impl Outbox {
             if !publish(&row) {
                 continue;
             }
+            self.track_row(&row);
             let key: Arc<str> = row.aggregate_id.into();
-            self.published_max.insert(key.clone(), row.seq);
-            self.published_max_all = self.published_max_all.max(row.seq);
             by_partition
                 .entry(partition_for(&key, partitions))
                 .or_default()

@@ -190,6 +190,9 @@ pub struct WriterLimits {
     /// when they are threads of this process; false when the log is durable and they are
     /// other processes, which may be down (they catch up from the log when they return).
     pub catch_up_waits: bool,
+    /// Whether the writer publishes its own commits to the log (its in-process relay, the
+    /// fast path), or leaves that to relay processes and only counts what is in flight.
+    pub relays_itself: bool,
 }
 
 impl Default for WriterLimits {
@@ -200,6 +203,7 @@ impl Default for WriterLimits {
             catch_up_silence_max: Duration::from_secs(30),
             drain_max: Duration::from_secs(10),
             catch_up_waits: true,
+            relays_itself: true,
         }
     }
 }
@@ -317,7 +321,8 @@ impl<V: Venue> Writer<V> {
     }
 
     /// Re-publishes every event the consumers may not have applied (the relay's restart
-    /// path), applying their feedback as it comes, until nothing is in flight.
+    /// path), applying their feedback as it comes, until nothing is in flight. A writer
+    /// whose commits relay processes publish only counts those events as in flight.
     async fn catch_up(&mut self, feedback: &mut mpsc::UnboundedReceiver<V::Feedback>) {
         let mut from = self.core.outbox.relay_position();
         let started = std::time::Instant::now();
@@ -361,6 +366,10 @@ impl<V: Venue> Writer<V> {
 
     fn publish(&mut self, rows: Vec<OutboxRow>) {
         let venue = &self.venue;
+        if !self.limits.relays_itself {
+            self.core.outbox.track(&rows, |r| venue.publishes(r));
+            return;
+        }
         if let Err(e) = self
             .core
             .outbox

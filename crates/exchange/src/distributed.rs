@@ -1,9 +1,8 @@
 //! The distributed mode: the exchange's roles as processes that meet in Kafka and the store.
 //!
-//! - **settlement** (with **relay**): the writer. It holds the `exchange-writer` role
-//!   (fenced by epoch), takes the API's requests, commits holds, orders and outbox rows,
-//!   and publishes each commit's book inputs to `agora.book-inputs` (the relay: the writer
-//!   publishes its own commits, so there is one relay per store and per-key order holds).
+//! - **settlement**: the writer. It holds the `exchange-writer` role (fenced by epoch),
+//!   takes the API's requests, commits holds, orders and outbox rows, whose book inputs
+//!   reach `agora.book-inputs` through the relay.
 //!   It consumes `agora.engine-output` and settles it exactly once: every output names the
 //!   input it answers, and an input at or below its symbol's cursor is dropped. The cursor
 //!   and both log positions (where engines and settlement resume) commit with the effects.
@@ -15,8 +14,13 @@
 //!   sees one input partition's outputs in order. A member that lost a partition and is
 //!   still sending (a "zombie") sends what the new owner sends — the engine is deterministic
 //!   — and settlement drops whichever copy comes second.
+//! - **relay**: in the writer's process, the writer publishes its own commits (the fast
+//!   path) and holds every outbox partition's lease; without it, relay processes
+//!   (`--roles relay`, any number) publish the outbox partitions they hold a lease on
+//!   (`agora_core::relay`).
 //! - **api** and **market** run in the writer's process in this version (the request port
-//!   and the market feed are in-process there).
+//!   and the market feed are in-process there), besides api-only processes that send their
+//!   commands to it (`crate::commands`).
 
 use crate::rules::RefData;
 use crate::sequencer::SETTLEMENT_CONSUMER;
@@ -109,9 +113,14 @@ impl Roles {
         self.api && !(self.relay || self.engine || self.settlement || self.market)
     }
 
-    /// The combinations this version runs: the writer's process (settlement with relay,
-    /// api and market, with engine or not), engine-only processes, and api-only processes
-    /// (with the writer's address).
+    /// Whether this process hosts no writer and no API: engine and relay processes.
+    pub fn workers_only(&self) -> bool {
+        !(self.api || self.settlement || self.market) && (self.engine || self.relay)
+    }
+
+    /// The combinations this version runs: the writer's process (settlement with api and
+    /// market; relay and engine or not), worker processes (relay, engine or both), and
+    /// api-only processes (with the writer's address).
     pub fn check(&self, distributed: bool, writer_url_given: bool) -> Result<(), String> {
         if self.api_only() {
             // Needs no log: it reaches the writer over HTTP and reads the store.
@@ -133,16 +142,17 @@ impl Roles {
                 "roles other than all need a Kafka event log (--event-log kafka://…)".into(),
             );
         }
-        let writer_roles = self.settlement || self.relay || self.api || self.market;
-        if writer_roles && !(self.settlement && self.relay && self.api && self.market) {
+        let writer_roles = self.settlement || self.api || self.market;
+        if writer_roles && !(self.settlement && self.api && self.market) {
             return Err(
-                "api, market and relay run in the writer's process in this version: give them \
-                 together (--roles api,relay,settlement,market, with engine or not), and run \
-                 engines apart with --roles engine"
+                "api and market run in the writer's process in this version (besides api-only \
+                 processes): give them together (--roles api,settlement,market, with relay \
+                 and engine or not), and run relays and engines apart with --roles relay, \
+                 --roles engine or --roles relay,engine"
                     .into(),
             );
         }
-        if !writer_roles && !self.engine {
+        if !writer_roles && !(self.engine || self.relay) {
             return Err("no role given".into());
         }
         Ok(())
@@ -420,15 +430,96 @@ pub(crate) fn spawn_settlement_feed(
     Ok(thread)
 }
 
-/// An engine-only process (`--roles engine`): joins the engine group and matches what it
-/// is assigned until stopped. It reads the store; it never writes it.
-pub fn start_engine_process(config: &crate::Config) -> Result<EngineMember, StartError> {
+/// The holder name of the writer's own relay in `relay_leases`.
+pub const WRITER_RELAY_HOLDER: &str = "exchange-writer";
+
+/// A relay member: publishes the book inputs of the outbox partitions it holds a lease on.
+pub struct RelayMember {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RelayMember {
+    /// Starts publishing on a thread of its own; its leases come within a renewal.
+    pub fn start(
+        link: &KafkaLink,
+        store: Box<dyn agora_core::Database>,
+        clock: Arc<dyn agora_core::Clock>,
+    ) -> Result<RelayMember, StartError> {
+        let relay = agora_core::relay::Relay::new(
+            store,
+            link.log(topics::BOOK_INPUTS)?,
+            clock,
+            "relay",
+            Box::new(|row| row.aggregate_type == crate::events::BOOK_AGGREGATE),
+            agora_core::relay::RelayLimits::default(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_relay = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || relay.run(&stop_relay))
+            .expect("spawn relay thread");
+        Ok(RelayMember {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Gives the leases back and waits for the thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A worker process (`--roles engine`, `relay` or both): what it runs until stopped.
+pub struct Workers {
+    engine: Option<EngineMember>,
+    relay: Option<RelayMember>,
+}
+
+impl Workers {
+    pub fn stop(self) {
+        if let Some(relay) = self.relay {
+            relay.stop();
+        }
+        if let Some(engine) = self.engine {
+            engine.stop();
+        }
+    }
+}
+
+/// A worker process: an engine member (joins the engine group and matches what it is
+/// assigned; it reads the store, never writes it) and/or a relay (writes only its leases).
+pub fn start_workers(config: &crate::Config) -> Result<Workers, StartError> {
     let url = config.event_log_url.as_deref().ok_or_else(|| {
-        StartError::Log("an engine process needs a Kafka event log (--event-log kafka://…)".into())
+        StartError::Log(
+            "engine and relay processes need a Kafka event log (--event-log kafka://…)".into(),
+        )
     })?;
-    let reader = crate::open_reader(config)?;
     let link = KafkaLink::open(url, config.log_partitions, &config.log_namespace)?;
-    EngineMember::start(&link, reader)
+    let relay = if config.roles.relay {
+        let Some(store_url) = &config.store_url else {
+            return Err(StartError::Log(
+                "a relay process writes its leases in the writer's store: give --store \
+                 postgres://… or mysql://… (SQLite is one process's file)"
+                    .into(),
+            ));
+        };
+        let (store, _reader) = agora_sql::connect(store_url, 1)?;
+        Some(RelayMember::start(&link, store, config.clock.clone())?)
+    } else {
+        None
+    };
+    let engine = if config.roles.engine {
+        Some(EngineMember::start(&link, crate::open_reader(config)?)?)
+    } else {
+        None
+    };
+    Ok(Workers { engine, relay })
 }
 
 #[cfg(test)]
@@ -453,6 +544,14 @@ mod tests {
             .unwrap()
             .check(true, false)
             .is_err());
+        let writer_without_relay = Roles::parse("api,settlement,market").unwrap();
+        assert_eq!(writer_without_relay.check(true, false), Ok(()));
+        for workers in ["relay", "relay,engine", "engine"] {
+            let roles = Roles::parse(workers).unwrap();
+            assert!(roles.workers_only() && !roles.writer(), "{workers}");
+            assert_eq!(roles.check(true, false), Ok(()), "{workers}");
+        }
+        assert!(!Roles::ALL.workers_only() && !writer_without_relay.workers_only());
         let api = Roles::parse("api").unwrap();
         assert!(api.api_only() && !api.writer());
         assert!(

@@ -345,6 +345,17 @@ impl Exchange {
                     config.log_partitions,
                     &config.log_namespace,
                 )?;
+                // The writer's own relay holds every outbox partition while it runs; without
+                // the relay role it hands them to relay processes.
+                if config.roles.relay {
+                    agora_core::relay::hold_all(
+                        &mut *store,
+                        link.partitions,
+                        distributed::WRITER_RELAY_HOLDER,
+                    )?;
+                } else {
+                    agora_core::relay::release_all(&mut *store, distributed::WRITER_RELAY_HOLDER)?;
+                }
                 if config.roles.engine {
                     let member = distributed::EngineMember::start(&link, reader.clone())?;
                     let (control, thread) = member.into_parts();
@@ -366,6 +377,7 @@ impl Exchange {
             batch_max: config.batch_max,
             // Engines in other processes may be down; they catch up from the log.
             catch_up_waits: config.event_log_url.is_none(),
+            relays_itself: config.event_log_url.is_none() || config.roles.relay,
             ..WriterLimits::default()
         };
         let (feed_tx, feed_rx) = crossbeam_channel::bounded(market::FEED_QUEUE_MAX);

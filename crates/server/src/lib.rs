@@ -130,8 +130,8 @@ pub fn exchange_config(settings: &Settings) -> Config {
 
 /// Runs agora until SIGTERM or Ctrl-C.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    if !settings.roles.writer() && !settings.roles.api_only() {
-        return serve_engine(&settings).await;
+    if settings.roles.workers_only() {
+        return serve_workers(&settings).await;
     }
     // Bind first: a busy port is refused before the store is opened or created.
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -214,19 +214,26 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An engine-only process: no HTTP, just a member of the engine group until SIGTERM.
-async fn serve_engine(settings: &Settings) -> anyhow::Result<()> {
+/// A worker process (`--roles engine`, `relay` or both): no HTTP, just its members until
+/// SIGTERM.
+async fn serve_workers(settings: &Settings) -> anyhow::Result<()> {
     let config = exchange_config(settings);
-    let member = tokio::task::spawn_blocking(move || {
-        agora_exchange::distributed::start_engine_process(&config)
-    })
-    .await??;
-    // Scripts wait for this line.
-    println!("agora engine running");
-    tracing::info!("engine process running");
+    let workers =
+        tokio::task::spawn_blocking(move || agora_exchange::distributed::start_workers(&config))
+            .await??;
+    let roles: Vec<&str> = [
+        (settings.roles.relay, "relay"),
+        (settings.roles.engine, "engine"),
+    ]
+    .into_iter()
+    .filter_map(|(on, role)| on.then_some(role))
+    .collect();
+    // Scripts wait for this line ("agora engine running", "agora relay,engine running").
+    println!("agora {} running", roles.join(","));
+    tracing::info!(roles = %roles.join(","), "worker process running");
     shutdown_signal().await;
-    tokio::task::spawn_blocking(move || member.stop()).await?;
-    tracing::info!("engine stopped");
+    tokio::task::spawn_blocking(move || workers.stop()).await?;
+    tracing::info!("workers stopped");
     Ok(())
 }
 

@@ -40,7 +40,9 @@ pub struct ServeArgs {
     pub log_namespace: Option<String>,
     /// The roles this process plays: `all`, or some of `api,relay,engine,settlement,market`.
     /// With Kafka, run the writer's process (`api,relay,settlement,market`) once and
-    /// engine processes (`engine`) as many times as you like [default: all].
+    /// engine processes (`engine`) as many times as you like; leave `relay` out of the
+    /// writer's roles to have relay processes (`relay`, or `relay,engine`) publish the
+    /// outbox instead [default: all].
     #[arg(long, env = "AGORA_ROLES")]
     pub roles: Option<String>,
     /// The writer's process, for an api-only process (`--roles api`): the `http://host:port`
@@ -341,6 +343,13 @@ impl ServeArgs {
                 Some(url.to_string())
             }
         };
+        if roles.relay && roles.workers_only() {
+            anyhow::ensure!(
+                store_url.is_some(),
+                "a relay process writes its leases in the writer's store: give --store \
+                 postgres://… or mysql://… (SQLite is one process's file)"
+            );
+        }
         if roles.api_only() {
             // Every API process must see the same committed state and the same idempotency
             // keys as the others.

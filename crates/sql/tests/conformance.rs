@@ -57,6 +57,9 @@ conformance!(
     a_broken_connection_is_replaced,
     a_snapshot_does_not_see_commits_made_during_it,
     a_snapshot_always_ends_its_transaction_and_gives_its_connection_back,
+    relays_share_the_partitions_and_publish_each_row_once_in_order,
+    a_relay_that_lost_its_lease_cannot_move_the_position,
+    the_writers_own_relay_holds_every_lease_until_it_hands_them_back,
 );
 
 fn count(db: &mut dyn Database, table: &str) -> i64 {
@@ -80,6 +83,7 @@ fn migrations_apply_once_and_are_recorded(t: &TestDb) {
         recorded,
         [
             Row(vec![Value::Text("core".into()), Value::Int(1)]),
+            Row(vec![Value::Text("core".into()), Value::Int(2)]),
             Row(vec![Value::Text("exchange".into()), Value::Int(1)]),
             Row(vec![Value::Text("exchange".into()), Value::Int(2)]),
             Row(vec![Value::Text("exchange".into()), Value::Int(3)]),
@@ -90,7 +94,7 @@ fn migrations_apply_once_and_are_recorded(t: &TestDb) {
     // keeps them from failing.
     db.migrate("core", CORE).unwrap();
     db.migrate("exchange", EXCHANGE).unwrap();
-    assert_eq!(count(&mut *db, "agora_migrations"), 5);
+    assert_eq!(count(&mut *db, "agora_migrations"), 6);
     // Every table is there.
     for table in [
         "users",
@@ -100,6 +104,7 @@ fn migrations_apply_once_and_are_recorded(t: &TestDb) {
         "journal",
         "outbox",
         "relay_position",
+        "relay_leases",
         "agora_fences",
         "consumer_offsets",
         "processed_events",
@@ -990,4 +995,216 @@ fn a_snapshot_always_ends_its_transaction_and_gives_its_connection_back(t: &Test
         })
         .unwrap();
     assert_eq!(in_snapshot, N + 1);
+}
+
+// Relays apart from the writer (`agora_core::relay`): leases and positions on each server.
+
+const RELAY_PARTITIONS: u32 = 4;
+const LEASE_MS: i64 = 5_000;
+
+fn book_row(seq: i64, key: &str, aggregate_type: &str) -> agora_core::outbox::OutboxRow {
+    agora_core::outbox::OutboxRow {
+        seq,
+        id: format!("evt-{seq}"),
+        aggregate_type: aggregate_type.into(),
+        aggregate_id: key.into(),
+        event_type: "OrderAccepted".into(),
+        payload: format!("{{\"seq\":{seq}}}"),
+        created_ms: 0,
+    }
+}
+
+/// Commits outbox rows `from..=to` over ten keys; every seventh is not for the log.
+fn outbox_rows(db: &mut dyn Database, from: i64, to: i64) {
+    let mut b = agora_core::WriteBatch::default();
+    for seq in from..=to {
+        let kind = if seq % 7 == 0 { "other" } else { "book" };
+        book_row(seq, &format!("KEY-{}", seq % 10), kind).put(&mut b);
+    }
+    db.commit(&b).unwrap();
+}
+
+fn relay_on(
+    t: &TestDb,
+    log: &Arc<agora_bus::EmbeddedLog>,
+    clock: &agora_core::ManualClock,
+    name: &str,
+) -> agora_core::relay::Relay {
+    agora_core::relay::Relay::new(
+        t.writer(),
+        log.clone(),
+        Arc::new(clock.clone()),
+        name,
+        Box::new(|row| row.aggregate_type == "book"),
+        agora_core::relay::RelayLimits {
+            lease: std::time::Duration::from_millis(LEASE_MS as u64),
+            page_rows: 64,
+            ..agora_core::relay::RelayLimits::default()
+        },
+    )
+}
+
+/// Everything delivered so far, per partition, as (key, seq).
+fn delivered(consumers: &mut [agora_bus::EmbeddedConsumer]) -> Vec<Vec<(String, i64)>> {
+    use agora_bus::{LogConsumer, Polled};
+    consumers
+        .iter_mut()
+        .map(|c| {
+            let mut got = Vec::new();
+            loop {
+                match c.poll(std::time::Duration::from_millis(20)).unwrap() {
+                    Polled::Records(batch) => got.extend(
+                        batch
+                            .into_iter()
+                            .map(|d| (d.record.key.to_string(), d.record.seq)),
+                    ),
+                    Polled::Assigned(_) => {}
+                    _ => break,
+                }
+            }
+            got
+        })
+        .collect()
+}
+
+fn publish_all(relay: &mut agora_core::relay::Relay) {
+    while relay.publish_page().unwrap() > 0 {}
+}
+
+fn relays_share_the_partitions_and_publish_each_row_once_in_order(t: &TestDb) {
+    let mut db = t.migrated();
+    let log = Arc::new(agora_bus::EmbeddedLog::new(RELAY_PARTITIONS, 1024));
+    let mut consumers: Vec<_> = (0..RELAY_PARTITIONS)
+        .map(|p| log.consumer([p]).unwrap())
+        .collect();
+    let clock = agora_core::ManualClock::new(1_000_000);
+    outbox_rows(&mut *db, 1, 100);
+    let mut a = relay_on(t, &log, &clock, "a");
+    a.renew().unwrap();
+    assert_eq!(
+        a.held(),
+        vec![0, 1, 2, 3],
+        "alone, a relay takes every partition"
+    );
+    publish_all(&mut a);
+    // A second relay joins: it is counted, the first gives back its share, the second
+    // claims it.
+    let mut b = relay_on(t, &log, &clock, "b");
+    b.renew().unwrap();
+    assert!(b.held().is_empty(), "nothing has ended yet");
+    a.renew().unwrap();
+    assert_eq!(a.held(), vec![0, 1]);
+    b.renew().unwrap();
+    assert_eq!(b.held(), vec![2, 3]);
+    outbox_rows(&mut *db, 101, 300);
+    for _ in 0..10 {
+        a.publish_page().unwrap();
+        b.publish_page().unwrap();
+    }
+    // Every log row exactly once, each partition in seq order, each key on its own
+    // partition.
+    let got = delivered(&mut consumers);
+    let mut all: Vec<i64> = Vec::new();
+    for (partition, records) in got.iter().enumerate() {
+        assert!(
+            records.windows(2).all(|w| w[0].1 < w[1].1),
+            "partition {partition} in order"
+        );
+        for (key, _) in records {
+            assert_eq!(
+                agora_bus::partition_for(key, RELAY_PARTITIONS),
+                partition as u32
+            );
+        }
+        all.extend(records.iter().map(|r| r.1));
+    }
+    all.sort_unstable();
+    let expected: Vec<i64> = (1..=300).filter(|s| s % 7 != 0).collect();
+    assert_eq!(all, expected);
+    // Positions are recorded: every partition published through 300.
+    let leases = agora_core::relay::leases(&mut *db).unwrap();
+    assert!(leases.iter().all(|l| l.published_seq == 300), "{leases:?}");
+    // A stopped relay gives its leases back at once; the other takes them.
+    a.release().unwrap();
+    b.renew().unwrap();
+    assert_eq!(b.held(), vec![0, 1, 2, 3]);
+}
+
+fn a_relay_that_lost_its_lease_cannot_move_the_position(t: &TestDb) {
+    let mut db = t.migrated();
+    let log = Arc::new(agora_bus::EmbeddedLog::new(RELAY_PARTITIONS, 1024));
+    let mut consumers: Vec<_> = (0..RELAY_PARTITIONS)
+        .map(|p| log.consumer([p]).unwrap())
+        .collect();
+    let clock = agora_core::ManualClock::new(1_000_000);
+    outbox_rows(&mut *db, 1, 50);
+    let mut a = relay_on(t, &log, &clock, "a");
+    a.renew().unwrap();
+    publish_all(&mut a);
+    // a stalls past its lease; b takes every partition.
+    clock.advance(LEASE_MS + 1);
+    let mut b = relay_on(t, &log, &clock, "b");
+    b.renew().unwrap();
+    assert_eq!(b.held(), vec![0, 1, 2, 3]);
+    let taken = agora_core::relay::leases(&mut *db).unwrap();
+    assert!(taken.iter().all(|l| l.published_seq == 50));
+    outbox_rows(&mut *db, 51, 80);
+    // The stale relay publishes once more before it notices: duplicates at worst, and its
+    // position update is refused at the old epoch.
+    publish_all(&mut a);
+    let after_zombie = agora_core::relay::leases(&mut *db).unwrap();
+    assert!(
+        after_zombie.iter().all(|l| l.published_seq == 50),
+        "{after_zombie:?}"
+    );
+    publish_all(&mut b);
+    a.renew().unwrap();
+    assert!(a.held().is_empty(), "a notices at its renewal");
+    // Every key's first copies arrive in order, whatever the duplicates: what a consumer
+    // applies (each key's rows above its cursor) is every row once, in order.
+    let mut applied: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for records in delivered(&mut consumers) {
+        for (key, seq) in records {
+            let rows = applied.entry(key).or_default();
+            if rows.last().is_none_or(|&last| seq > last) {
+                rows.push(seq);
+            }
+        }
+    }
+    let mut all: Vec<i64> = applied.into_values().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=80).filter(|s| s % 7 != 0).collect::<Vec<_>>());
+    let leases = agora_core::relay::leases(&mut *db).unwrap();
+    assert!(leases
+        .iter()
+        .all(|l| l.published_seq == 80 && l.holder.starts_with("b ")));
+}
+
+fn the_writers_own_relay_holds_every_lease_until_it_hands_them_back(t: &TestDb) {
+    let mut db = t.migrated();
+    let log = Arc::new(agora_bus::EmbeddedLog::new(RELAY_PARTITIONS, 1024));
+    let clock = agora_core::ManualClock::new(1_000_000);
+    let mut a = relay_on(t, &log, &clock, "a");
+    a.renew().unwrap();
+    assert_eq!(a.held().len(), 4);
+    // The writer starts with the relay role: it takes every lease at a new epoch.
+    agora_core::relay::hold_all(&mut *db, RELAY_PARTITIONS, "writer").unwrap();
+    a.renew().unwrap();
+    assert!(a.held().is_empty(), "the writer's relay holds everything");
+    clock.advance(3_600_000);
+    a.renew().unwrap();
+    assert!(a.held().is_empty(), "for as long as it runs");
+    // The writer restarts without it: it hands them back, published through the relay
+    // position (everything at or below it is applied).
+    let mut b = agora_core::WriteBatch::default();
+    b.put(
+        &agora_core::outbox::RELAY_POSITION,
+        [Value::Int(1), Value::Int(42)],
+    );
+    db.commit(&b).unwrap();
+    agora_core::relay::release_all(&mut *db, "writer").unwrap();
+    a.renew().unwrap();
+    assert_eq!(a.held(), vec![0, 1, 2, 3]);
+    let leases = agora_core::relay::leases(&mut *db).unwrap();
+    assert!(leases.iter().all(|l| l.published_seq == 42), "{leases:?}");
 }

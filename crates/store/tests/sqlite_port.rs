@@ -42,7 +42,7 @@ fn a_store_from_before_the_core_schema_upgrades_in_place_and_keeps_its_rows() {
         .iter()
         .map(|r| (r.text(0).unwrap().to_string(), r.int(1).unwrap()))
         .collect();
-    let expected: Vec<(String, i64)> = [("core", 1), ("exchange", 1), ("exchange", 2)]
+    let expected: Vec<(String, i64)> = [("core", 1), ("core", 2), ("exchange", 1), ("exchange", 2)]
         .into_iter()
         .chain([("exchange", 3), ("exchange", 4)])
         .map(|(c, v)| (c.to_string(), v))
