@@ -152,7 +152,7 @@ impl Roles {
                     .into(),
             );
         }
-        if !writer_roles && !(self.engine || self.relay) {
+        if !(writer_roles || self.engine || self.relay) {
             return Err("no role given".into());
         }
         Ok(())

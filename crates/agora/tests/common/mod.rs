@@ -572,13 +572,18 @@ pub struct EngineProcess {
 impl EngineProcess {
     /// Starts an engine process on `writer`'s store with these event-log flags.
     pub fn start(writer: &Server, log_args: &[String]) -> EngineProcess {
+        EngineProcess::start_roles(writer, "engine", log_args)
+    }
+
+    /// Starts a worker process (`engine`, `relay` or `relay,engine`) on `writer`'s store.
+    pub fn start_roles(writer: &Server, roles: &str, log_args: &[String]) -> EngineProcess {
         let mut args: Vec<String> = vec![
             "--data-dir".into(),
             writer.data_dir.display().to_string(),
             "--store".into(),
             writer.store.clone(),
             "--roles".into(),
-            "engine".into(),
+            roles.into(),
         ];
         args.extend(log_args.iter().cloned());
         let mut e = EngineProcess { child: None, args };
@@ -600,9 +605,9 @@ impl EngineProcess {
         loop {
             let line = lines
                 .next()
-                .expect("agora engine exited before running")
+                .expect("agora worker exited before running")
                 .expect("read stdout");
-            if line.starts_with("agora engine running") {
+            if line.starts_with("agora ") && line.ends_with(" running") {
                 break;
             }
         }
