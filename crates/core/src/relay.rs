@@ -281,17 +281,24 @@ impl Relay {
     /// and retried (nothing is recorded as published that the log did not acknowledge);
     /// a lease that could not be renewed is dropped at once.
     pub fn run(mut self, stop: &AtomicBool) {
+        const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+        const BACKOFF_MAX: Duration = Duration::from_secs(5);
         let mut next_renewal = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let (mut backoff, mut renew_backoff) = (BACKOFF_FIRST, BACKOFF_FIRST);
         while !stop.load(Ordering::Acquire) {
             if Instant::now() >= next_renewal {
                 match self.renew() {
-                    Ok(()) => next_renewal = Instant::now() + self.limits.renew_every,
+                    Ok(()) => {
+                        next_renewal = Instant::now() + self.limits.renew_every;
+                        renew_backoff = BACKOFF_FIRST;
+                    }
                     Err(e) => {
+                        // E.g. the store is down, or the writer has not created the tables
+                        // yet. Not known to be ours any more: stop publishing until renewed.
                         tracing::warn!(error = %e, "relay: renewing leases failed");
-                        // Not known to be ours any more: stop publishing until renewed.
                         self.held.clear();
-                        next_renewal = Instant::now() + backoff;
+                        next_renewal = Instant::now() + renew_backoff;
+                        renew_backoff = (renew_backoff * 2).min(BACKOFF_MAX);
                     }
                 }
             }
@@ -306,11 +313,11 @@ impl Relay {
                 Err(e) => {
                     tracing::warn!(error = %e, "relay: publishing failed; retrying");
                     std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             }
-            backoff = Duration::from_millis(100);
+            backoff = BACKOFF_FIRST;
         }
         if let Err(e) = self.release() {
             tracing::warn!(error = %e, "relay: giving the leases back failed; they expire");
