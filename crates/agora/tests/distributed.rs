@@ -80,7 +80,7 @@ fn mock_broker(
     String,
 ) {
     let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka mock cluster");
-    for topic in ["book-inputs", "engine-output"] {
+    for topic in ["book-inputs", "engine-output", "settled"] {
         mock.create_topic(&format!("{namespace}.{topic}"), PARTITIONS as i32, 1)
             .expect("create topic");
     }
@@ -490,4 +490,157 @@ fn relay_processes_publish_the_outbox_and_take_over_from_a_killed_one() {
     s.kill9();
     let (code, report) = reconcile_offline(&s);
     assert_eq!(code, 0, "{report:#}");
+}
+
+/// What a market process serves equals what the writer's own read model serves: each
+/// symbol's depth, recent trades and 1-minute candles. Waits for the market process to
+/// catch up (it reads the log behind the writer).
+fn same_market(writer: &Server, market: &Server) {
+    let views = |s: &Server| -> Vec<(String, Value, Value, Value)> {
+        s.symbols()
+            .into_iter()
+            .map(|sym| {
+                let depth = s.json(&format!("/api/v1/markets/{sym}/depth?limit=5000"), None);
+                let trades = s.json(&format!("/api/v1/markets/{sym}/trades?limit=200"), None);
+                let candles = s.json(
+                    &format!("/api/v1/markets/{sym}/candles?interval=1m&limit=100"),
+                    None,
+                );
+                let levels = serde_json::json!([levels(&depth["bids"]), levels(&depth["asks"])]);
+                (sym, levels, trades["trades"].clone(), candles)
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (theirs, ours) = (views(writer), views(market));
+        if theirs == ours {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the market process never caught up with the writer:\nwriter {theirs:?}\nmarket {ours:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Market processes (`--roles market`; a PostgreSQL or MySQL store): the writer
+/// (`api,relay,settlement`) publishes each commit to the settled topic; market processes
+/// rebuild the read model from the store and follow the topic, serving market data and
+/// WebSockets (trade and user streams). One started after trading catches up; one is
+/// SIGKILLed under load and restarted; the writer is SIGKILLed under load and restarted
+/// under them (commits whose records never reached the topic are repaired from the store).
+/// Throughout, each market process serves what the writer's own read model serves.
+#[test]
+fn market_processes_keep_the_read_model_from_the_log() {
+    if on_sqlite() {
+        eprintln!("SKIPPED: market processes need a PostgreSQL or MySQL store (AGORA_TEST_STORE)");
+        return;
+    }
+    let namespace = fresh_namespace();
+    let (_broker, kafka) = mock_broker(&namespace);
+    let log_args = kafka_args(&format!("{kafka}?{TEST_CLIENT}"), &namespace, PARTITIONS);
+    let with_roles = |roles: &'static str| -> Vec<String> {
+        let mut args = vec!["--roles".to_string(), roles.to_string()];
+        args.extend(log_args.iter().cloned());
+        args
+    };
+    let writer_args = with_roles("api,relay,settlement");
+    let writer_args: Vec<&str> = writer_args.iter().map(String::as_str).collect();
+    let market_args = with_roles("market");
+    let market_args: Vec<&str> = market_args.iter().map(String::as_str).collect();
+    let mut s = Server::start_with(&writer_args);
+    let _engine = EngineProcess::start(&s, &log_args);
+    let early = Server::sibling(&s, &market_args);
+    let users = two_markets(&s, 6);
+    random_flow(&s, &users, 120, 31, 0.3);
+    s.assert_invariants();
+    let mut late = Server::sibling(&s, &market_args);
+    same_market(&s, &early);
+    same_market(&s, &late);
+
+    // Each process answers what it does not serve with 421.
+    assert_eq!(s.get("/ws", None).status(), 421, "the writer has no market role");
+    let refused = late.post(
+        "/api/v1/orders",
+        Some(users[0]),
+        serde_json::json!({"symbol": "BASE-QUOTE", "side": "BUY", "type": "LIMIT",
+            "time_in_force": "GTC", "price": "1.00", "quantity": "1"}),
+    );
+    assert_eq!(refused.status(), 421);
+    let problem: Value = refused.json().unwrap();
+    assert_eq!(problem["code"], "NOT_AN_API_PROCESS");
+
+    // WebSockets on a market process: a trade and the user's own order updates.
+    let url = late.url.replace("http://", "ws://") + "/ws";
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    request
+        .headers_mut()
+        .insert("x-user-id", users[0].to_string().parse().unwrap());
+    let (mut ws, _) = tungstenite::connect(request).expect("ws connect");
+    let subscribe = serde_json::json!({"method": "SUBSCRIBE", "params": ["ALT-QUOTE@trade", "user"], "id": 1});
+    ws.send(tungstenite::Message::text(subscribe.to_string()))
+        .unwrap();
+    let on_alt = |mut order: Value| {
+        order["symbol"] = "ALT-QUOTE".into();
+        order
+    };
+    let (code, _) = place(&s, users[1], on_alt(limit("SELL", "7.00", "3", "GTC")));
+    assert_eq!(code, 202);
+    let (code, mine) = place(&s, users[0], on_alt(limit("BUY", "7.00", "3", "IOC")));
+    assert_eq!(code, 202);
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        tcp.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    }
+    let (mut traded, mut told) = (false, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(traded && told) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the market process's streams stayed silent (trade {traded}, user {told})"
+        );
+        let Ok(tungstenite::Message::Text(text)) = ws.read() else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(&text).unwrap();
+        match message["stream"].as_str() {
+            Some("ALT-QUOTE@trade") => traded = true,
+            Some("user") => {
+                told |= message["data"]["event"] == "ORDER_UPDATE"
+                    && message["data"]["order_id"] == mine["order_id"]
+            }
+            _ => {}
+        }
+    }
+    drop(ws);
+
+    // Under load: a market process dies and comes back; then the writer dies and comes
+    // back under the market processes.
+    let mut acked = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(&s, &users, 4, stop.clone(), 3);
+    std::thread::sleep(Duration::from_millis(700));
+    late.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    s.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        acked.extend(w.join().unwrap());
+    }
+    late.restart_with(&market_args);
+    s.restart_with(&writer_args);
+    s.assert_invariants();
+    check_acked(&s, &acked);
+    same_market(&s, &early);
+    same_market(&s, &late);
+    random_flow(&s, &users, 60, 32, 0.3);
+    s.assert_invariants();
+    same_market(&s, &early);
+    same_market(&s, &late);
+    assert!(
+        acked.len() > 20,
+        "the load was too light to mean much: {}",
+        acked.len()
+    );
 }

@@ -18,9 +18,13 @@
 //!   path) and holds every outbox partition's lease; without it, relay processes
 //!   (`--roles relay`, any number) publish the outbox partitions they hold a lease on
 //!   (`agora_core::relay`).
-//! - **api** and **market** run in the writer's process in this version (the request port
-//!   and the market feed are in-process there), besides api-only processes that send their
-//!   commands to it (`crate::commands`).
+//! - **market**: in the writer's process, the market thread gets each commit in process.
+//!   A writer without the market role publishes each commit to `agora.settled`, and market
+//!   processes (`--roles market`, any number) keep the read model from it and serve the
+//!   market REST endpoints and WebSockets (`crate::settled`).
+//! - **api** runs in the writer's process in this version (the request port is in-process
+//!   there), besides api-only processes that send their commands to it
+//!   (`crate::commands`).
 
 use crate::rules::RefData;
 use crate::sequencer::SETTLEMENT_CONSUMER;
@@ -113,6 +117,11 @@ impl Roles {
         self.api && !(self.relay || self.engine || self.settlement || self.market)
     }
 
+    /// Only the market: a market process that keeps the read model from the settled topic.
+    pub fn market_only(&self) -> bool {
+        self.market && !(self.api || self.relay || self.engine || self.settlement)
+    }
+
     /// Whether this process hosts no writer and no API: engine and relay processes.
     pub fn workers_only(&self) -> bool {
         !(self.api || self.settlement || self.market) && (self.engine || self.relay)
@@ -142,13 +151,16 @@ impl Roles {
                 "roles other than all need a Kafka event log (--event-log kafka://…)".into(),
             );
         }
+        if self.market_only() {
+            return Ok(());
+        }
         let writer_roles = self.settlement || self.api || self.market;
-        if writer_roles && !(self.settlement && self.api && self.market) {
+        if writer_roles && !(self.settlement && self.api) {
             return Err(
-                "api and market run in the writer's process in this version (besides api-only \
-                 processes): give them together (--roles api,settlement,market, with relay \
-                 and engine or not), and run relays and engines apart with --roles relay, \
-                 --roles engine or --roles relay,engine"
+                "api runs in the writer's process in this version (besides api-only and \
+                 market-only processes): give them together (--roles api,settlement, with \
+                 market, relay and engine or not), and run the others apart with --roles \
+                 market, relay, engine or relay,engine"
                     .into(),
             );
         }
@@ -178,11 +190,12 @@ impl KafkaLink {
         let log_error = |what: &str, e: LogError| StartError::Log(format!("{what}: {e}"));
         let config = KafkaConfig::from_url(url).map_err(|e| log_error("event log URL", e))?;
         let mut counts = Vec::new();
-        let (inputs, outputs) = (
+        let (inputs, outputs, settled) = (
             topic(namespace, topics::BOOK_INPUTS),
             topic(namespace, topics::ENGINE_OUTPUT),
+            topic(namespace, topics::SETTLED),
         );
-        for topic in [&inputs, &outputs] {
+        for topic in [&inputs, &outputs, &settled] {
             let state = agora_kafka::ensure_topic(&config, topic, partitions, 1)
                 .map_err(|e| log_error(&format!("topic {topic}"), e))?;
             counts.push(match state {
@@ -552,6 +565,14 @@ mod tests {
             assert_eq!(roles.check(true, false), Ok(()), "{workers}");
         }
         assert!(!Roles::ALL.workers_only() && !writer_without_relay.workers_only());
+        let market = Roles::parse("market").unwrap();
+        assert!(market.market_only() && !market.writer() && !market.workers_only());
+        assert_eq!(market.check(true, false), Ok(()));
+        assert!(market.check(false, false).is_err(), "needs Kafka");
+        assert!(!Roles::ALL.market_only());
+        let writer_without_market = Roles::parse("api,relay,settlement").unwrap();
+        assert_eq!(writer_without_market.check(true, false), Ok(()));
+        assert!(Roles::parse("api,market").unwrap().check(true, false).is_err());
         let api = Roles::parse("api").unwrap();
         assert!(api.api_only() && !api.writer());
         assert!(

@@ -23,6 +23,7 @@ pub mod market;
 pub mod reconcile;
 pub mod rules;
 pub mod sequencer;
+pub mod settled;
 pub mod settlement;
 pub mod shard;
 #[cfg(test)]
@@ -177,6 +178,20 @@ struct Inner {
     checkpointer: Mutex<Option<Checkpointer>>,
     /// An API process without the writer: where its commands go (see [`Exchange::connect`]).
     writer: Option<Arc<dyn WriterPort>>,
+    kind: ProcessKind,
+    /// Whether this process serves WebSockets (it plays the market role).
+    websockets: bool,
+}
+
+/// What an [`Exchange`] handle stands for in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessKind {
+    /// Hosts the writer (and knows every user).
+    Writer,
+    /// An api-only process: commands go to the writer's process.
+    Api,
+    /// A market process: the read model from the settled topic, no commands.
+    Market,
 }
 
 /// The store's connections, as the configuration chose them.
@@ -244,6 +259,116 @@ fn load_refdata(reader: &dyn ReadDatabase) -> StoreResult<RefData> {
     Ok(refdata.expect("the snapshot ran"))
 }
 
+/// The market read model over the books restored from the store, with the store's recent
+/// trades and candles.
+fn market_model<D: agora_core::store::Queries + ?Sized>(
+    loads: &mut Loads<'_, D>,
+    books: &FxHashMap<u32, ShardBook>,
+) -> StoreResult<market::MarketData> {
+    let depths = books
+        .iter()
+        .map(|(&id, b)| (id, agora_market::DepthBook::from_resting(b.book.resting())))
+        .collect();
+    Ok(market::MarketData::new(
+        depths,
+        loads.recent_trades(market::RECENT_TRADES_MAX)?,
+        loads.recent_candles(market::CANDLES_KEPT)?,
+    ))
+}
+
+/// The market read model and each symbol's cursor, as of one store snapshot.
+struct MarketSnapshot {
+    refdata: RefData,
+    cursors: FxHashMap<u32, i64>,
+    market: market::MarketData,
+}
+
+fn market_snapshot(reader: &dyn ReadDatabase) -> Result<MarketSnapshot, StartError> {
+    let mut found = None;
+    let mut failed = None;
+    reader.snapshot(&mut |snapshot| {
+        let mut q = agora_core::store::InSnapshot(snapshot);
+        let mut loads = Loads(&mut q);
+        let refdata = RefData::new(loads.assets()?, loads.symbols()?);
+        let open_orders = loads.open_orders()?;
+        let cursors = loads.cursors()?;
+        let books = match restore_books(&refdata, &open_orders, &cursors) {
+            Ok(books) => books,
+            Err(e) => {
+                failed = Some(e);
+                return Ok(());
+            }
+        };
+        let market = market_model(&mut loads, &books)?;
+        found = Some(MarketSnapshot {
+            refdata,
+            cursors: cursors.iter().map(|c| (c.symbol, c.input_seq)).collect(),
+            market,
+        });
+        Ok(())
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(found.expect("the snapshot ran")),
+    }
+}
+
+/// Rebuilds a market process's symbols from the store.
+struct StoreSymbols(Arc<dyn ReadDatabase>);
+
+impl settled::SymbolSource for StoreSymbols {
+    fn load(
+        &mut self,
+        symbols: &[u32],
+    ) -> Result<Vec<(u32, i64, market::SymbolMarket)>, String> {
+        let snapshot = market_snapshot(&*self.0).map_err(|e| e.to_string())?;
+        let mut models = snapshot.market.into_symbols();
+        Ok(symbols
+            .iter()
+            .filter_map(|&s| {
+                let model = models.remove(&s)?;
+                Some((s, snapshot.cursors.get(&s).copied().unwrap_or(0), model))
+            })
+            .collect())
+    }
+}
+
+/// Reloads the reference data every [`REFDATA_REFRESH`] until `stop`.
+fn spawn_refdata_refresher(
+    reader: Arc<dyn ReadDatabase>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("refdata".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(REFDATA_REFRESH);
+                match load_refdata(&*reader) {
+                    Ok(r) => *shared.refdata.write().expect("lock") = Arc::new(r),
+                    Err(e) => tracing::warn!(error = %e, "reference data not reloaded"),
+                }
+            }
+        })
+        .expect("spawn refdata thread")
+}
+
+/// Shared state of a process without the writer: ready from the start, no counts.
+fn shared_without_writer(refdata: RefData) -> Arc<Shared> {
+    Arc::new(Shared {
+        refdata: RwLock::new(Arc::new(refdata)),
+        // Users are looked up in the store on a miss (they are created elsewhere).
+        users: RwLock::default(),
+        published: AtomicU64::new(0),
+        committing: AtomicU64::new(0),
+        keys_in_flight: AtomicU64::new(0),
+        trades: AtomicU64::new(0),
+        replayed_at_start: AtomicU64::new(0),
+        ready: AtomicBool::new(true),
+        feed_queued: AtomicU64::new(0),
+    })
+}
+
 /// The writer role of the exchange's store (one holder at a time, fenced by epoch).
 const WRITER_ROLE: &str = "exchange-writer";
 
@@ -300,15 +425,7 @@ impl Exchange {
         let open_orders = loads.open_orders()?;
         let cursors = loads.cursors()?;
         let books = restore_books(&refdata, &open_orders, &cursors)?;
-        let depths = books
-            .iter()
-            .map(|(&id, b)| (id, agora_market::DepthBook::from_resting(b.book.resting())))
-            .collect();
-        let market = Arc::new(market::MarketData::new(
-            depths,
-            loads.recent_trades(market::RECENT_TRADES_MAX)?,
-            loads.recent_candles(market::CANDLES_KEPT)?,
-        ));
+        let market = Arc::new(market_model(&mut loads, &books)?);
 
         let shared = Arc::new(Shared {
             refdata: RwLock::new(Arc::new(refdata.clone())),
@@ -325,6 +442,7 @@ impl Exchange {
         let mut threads = Vec::new();
         let mut shard_control = Vec::new();
         let stop_feed = Arc::new(AtomicBool::new(false));
+        let mut settled = None;
         let log: Arc<dyn agora_bus::EventLog> = match &config.event_log_url {
             None => {
                 let log = EmbeddedLog::new(config.engine_shards, config.shard_queue_batches);
@@ -362,6 +480,13 @@ impl Exchange {
                     shard_control.push(control);
                     threads.push(thread);
                 }
+                // Without the market role here, market processes read each commit from the
+                // settled topic.
+                if !config.roles.market {
+                    settled = Some(settled::SettledPublisher::new(
+                        link.log(agora_bus::topics::SETTLED)?,
+                    ));
+                }
                 threads.push(distributed::spawn_settlement_feed(
                     &link,
                     reader.clone(),
@@ -397,6 +522,7 @@ impl Exchange {
                 cursors,
             },
             feed_tx,
+            settled,
         )?;
         let mut core = Core::load(store, config.clock.clone(), log, BALANCE_CACHE_MAX)?;
         core.fence_with(fence);
@@ -424,6 +550,8 @@ impl Exchange {
                 threads: Mutex::new(threads),
                 checkpointer: Mutex::new(checkpointer),
                 writer: None,
+                kind: ProcessKind::Writer,
+                websockets: config.roles.market,
             }),
         })
     }
@@ -436,35 +564,9 @@ impl Exchange {
     /// process's (the HTTP layer forwards them).
     pub fn connect(config: &Config, writer: Arc<dyn WriterPort>) -> Result<Exchange, StartError> {
         let reader = open_reader(config)?;
-        let refdata = load_refdata(&*reader)?;
-        let shared = Arc::new(Shared {
-            refdata: RwLock::new(Arc::new(refdata)),
-            // Users are looked up in the store on a miss (they are created elsewhere).
-            users: RwLock::default(),
-            published: AtomicU64::new(0),
-            committing: AtomicU64::new(0),
-            keys_in_flight: AtomicU64::new(0),
-            trades: AtomicU64::new(0),
-            replayed_at_start: AtomicU64::new(0),
-            ready: AtomicBool::new(true),
-            feed_queued: AtomicU64::new(0),
-        });
+        let shared = shared_without_writer(load_refdata(&*reader)?);
         let stop = Arc::new(AtomicBool::new(false));
-        let refresher = {
-            let (reader, shared, stop) = (reader.clone(), shared.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("refdata".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        std::thread::sleep(REFDATA_REFRESH);
-                        match load_refdata(&*reader) {
-                            Ok(r) => *shared.refdata.write().expect("lock") = Arc::new(r),
-                            Err(e) => tracing::warn!(error = %e, "reference data not reloaded"),
-                        }
-                    }
-                })
-                .expect("spawn refdata thread")
-        };
+        let refresher = spawn_refdata_refresher(reader.clone(), shared.clone(), stop.clone());
         // No writer here: its port is closed from the start (nothing local sends to it).
         let (requests, _) = RequestPort::bounded(1);
         Ok(Exchange {
@@ -487,8 +589,87 @@ impl Exchange {
                 threads: Mutex::new(vec![refresher]),
                 checkpointer: Mutex::new(None),
                 writer: Some(writer),
+                kind: ProcessKind::Api,
+                websockets: false,
             }),
         })
+    }
+
+    /// A market process (`--roles market`): the read model, rebuilt from one store snapshot
+    /// and kept from the settled topic (see [`settled`]), for the market REST endpoints and
+    /// WebSockets; `observer` is told about every record applied. It takes no state change.
+    pub fn start_market(
+        config: &Config,
+        observer: Option<Arc<dyn market::CommitObserver>>,
+    ) -> Result<Exchange, StartError> {
+        let url = config.event_log_url.as_deref().ok_or_else(|| {
+            StartError::Log("a market process needs a Kafka event log (--event-log kafka://…)".into())
+        })?;
+        let link = distributed::KafkaLink::open(url, config.log_partitions, &config.log_namespace)?;
+        let topic = link.topic(agora_bus::topics::SETTLED);
+        let mut log = agora_kafka::KafkaReader::open(&link.config, &topic)
+            .map_err(|e| StartError::Log(format!("reading {topic}: {e}")))?;
+        let reader = open_reader(config)?;
+        // The ends first, then the snapshot: whatever the snapshot lacks was committed after
+        // it, so published after it, so it sits past these ends.
+        let ends = log
+            .ends()
+            .map_err(|e| StartError::Log(format!("reading {topic}: {e}")))?;
+        let MarketSnapshot {
+            refdata,
+            cursors,
+            market,
+        } = market_snapshot(&*reader)?;
+        log.start_at(&ends)
+            .map_err(|e| StartError::Log(format!("reading {topic}: {e}")))?;
+        let market = Arc::new(market);
+        let shared = shared_without_writer(refdata);
+        let stop = Arc::new(AtomicBool::new(false));
+        let refresher = spawn_refdata_refresher(reader.clone(), shared.clone(), stop.clone());
+        let mut feed = settled::MarketFeed::new(
+            market.clone(),
+            cursors,
+            Box::new(StoreSymbols(reader.clone())),
+        );
+        let follower = {
+            let (shared, stop, reader) = (shared.clone(), stop.clone(), reader.clone());
+            std::thread::Builder::new()
+                .name("market-feed".into())
+                .spawn(move || {
+                    follow_settled(&mut log, &mut feed, &shared, &*reader, observer, &stop)
+                })
+                .expect("spawn market feed thread")
+        };
+        let (requests, _) = RequestPort::bounded(1);
+        Ok(Exchange {
+            inner: Arc::new(Inner {
+                requests,
+                auditor: Arc::new(PortableAuditor::new(reader.clone())),
+                reader,
+                reconciling: tokio::sync::Mutex::new(()),
+                book_audits: Mutex::default(),
+                market,
+                shared,
+                clock: config.clock.clone(),
+                shard_control: Vec::new(),
+                stop_feed: stop,
+                distributed: true,
+                threads: Mutex::new(vec![refresher, follower]),
+                checkpointer: Mutex::new(None),
+                writer: None,
+                kind: ProcessKind::Market,
+                websockets: true,
+            }),
+        })
+    }
+
+    pub fn kind(&self) -> ProcessKind {
+        self.inner.kind
+    }
+
+    /// Whether this process plays the market role (its read model is kept for WebSockets).
+    pub fn serves_websockets(&self) -> bool {
+        self.inner.websockets
     }
 
     /// Whether this process sends its state changes to a writer in another process.
@@ -561,7 +742,7 @@ impl Exchange {
         if users.read().expect("lock").contains(&user) {
             return Ok(true);
         }
-        if self.inner.writer.is_none() || user > ORDER_ID_MAX {
+        if self.inner.kind == ProcessKind::Writer || user > ORDER_ID_MAX {
             return Ok(false);
         }
         let found = self.read(move |r| r.user(user)).await?.is_some();
@@ -958,6 +1139,63 @@ fn spawn_shards(
 /// beyond it names no order; checked here so that it never reaches the store (where the
 /// conversion would fail, and a failed read on the writer is fatal).
 pub const ORDER_ID_MAX: u64 = i64::MAX as u64;
+
+/// How long a market process waits for settled records before telling the observer it
+/// is idle.
+const SETTLED_POLL: std::time::Duration = market::IDLE_TICK;
+
+/// A market process's feed thread: applies the settled topic to the read model until
+/// `stop`. The reference data is reloaded at once when a record names a symbol it lacks.
+fn follow_settled(
+    log: &mut agora_kafka::KafkaReader,
+    feed: &mut settled::MarketFeed,
+    shared: &Shared,
+    reader: &dyn ReadDatabase,
+    observer: Option<Arc<dyn market::CommitObserver>>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let delivered = match log.poll(SETTLED_POLL) {
+            Ok(delivered) => delivered,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the settled topic");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        let mut refdata = shared.refdata.read().expect("lock").clone();
+        if delivered.is_empty() {
+            if let Some(observer) = &observer {
+                observer.idle(feed.market(), &refdata);
+            }
+            continue;
+        }
+        let records: Vec<settled::Settled> = delivered
+            .iter()
+            .filter_map(|d| match serde_json::from_str(&d.record.payload) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = d.partition, offset = d.offset, "skipped a settled record");
+                    None
+                }
+            })
+            .collect();
+        let unknown = records.iter().any(|r| match r {
+            settled::Settled::Symbol { symbol, .. } => !refdata.symbols.contains_key(symbol),
+            settled::Settled::User { .. } => false,
+        });
+        if unknown {
+            match load_refdata(reader) {
+                Ok(r) => {
+                    refdata = Arc::new(r);
+                    *shared.refdata.write().expect("lock") = refdata.clone();
+                }
+                Err(e) => tracing::warn!(error = %e, "reference data not reloaded"),
+            }
+        }
+        feed.apply(records, observer.as_deref(), &refdata);
+    }
+}
 
 pub fn order_not_found(id: impl std::fmt::Display) -> ExchangeError {
     ExchangeError::new(

@@ -195,6 +195,38 @@ impl MarketData {
             .clone()
     }
 
+    /// Puts a rebuilt symbol in place of the one kept so far; its depth's update ids go on
+    /// from the old one's with a skip (see [`DepthBook::replacing`]).
+    pub fn replace(&self, id: u32, mut rebuilt: SymbolMarket) {
+        let kept = self.symbol_or_new(id);
+        let mut kept = kept.write().expect("lock");
+        rebuilt.depth = std::mem::take(&mut rebuilt.depth).replacing(kept.depth.update_id());
+        *kept = rebuilt;
+    }
+
+    /// Every symbol's model, taken out (of a model built to rebuild another's symbols).
+    pub fn into_symbols(self) -> FxHashMap<u32, SymbolMarket> {
+        self.symbols
+            .into_inner()
+            .expect("lock")
+            .into_iter()
+            .map(|(id, m)| {
+                let m = Arc::try_unwrap(m).map_or_else(
+                    |shared| {
+                        let m = shared.read().expect("lock");
+                        SymbolMarket {
+                            depth: m.depth.clone(),
+                            trades: m.trades.clone(),
+                            candles: m.candles.clone(),
+                        }
+                    },
+                    |m| m.into_inner().expect("lock"),
+                );
+                (id, m)
+            })
+            .collect()
+    }
+
     /// Applies one commit; returns the depth diffs it produced, per symbol.
     pub fn apply(&self, batch: &Committed) -> Vec<(u32, DepthDiff)> {
         let mut diffs = Vec::new();

@@ -16,6 +16,7 @@ use crate::events::{BookInput, BOOK_AGGREGATE};
 use crate::market::{candle_of, candle_row, Committed};
 use crate::reconcile::{self, BookVerdict};
 use crate::rules::{NewAsset, RefData, SymbolUpdate, ValidOrder, OPEN_ORDERS_PER_USER_SYMBOL_MAX};
+use crate::settled::{Settled, SettledPublisher};
 use crate::settlement::settle_trade;
 use crate::shard::{BookAudit, BookSnapshot, InFlight};
 use crate::Shared;
@@ -29,6 +30,7 @@ use agora_market::{candles::fold, Candle, Interval};
 use agora_store::queries::Loads;
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -147,6 +149,9 @@ struct Dirty {
     candles: FxHashSet<(u32, Interval)>,
     /// Engine events settled in this batch, for the market read model.
     events: Vec<(u32, Vec<Event>)>,
+    /// The cursor before this batch of every symbol it settled output for (the settled
+    /// feed says which cursor each symbol's record follows).
+    prev_cursors: BTreeMap<u32, i64>,
     /// Client order ids placed in this batch, not yet findable in the store.
     client_ids: FxHashMap<(u64, String), u64>,
     /// Log positions moved in this batch.
@@ -167,6 +172,8 @@ pub(crate) struct ExchangeVenue {
     /// Latest trade time per symbol: trade times never go backwards, even if the clock does.
     last_trade_ms: FxHashMap<u32, i64>,
     feed: crossbeam_channel::Sender<Committed>,
+    /// A writer without the market role: publishes each commit for market processes.
+    settled: Option<SettledPublisher>,
     /// Distributed mode: the furthest log position applied per (consumer, partition), this
     /// run (positions only move forward: an output replayed by an engine that lost its
     /// partition carries an older one).
@@ -186,6 +193,7 @@ impl ExchangeVenue {
         shared: Arc<Shared>,
         recovered: Recovered,
         feed: crossbeam_channel::Sender<Committed>,
+        settled: Option<SettledPublisher>,
     ) -> StoreResult<Self> {
         let Recovered {
             refdata,
@@ -234,6 +242,7 @@ impl ExchangeVenue {
             candles,
             last_trade_ms,
             feed,
+            settled,
             positions,
             audits: FxHashMap::default(),
             next,
@@ -329,6 +338,17 @@ impl Venue for ExchangeVenue {
             orders: w.orders,
             balances,
         };
+        let prev_cursors = std::mem::take(&mut self.dirty.prev_cursors);
+        if let Some(settled) = &self.settled {
+            let cursors = prev_cursors
+                .into_iter()
+                .map(|(symbol, prev)| (symbol, (prev, self.cursors[&symbol].input_seq)))
+                .collect();
+            let records = crate::settled::records_of(&committed, &cursors, &self.refdata);
+            if !records.is_empty() {
+                settled.publish(records);
+            }
+        }
         self.committed = (!committed.is_empty()).then_some(committed);
     }
 
@@ -348,6 +368,27 @@ impl Venue for ExchangeVenue {
     }
 
     fn ready(&mut self) {
+        if let Some(settled) = &self.settled {
+            // Each symbol's cursor: a market process that missed what this writer's
+            // predecessor committed last (and went quiet since) finds out now.
+            let markers = self
+                .cursors
+                .values()
+                .filter_map(|c| {
+                    let name = self.refdata.symbols.get(&c.symbol)?.name.clone();
+                    let marker = Settled::Symbol {
+                        symbol: c.symbol,
+                        prev_cursor: c.input_seq,
+                        cursor: c.input_seq,
+                        events: Vec::new(),
+                        trades: Vec::new(),
+                        candles: Vec::new(),
+                    };
+                    Some((name, marker))
+                })
+                .collect();
+            settled.publish(markers);
+        }
         self.shared.replayed_at_start.store(
             self.shared.published.load(Ordering::Acquire),
             Ordering::Release,
@@ -951,6 +992,8 @@ impl ExchangeVenue {
             })
         });
         self.dirty.events.push((out.symbol, out.events));
+        let prev = self.cursors.get(&out.symbol).map_or(0, |c| c.input_seq);
+        self.dirty.prev_cursors.entry(out.symbol).or_insert(prev);
         self.cursors.insert(
             out.symbol,
             CursorRow {

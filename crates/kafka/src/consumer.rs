@@ -322,7 +322,7 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-fn decode(message: &BorrowedMessage<'_>) -> Result<Delivered, LogError> {
+pub(crate) fn decode(message: &BorrowedMessage<'_>) -> Result<Delivered, LogError> {
     let partition = message.partition() as u32;
     let offset = message.offset();
     let malformed = |reason: &str| LogError::Malformed {

@@ -33,10 +33,12 @@
 mod admin;
 mod consumer;
 mod producer;
+mod reader;
 
 pub use admin::{ensure_topic, TopicState};
 pub use consumer::KafkaConsumer;
 pub use producer::{KafkaLog, KafkaProducer};
+pub use reader::KafkaReader;
 
 use agora_bus::LogError;
 use rdkafka::ClientConfig;

@@ -62,6 +62,15 @@ impl DepthBook {
         self.update_id
     }
 
+    /// This book, replacing one whose last update id was `previous` (a read model rebuilt
+    /// after it missed events): its id moves one past it without a diff, so a client
+    /// following the diff stream sees the next diff's first id skip one and takes a new
+    /// snapshot, as the sync procedure says, instead of applying diffs to a stale book.
+    pub fn replacing(mut self, previous: u64) -> DepthBook {
+        self.update_id = previous + 1;
+        self
+    }
+
     pub fn best_bid(&self) -> Option<(Price, LevelQty)> {
         self.bids.iter().next_back().map(|(p, q)| (*p, *q))
     }

@@ -14,7 +14,7 @@ pub mod settings;
 pub mod writer_link;
 pub mod ws;
 
-use agora_exchange::{Config, Exchange};
+use agora_exchange::{Config, Exchange, ProcessKind};
 use agora_store::sqlite::Durability;
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
@@ -49,14 +49,24 @@ pub struct AppState {
 
 pub fn router(state: AppState, inflight_max: usize) -> Router {
     let mut api = openapi::api_router(&state);
-    let process_routes = match &state.writer {
+    let websockets = if state.exchange.serves_websockets() {
+        Router::new().route("/ws", get(ws::ws_handler))
+    } else {
+        Router::new().route("/ws", get(writer_link::no_websockets))
+    };
+    let process_routes = match (&state.writer, state.exchange.kind()) {
         // An api-only process: what only the writer's process holds goes there.
-        Some(writer) => {
+        (Some(writer), _) => {
             let layer = axum::middleware::from_fn_with_state(writer.clone(), writer_link::forward);
             api = api.layer(layer);
-            Router::new().route("/ws", get(writer_link::no_websockets))
+            websockets
         }
-        None => Router::new().route("/ws", get(ws::ws_handler)).route(
+        // A market process: market data only.
+        (None, ProcessKind::Market) => {
+            api = api.layer(axum::middleware::from_fn(market_api::market_process_only));
+            websockets
+        }
+        (None, _) => websockets.route(
             writer_link::REQUESTS_PATH,
             axum::routing::post(writer_link::take_command),
         ),
@@ -148,6 +158,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let config = exchange_config(&settings);
     let hub = Arc::new(ws::Hub::new(settings.ws_limits, config.clock.clone()));
     let (exchange, writer) = match &settings.writer_url {
+        None if settings.roles.market_only() => {
+            let observer: Arc<dyn agora_exchange::market::CommitObserver> = hub.clone();
+            let exchange =
+                tokio::task::spawn_blocking(move || Exchange::start_market(&config, Some(observer)))
+                    .await??;
+            (exchange, None)
+        }
         None => {
             let observer: Arc<dyn agora_exchange::market::CommitObserver> = hub.clone();
             (Exchange::start_observed(config, Some(observer))?, None)

@@ -27,6 +27,29 @@ pub const TRADES_LIMIT_MAX: usize = 1_000;
 pub const CANDLES_LIMIT_DEFAULT: usize = 500;
 pub const CANDLES_LIMIT_MAX: usize = 1_000;
 
+/// Whether a market process serves `path`: market data and the assets it is quoted in.
+fn served_by_market_process(path: &str) -> bool {
+    path == "/api/v1/markets" || path.starts_with("/api/v1/markets/") || path == "/api/v1/assets"
+}
+
+/// A market process's middleware: market data is served here; anything else belongs to an
+/// API process.
+pub async fn market_process_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if served_by_market_process(request.uri().path()) {
+        return next.run(request).await;
+    }
+    Problem::new(
+        axum::http::StatusCode::MISDIRECTED_REQUEST,
+        "NOT_AN_API_PROCESS",
+        "this is a market process: it serves market data (/api/v1/markets…) and WebSockets; \
+         send everything else to an API process",
+    )
+    .into_response()
+}
+
 /// Latest time a candle request may name: 2100-01-01T00:00:00Z.
 const TIME_MS_MAX: i64 = 4_102_444_800_000;
 

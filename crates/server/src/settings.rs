@@ -42,7 +42,8 @@ pub struct ServeArgs {
     /// With Kafka, run the writer's process (`api,relay,settlement,market`) once and
     /// engine processes (`engine`) as many times as you like; leave `relay` out of the
     /// writer's roles to have relay processes (`relay`, or `relay,engine`) publish the
-    /// outbox instead [default: all].
+    /// outbox instead, and `market` to have market processes (`market`, any number) keep
+    /// the read model from the log and serve market data and WebSockets [default: all].
     #[arg(long, env = "AGORA_ROLES")]
     pub roles: Option<String>,
     /// The writer's process, for an api-only process (`--roles api`): the `http://host:port`
@@ -350,6 +351,18 @@ impl ServeArgs {
                  postgres://… or mysql://… (SQLite is one process's file)"
             );
         }
+        if roles.market_only() {
+            anyhow::ensure!(
+                store_url.is_some(),
+                "a market process reads the writer's store: give --store postgres://… or \
+                 mysql://… (SQLite is one process's file)"
+            );
+            let seeds = self.demo || file.demo || self.bots || file.bots;
+            anyhow::ensure!(
+                !seeds,
+                "demo data and bots run in the writer's process, not a market process"
+            );
+        }
         if roles.api_only() {
             // Every API process must see the same committed state and the same idempotency
             // keys as the others.
@@ -655,6 +668,24 @@ mod tests {
         assert!(
             on(&["--writer-url", writer]).is_err(),
             "only an api-only process has a writer url"
+        );
+    }
+
+    #[test]
+    fn market_processes_need_kafka_and_a_shared_store() {
+        let pg = "postgres://postgres@127.0.0.1/agora";
+        let kafka = "kafka://127.0.0.1:9092";
+        let s = resolve(&["--roles", "market", "--store", pg, "--event-log", kafka]).unwrap();
+        assert!(s.roles.market_only());
+        let on = |args: &[&str]| resolve(args).map(|_| ());
+        assert!(on(&["--roles", "market", "--store", pg]).is_err(), "no log");
+        assert!(
+            on(&["--roles", "market", "--event-log", kafka]).is_err(),
+            "sqlite"
+        );
+        assert!(
+            on(&["--roles", "market", "--store", pg, "--event-log", kafka, "--demo"]).is_err(),
+            "demo runs with the writer"
         );
     }
 }

@@ -242,12 +242,14 @@ pub async fn forward(
     }
 }
 
-/// `/ws` on an api-only process: WebSockets are served where the market read model is.
+/// `/ws` on a process without the market role: WebSockets are served where the market
+/// read model is kept for them.
 pub async fn no_websockets() -> Problem {
     Problem::new(
         StatusCode::MISDIRECTED_REQUEST,
         "NOT_A_MARKET_PROCESS",
-        "this process serves the REST API only: connect WebSockets to the writer's process",
+        "this process does not play the market role: connect WebSockets to a process that \
+         does (a market process, or a writer's process with the market role)",
     )
 }
 

@@ -124,19 +124,24 @@ impl Server {
 
     /// An api-only process on `store_of`'s store whose commands go to `writer_url`.
     pub fn api_process_to(writer_url: &str, store_of: &Server, extra: &[&str]) -> Server {
-        let writer = store_of;
+        let mut args = vec!["--roles", "api", "--writer-url", writer_url];
+        args.extend_from_slice(extra);
+        Server::sibling(store_of, &args)
+    }
+
+    /// Another HTTP process on `store_of`'s store (an api-only or a market process), with
+    /// these flags.
+    pub fn sibling(store_of: &Server, args: &[&str]) -> Server {
         let mut s = Server {
             child: None,
             url: String::new(),
-            data_dir: writer.data_dir.clone(),
-            store: writer.store.clone(),
+            data_dir: store_of.data_dir.clone(),
+            store: store_of.store.clone(),
             _dir: None,
-            http: writer.http.clone(),
+            http: store_of.http.clone(),
             owns_store: false,
         };
-        let mut args = vec!["--roles", "api", "--writer-url", writer_url];
-        args.extend_from_slice(extra);
-        s.boot(&args);
+        s.boot(args);
         s
     }
 
