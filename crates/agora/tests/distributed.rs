@@ -561,7 +561,11 @@ fn market_processes_keep_the_read_model_from_the_log() {
     same_market(&s, &late);
 
     // Each process answers what it does not serve with 421.
-    assert_eq!(s.get("/ws", None).status(), 421, "the writer has no market role");
+    assert_eq!(
+        s.get("/ws", None).status(),
+        421,
+        "the writer has no market role"
+    );
     let refused = late.post(
         "/api/v1/orders",
         Some(users[0]),
@@ -579,7 +583,8 @@ fn market_processes_keep_the_read_model_from_the_log() {
         .headers_mut()
         .insert("x-user-id", users[0].to_string().parse().unwrap());
     let (mut ws, _) = tungstenite::connect(request).expect("ws connect");
-    let subscribe = serde_json::json!({"method": "SUBSCRIBE", "params": ["ALT-QUOTE@trade", "user"], "id": 1});
+    let subscribe =
+        serde_json::json!({"method": "SUBSCRIBE", "params": ["ALT-QUOTE@trade", "user"], "id": 1});
     ws.send(tungstenite::Message::text(subscribe.to_string()))
         .unwrap();
     let on_alt = |mut order: Value| {

@@ -572,7 +572,10 @@ mod tests {
         assert!(!Roles::ALL.market_only());
         let writer_without_market = Roles::parse("api,relay,settlement").unwrap();
         assert_eq!(writer_without_market.check(true, false), Ok(()));
-        assert!(Roles::parse("api,market").unwrap().check(true, false).is_err());
+        assert!(Roles::parse("api,market")
+            .unwrap()
+            .check(true, false)
+            .is_err());
         let api = Roles::parse("api").unwrap();
         assert!(api.api_only() && !api.writer());
         assert!(

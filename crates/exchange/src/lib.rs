@@ -317,10 +317,7 @@ fn market_snapshot(reader: &dyn ReadDatabase) -> Result<MarketSnapshot, StartErr
 struct StoreSymbols(Arc<dyn ReadDatabase>);
 
 impl settled::SymbolSource for StoreSymbols {
-    fn load(
-        &mut self,
-        symbols: &[u32],
-    ) -> Result<Vec<(u32, i64, market::SymbolMarket)>, String> {
+    fn load(&mut self, symbols: &[u32]) -> Result<Vec<(u32, i64, market::SymbolMarket)>, String> {
         let snapshot = market_snapshot(&*self.0).map_err(|e| e.to_string())?;
         let mut models = snapshot.market.into_symbols();
         Ok(symbols
@@ -603,7 +600,9 @@ impl Exchange {
         observer: Option<Arc<dyn market::CommitObserver>>,
     ) -> Result<Exchange, StartError> {
         let url = config.event_log_url.as_deref().ok_or_else(|| {
-            StartError::Log("a market process needs a Kafka event log (--event-log kafka://…)".into())
+            StartError::Log(
+                "a market process needs a Kafka event log (--event-log kafka://…)".into(),
+            )
         })?;
         let link = distributed::KafkaLink::open(url, config.log_partitions, &config.log_namespace)?;
         let topic = link.topic(agora_bus::topics::SETTLED);

@@ -268,7 +268,12 @@ impl MarketFeed {
         match self.source.load(symbols) {
             Ok(rebuilt) => {
                 for (symbol, cursor, model) in rebuilt {
-                    tracing::warn!(symbol, from = self.cursor(symbol), to = cursor, "market read model rebuilt a symbol that missed settled records");
+                    tracing::warn!(
+                        symbol,
+                        from = self.cursor(symbol),
+                        to = cursor,
+                        "market read model rebuilt a symbol that missed settled records"
+                    );
                     self.market.replace(symbol, model);
                     self.cursors.insert(symbol, cursor);
                     self.rebuilt += 1;
@@ -447,6 +452,9 @@ mod tests {
         );
         assert_eq!(records[1].0, "42");
         let json = serde_json::to_string(&records[1].1).unwrap();
-        assert_eq!(serde_json::from_str::<Settled>(&json).unwrap(), records[1].1);
+        assert_eq!(
+            serde_json::from_str::<Settled>(&json).unwrap(),
+            records[1].1
+        );
     }
 }

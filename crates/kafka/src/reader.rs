@@ -22,9 +22,13 @@ impl KafkaReader {
     /// Opens a reader of `topic`, which must exist. It reads nothing before
     /// [`KafkaReader::start_at`].
     pub fn open(config: &KafkaConfig, topic: &str) -> Result<KafkaReader, LogError> {
+        // librdkafka wants a group id even for assigned partitions; this one is never
+        // joined (no subscribe) and nothing is committed under it.
+        let group = format!("{topic}-reader");
         let consumer: BaseConsumer = config
             .config_for(
                 &[
+                    ("group.id", &group),
                     ("enable.auto.commit", "false"),
                     ("enable.auto.offset.store", "false"),
                     ("auto.offset.reset", "earliest"),

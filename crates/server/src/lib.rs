@@ -160,9 +160,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (exchange, writer) = match &settings.writer_url {
         None if settings.roles.market_only() => {
             let observer: Arc<dyn agora_exchange::market::CommitObserver> = hub.clone();
-            let exchange =
-                tokio::task::spawn_blocking(move || Exchange::start_market(&config, Some(observer)))
-                    .await??;
+            let exchange = tokio::task::spawn_blocking(move || {
+                Exchange::start_market(&config, Some(observer))
+            })
+            .await??;
             (exchange, None)
         }
         None => {

@@ -684,7 +684,16 @@ mod tests {
             "sqlite"
         );
         assert!(
-            on(&["--roles", "market", "--store", pg, "--event-log", kafka, "--demo"]).is_err(),
+            on(&[
+                "--roles",
+                "market",
+                "--store",
+                pg,
+                "--event-log",
+                kafka,
+                "--demo"
+            ])
+            .is_err(),
             "demo runs with the writer"
         );
     }
