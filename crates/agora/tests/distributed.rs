@@ -649,3 +649,143 @@ fn market_processes_keep_the_read_model_from_the_log() {
         acked.len()
     );
 }
+
+/// The cluster test with every role in a process of its own, on a PostgreSQL or MySQL
+/// store, Kafka and Redis: the writer (`api,settlement`), two API processes (the load goes
+/// through them), two engine processes, a relay process and a market process. Each round,
+/// under load, one process of each role is SIGKILLed at a random moment, in a random
+/// order, and restarted (engine partitions move to the survivor and back; the relay's
+/// lease ends and its partitions are taken again; the writer comes back on its address).
+/// After each round: every acknowledged order is resting or terminal, conservation and
+/// every invariant hold with the books audited against the store, the market process
+/// serves what the writer's read model serves; at the end an offline reconciliation of
+/// the stopped store is clean.
+#[test]
+fn every_role_in_its_own_process_survives_a_sigkill_of_each() {
+    if on_sqlite() {
+        eprintln!("SKIPPED: roles apart need a PostgreSQL or MySQL store (AGORA_TEST_STORE)");
+        return;
+    }
+    let namespace = fresh_namespace();
+    let cache_args = redis_cache_args(&namespace);
+    if cache_args.is_empty() {
+        eprintln!("SKIPPED: API processes need Redis (AGORA_TEST_REDIS)");
+        return;
+    }
+    let cache_args: Vec<&str> = cache_args.iter().map(String::as_str).collect();
+    let (_broker, kafka) = mock_broker(&namespace);
+    let log_args = kafka_args(&format!("{kafka}?{TEST_CLIENT}"), &namespace, PARTITIONS);
+    let with_roles = |roles: &'static str| -> Vec<String> {
+        let mut args = vec!["--roles".to_string(), roles.to_string()];
+        args.extend(log_args.iter().cloned());
+        args
+    };
+    let mut writer_args = with_roles("api,settlement");
+    writer_args.extend(cache_args.iter().map(|a| a.to_string()));
+    let writer_args: Vec<&str> = writer_args.iter().map(String::as_str).collect();
+    let market_args = with_roles("market");
+    let market_args: Vec<&str> = market_args.iter().map(String::as_str).collect();
+    let mut writer = Server::start_with(&writer_args);
+    let listen = writer.url.trim_start_matches("http://").to_string();
+    let mut writer_restart = writer_args.clone();
+    writer_restart.extend(["--listen", &listen]);
+    let mut api_args = vec!["--roles", "api", "--writer-url", &writer.url];
+    api_args.extend(cache_args.iter().copied());
+    let api_args: Vec<String> = api_args.iter().map(|a| a.to_string()).collect();
+    let api_args: Vec<&str> = api_args.iter().map(String::as_str).collect();
+    let mut engines = [
+        EngineProcess::start(&writer, &log_args),
+        EngineProcess::start(&writer, &log_args),
+    ];
+    let mut relay = EngineProcess::start_roles(&writer, "relay", &log_args);
+    let mut market = Server::sibling(&writer, &market_args);
+    let mut api = [
+        Server::sibling(&writer, &api_args),
+        Server::sibling(&writer, &api_args),
+    ];
+    let users = two_markets(&api[0], 6);
+    random_flow(&api[1], &users, 80, 50, 0.3);
+
+    #[derive(Clone, Copy, Debug)]
+    enum Role {
+        Api,
+        Engine,
+        Relay,
+        Market,
+        Writer,
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(51);
+    let mut acked_all: Vec<(u64, u64)> = Vec::new();
+    for round in 0..3u64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = load(&api[0], &users, 2, stop.clone(), 10 + round);
+        workers.extend(load(&api[1], &users, 2, stop.clone(), 20 + round));
+        let mut victims = [
+            Role::Api,
+            Role::Engine,
+            Role::Relay,
+            Role::Market,
+            Role::Writer,
+        ];
+        for i in (1..victims.len()).rev() {
+            victims.swap(i, rng.random_range(0..=i));
+        }
+        for victim in victims {
+            std::thread::sleep(Duration::from_millis(rng.random_range(200..700)));
+            let pause = Duration::from_millis(rng.random_range(300..1200));
+            eprintln!("round {round}: SIGKILL {victim:?}, back after {pause:?}");
+            match victim {
+                Role::Api => {
+                    let a = &mut api[rng.random_range(0..2)];
+                    a.kill9();
+                    std::thread::sleep(pause);
+                    a.restart_with(&api_args);
+                }
+                Role::Engine => {
+                    let e = &mut engines[rng.random_range(0..2)];
+                    e.kill9();
+                    std::thread::sleep(pause);
+                    e.restart();
+                }
+                Role::Relay => {
+                    relay.kill9();
+                    std::thread::sleep(pause);
+                    relay.restart();
+                }
+                Role::Market => {
+                    market.kill9();
+                    std::thread::sleep(pause);
+                    market.restart_with(&market_args);
+                }
+                Role::Writer => {
+                    writer.kill9();
+                    std::thread::sleep(pause);
+                    writer.restart_with(&writer_restart);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            acked_all.extend(w.join().unwrap());
+        }
+        writer.assert_invariants();
+        check_acked(&writer, &acked_all);
+        same_market(&writer, &market);
+    }
+    assert!(
+        acked_all.len() > 100,
+        "the load was too light to mean much: {}",
+        acked_all.len()
+    );
+    assert!(
+        writer.json("/api/v1/admin/status", None)["trades"]
+            .as_u64()
+            .unwrap()
+            > 20,
+        "the flow should trade"
+    );
+    writer.kill9();
+    let (code, report) = reconcile_offline(&writer);
+    assert_eq!(code, 0, "{report:#}");
+}

@@ -713,6 +713,10 @@ pub fn load(
                                 acked.push((user, v["order_id"].as_u64().unwrap()));
                             }
                         }
+                        // An API process whose writer is down or restarting: nothing done.
+                        Ok(r) if r.status().as_u16() == 503 => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
                         Ok(r) => assert!(r.status().is_client_error(), "answered {}", r.status()),
                         Err(_) => break, // the server died
                     }
