@@ -104,10 +104,14 @@ impl Pacer {
         })
     }
 
-    async fn wait(&self) {
+    /// Waits for the next request's turn; returns when it was due. Latency counts from
+    /// then, not from the send: a request sent late because the server was slow to answer
+    /// the client's previous one waited too (no coordinated omission).
+    async fn wait(&self) -> Instant {
         let k = self.next.fetch_add(1, Ordering::Relaxed);
         let due = self.started + Duration::from_nanos(k.saturating_mul(self.interval_ns));
         tokio::time::sleep_until(due).await;
+        due.into_std()
     }
 }
 
@@ -338,9 +342,10 @@ async fn worker(
     let mut resting: Vec<(u64, u64)> = Vec::new(); // (user, order)
     let mut iocs = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
-        if let Some(pacer) = pacer.as_ref() {
-            pacer.wait().await;
-        }
+        let due = match pacer.as_ref() {
+            Some(pacer) => Some(pacer.wait().await),
+            None => None,
+        };
         let roll: u32 = rng.random_range(0..100);
         if roll < 20 && !resting.is_empty() {
             let (user, order) = resting.swap_remove(rng.random_range(0..resting.len()));
@@ -382,7 +387,7 @@ async fn worker(
             qty % 100,
             if ioc { "IOC" } else { "GTC" },
         );
-        let started = Instant::now();
+        let started = due.unwrap_or_else(Instant::now);
         let resp = keyed(
             api.http
                 .post(format!("{}/api/v1/orders", api.url))
