@@ -158,13 +158,24 @@ fn key<'b>(table: &Table, row: &'b [Value]) -> Key<'b> {
 /// one text for every batch size: one round trip per table however large the batch, where
 /// one placeholder per value needs a statement per power of two.
 pub(crate) fn json_insert_sql(table: &Table) -> String {
+    json_insert_sql_guarded(table, 1, "")
+}
+
+/// [`json_insert_sql`] with the rows in parameter `$param` and inserted only where `guard`
+/// (an SQL condition, or empty) holds: a part of a one-statement commit (see
+/// `Writer::commit_in_one_statement`).
+pub(crate) fn json_insert_sql_guarded(table: &Table, param: usize, guard: &str) -> String {
     let quote = |c: &str| format!("\"{c}\"");
     let columns: Vec<String> = table.columns.iter().map(|c| quote(c)).collect();
     let columns = columns.join(", ");
     let mut sql = format!(
-        "INSERT INTO {name} ({columns}) SELECT {columns} FROM json_populate_recordset(NULL::{name}, $1::json)",
+        "INSERT INTO {name} ({columns}) SELECT {columns} FROM json_populate_recordset(NULL::{name}, ${param}::json)",
         name = quote(table.name),
     );
+    if !guard.is_empty() {
+        sql += " WHERE ";
+        sql += guard;
+    }
     if !table.update.is_empty() {
         sql += &on_conflict_update(table);
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agora_core::store::{
-    Dialect, Fence, Migration, Row, StoreError, StoreResult, Table, Value, WriteBatch,
+    Dialect, Fence, Migration, Row, StoreError, StoreResult, Table, Value, Write, WriteBatch,
 };
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, TryStreamExt};
@@ -16,7 +16,9 @@ use tokio::sync::Mutex;
 use crate::backend::{Backend, Conn, Options};
 use crate::bridge::{Bridge, RowSink, ROWS_PER_CHUNK};
 use crate::error::{sql, Failure};
-use crate::plan::{insert_sql, json_insert_sql, json_rows, plan, Sizing, Step};
+use crate::plan::{
+    insert_sql, json_insert_sql, json_insert_sql_guarded, json_rows, plan, Sizing, Step,
+};
 
 /// How long opening a connection may take before the operation fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,6 +109,10 @@ impl<B: Backend> Writer<B> {
         if batch.is_empty() && batch.fence.is_none() {
             return Ok(());
         }
+        let only_puts = batch.writes.iter().all(|w| matches!(w, Write::Put { .. }));
+        if B::DIALECT == Dialect::Postgres && only_puts && !batch.is_empty() {
+            return self.commit_in_one_statement(batch);
+        }
         let statements = self.statements(batch)?;
         let fence = batch.fence.clone();
         self.with_conn(move |conn| {
@@ -121,6 +127,78 @@ impl<B: Backend> Writer<B> {
                         .map_err(|e| s.doing.failed::<B>(e))?;
                 }
                 tx.commit().await.map_err(sql("COMMIT"))
+            }
+            .boxed()
+        })
+    }
+
+    /// PostgreSQL, a batch of rows only (no `Exec`, whose order relative to the rows would
+    /// matter): the whole commit as one statement in its own implicit transaction — one
+    /// round trip where BEGIN, the fence check, a statement per table and COMMIT take one
+    /// each. Each table's upsert is a data-modifying CTE (PostgreSQL runs every one to
+    /// completion; they write different tables, so sharing one snapshot changes nothing).
+    /// The fence is a `FOR UPDATE` CTE that every upsert's `WHERE` checks: a writer that
+    /// lost its role writes nothing, and the statement's answer (the epoch it found) says so.
+    fn commit_in_one_statement(&mut self, batch: &WriteBatch) -> StoreResult<()> {
+        let mut args = B::Args::default();
+        let mut parts: Vec<String> = Vec::new();
+        let mut guard = "";
+        if let Some(fence) = &batch.fence {
+            B::bind(&mut args, &Value::Text(fence.role.clone()))?;
+            B::bind(&mut args, &Value::Int(fence.epoch))?;
+            parts.push(
+                "fence AS (SELECT epoch FROM agora_fences WHERE role = $1 FOR UPDATE)".into(),
+            );
+            guard = "EXISTS (SELECT 1 FROM fence WHERE epoch = $2)";
+        }
+        let mut tables: Vec<&'static Table> = Vec::new();
+        for step in plan(batch, Sizing::OneParameter) {
+            let Step::Rows { table, rows } = step else {
+                unreachable!("a batch of puts plans rows only")
+            };
+            B::bind(&mut args, &Value::Text(json_rows(table, &rows)))?;
+            let param = parts.len() + if batch.fence.is_some() { 2 } else { 1 };
+            parts.push(format!(
+                "w{} AS ({})",
+                tables.len(),
+                json_insert_sql_guarded(table, param, guard)
+            ));
+            tables.push(table);
+        }
+        let answer = if batch.fence.is_some() {
+            "SELECT (SELECT epoch FROM fence)"
+        } else {
+            "SELECT 0"
+        };
+        let text = format!("WITH {} {answer}", parts.join(", "));
+        let fence = batch.fence.clone();
+        self.with_conn(move |conn| {
+            async move {
+                let rows: Vec<_> =
+                    B::fetch(conn, &text, args)
+                        .try_collect()
+                        .await
+                        .map_err(|e| {
+                            match tables.iter().find(|t| B::other_key_conflict(&e, t)) {
+                                Some(table) => Doing::Insert(table).failed::<B>(e),
+                                None => sql("committing a batch in one statement")(e),
+                            }
+                        })?;
+                let Some(fence) = fence else { return Ok(()) };
+                let held = match rows.first() {
+                    Some(row) => B::decode(row)?.opt_int(0)?,
+                    None => None,
+                };
+                if held != Some(fence.epoch) {
+                    let now =
+                        held.map_or("is not held".to_string(), |e| format!("is at epoch {e}"));
+                    return Err(StoreError::Fenced(format!(
+                        "role {} {now}; this writer holds epoch {} (nothing was written)",
+                        fence.role, fence.epoch
+                    ))
+                    .into());
+                }
+                Ok(())
             }
             .boxed()
         })
