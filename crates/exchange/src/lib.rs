@@ -44,7 +44,7 @@ use agora_store::queries::{Loads, Reads};
 use agora_store::sqlite::{Checkpointer, Durability, SqliteStore};
 use agora_store::*;
 use rustc_hash::{FxHashMap, FxHashSet};
-use sequencer::{ExchangeVenue, Request, ShardOutput};
+use sequencer::{Cancel, ExchangeVenue, Request, ShardOutput};
 use shard::{InFlight, Outputs, Shard, ShardBook, ShardControl};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -812,8 +812,21 @@ impl Exchange {
                 .forward(writer, Command::CancelOrder { user, order })
                 .await;
         }
-        self.call(|reply| Request::CancelOrder { user, order, reply })
-            .await
+        match self
+            .call(|reply| Request::CancelOrder { user, order, reply })
+            .await?
+        {
+            Cancel::Requested(row) => Ok(row),
+            // Closed, someone else's, or never placed: only the owner learns which.
+            Cancel::NotOpen => match self.read(move |r| r.order(order)).await? {
+                Some(row) if row.user == user => Err(ExchangeError::new(
+                    ErrorClass::Conflict,
+                    "ORDER_NOT_OPEN",
+                    format!("order {order} is already {}", rules::enum_name(&row.status)),
+                )),
+                _ => Err(order_not_found(order)),
+            },
+        }
     }
 
     pub async fn deposit(

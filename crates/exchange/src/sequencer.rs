@@ -37,6 +37,18 @@ use tokio::sync::oneshot;
 
 pub type Reply<T> = oneshot::Sender<ExchangeResult<T>>;
 
+/// The writer's answer to a cancel.
+pub enum Cancel {
+    /// The order is open: its cancel is on its way to the book.
+    Requested(OrderRow),
+    /// The order is not open in the working set (closed, someone else's, or never placed).
+    /// Which of these, the caller reads from the store itself, off the writer's thread: a
+    /// cancel of a filled order is common, and a store read per such cancel on the single
+    /// writer thread is a round trip to the database that every other request would wait
+    /// behind. Anything the writer closed is committed by the time this answer arrives.
+    NotOpen,
+}
+
 pub enum Request {
     PlaceOrder {
         user: u64,
@@ -46,7 +58,7 @@ pub enum Request {
     CancelOrder {
         user: u64,
         order: u64,
-        reply: Reply<OrderRow>,
+        reply: Reply<Cancel>,
     },
     Deposit {
         user: u64,
@@ -619,31 +631,16 @@ impl ExchangeVenue {
         })
     }
 
-    fn cancel(&mut self, core: &mut Core, user: u64, id: u64) -> ExchangeResult<OrderRow> {
+    fn cancel(&mut self, core: &mut Core, user: u64, id: u64) -> ExchangeResult<Cancel> {
         self.require_user(user)?;
-        let not_found = || crate::order_not_found(id);
         let Some(order) = self.open.get(&id) else {
-            // Closed, someone else's, or never existed: only the owner learns which.
-            let row = Loads(core.db())
-                .order(id)
-                .unwrap_or_else(|e| fatal("looking up an order", e));
-            return match row {
-                Some(row) if row.user == user => Err(ExchangeError::new(
-                    ErrorClass::Conflict,
-                    "ORDER_NOT_OPEN",
-                    format!(
-                        "order {id} is already {}",
-                        crate::rules::enum_name(&row.status)
-                    ),
-                )),
-                _ => Err(not_found()),
-            };
+            return Ok(Cancel::NotOpen);
         };
         if order.user != user {
-            return Err(not_found());
+            return Err(crate::order_not_found(id));
         }
         if order.cancel_requested {
-            return Ok(order.clone()); // idempotent: one cancel input per order
+            return Ok(Cancel::Requested(order.clone())); // idempotent: one cancel input per order
         }
         let symbol = order.symbol;
         self.append_outbox(
@@ -657,7 +654,7 @@ impl ExchangeVenue {
         let order = self.open.get_mut(&id).expect("checked above");
         order.cancel_requested = true;
         self.dirty.orders.insert(id);
-        Ok(order.clone())
+        Ok(Cancel::Requested(order.clone()))
     }
 
     fn deposit(
