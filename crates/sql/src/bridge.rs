@@ -7,6 +7,7 @@
 //! on a channel is allowed anywhere, and the work never runs on the caller's runtime.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -82,6 +83,7 @@ impl Bridge {
         let sink = RowSink {
             send: send.clone(),
             credit: credit.clone(),
+            sent_any: AtomicBool::new(false),
         };
         let operation = query(sink);
         self.handle().spawn(async move {
@@ -126,9 +128,15 @@ enum Chunk {
 pub(crate) struct RowSink {
     send: mpsc::Sender<Chunk>,
     credit: Arc<Semaphore>,
+    sent_any: AtomicBool,
 }
 
 impl RowSink {
+    /// Whether any rows went to the caller (a query that failed before may run again).
+    pub(crate) fn sent_any(&self) -> bool {
+        self.sent_any.load(Ordering::Relaxed)
+    }
+
     /// Hands `rows` to the caller once it has room for them. `false`: the caller stopped
     /// reading, so the query should stop too.
     pub(crate) async fn send(&self, rows: Vec<Row>) -> bool {
@@ -136,6 +144,7 @@ impl RowSink {
             Ok(permit) => {
                 // The caller gives the permit back when it takes the chunk.
                 permit.forget();
+                self.sent_any.store(true, Ordering::Relaxed);
                 self.send.send(Chunk::Rows(rows)).is_ok()
             }
             Err(_) => false,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use agora_core::store::{Row, SnapshotReads, StoreError, StoreResult, Value};
 use sqlx::pool::{PoolConnection, PoolOptions};
-use sqlx::Pool;
+use sqlx::{Connection, Pool};
 use tokio::sync::Mutex;
 
 use crate::backend::{Backend, Options};
@@ -31,6 +31,9 @@ impl<B: Backend> Reader<B> {
         let pool = bridge.run(async move {
             PoolOptions::<B::Db>::new()
                 .max_connections(connections.max(1))
+                // Not a ping per acquire (a round trip per read, doubling the reads' cost):
+                // a connection found broken by its read is replaced and the read retried.
+                .test_before_acquire(false)
                 .after_connect(|conn, _| B::set_up(conn))
                 .connect_with(options)
                 .await
@@ -50,26 +53,43 @@ impl<B: Backend> Reader<B> {
         each: &mut dyn FnMut(Row) -> StoreResult<()>,
     ) -> StoreResult<()> {
         let sql_text = B::statement(sql_text).into_owned();
-        let args = args::<B>(params)?;
+        let params = params.to_vec();
         let pool = self.pool.clone();
         self.bridge.stream(
             move |sink| async move {
-                let mut conn = pool
-                    .acquire()
-                    .await
-                    .map_err(|e| sql("waiting for a read connection")(e).error)?;
-                let streamed = stream_rows::<B>(&mut conn, &sql_text, args, &sink).await;
-                if let Err(failure) = streamed {
-                    if failure.broken {
+                // Every idle connection may be dead (after a restart): enough attempts to
+                // go through all of them to a new one.
+                let mut retries = pool.options().get_max_connections();
+                loop {
+                    let mut conn = acquire::<B>(&pool).await?;
+                    let args = args::<B>(&params)?;
+                    let Err(failure) = stream_rows::<B>(&mut conn, &sql_text, args, &sink).await
+                    else {
+                        return Ok(());
+                    };
+                    let broken = failure.broken || (*conn).ping().await.is_err();
+                    if broken {
                         conn.close_on_drop();
+                    }
+                    // A pooled connection the server dropped while it sat idle (a restart,
+                    // an administrator) fails its first use: nothing was read yet, so the
+                    // read runs again on another connection.
+                    if broken && retries > 0 && !sink.sent_any() {
+                        retries -= 1;
+                        continue;
                     }
                     return Err(failure.error);
                 }
-                Ok(())
             },
             each,
         )
     }
+}
+
+async fn acquire<B: Backend>(pool: &Pool<B::Db>) -> StoreResult<PoolConnection<B::Db>> {
+    pool.acquire()
+        .await
+        .map_err(|e| sql("waiting for a read connection")(e).error)
 }
 
 impl<B: Backend> Reader<B> {
@@ -84,18 +104,27 @@ impl<B: Backend> Reader<B> {
         let slot: Slot<B> = Arc::new(Mutex::new(None));
         let (pool, begun) = (self.pool.clone(), slot.clone());
         self.bridge.run(async move {
-            let mut conn = pool
-                .acquire()
-                .await
-                .map_err(|e| sql("waiting for a read connection")(e).error)?;
-            for statement in B::BEGIN_SNAPSHOT {
-                if let Err(e) = B::execute_script(&mut conn, statement).await {
-                    // Perhaps half begun (MySQL's level set for a transaction that did
-                    // not start): not given to anyone else.
-                    conn.close_on_drop();
-                    return Err(sql(statement)(e).error);
+            let mut retries = pool.options().get_max_connections();
+            let conn = loop {
+                let mut conn = acquire::<B>(&pool).await?;
+                let mut failed = None;
+                for statement in B::BEGIN_SNAPSHOT {
+                    if let Err(e) = B::execute_script(&mut conn, statement).await {
+                        failed = Some(sql(statement)(e));
+                        break;
+                    }
                 }
-            }
+                let Some(failure) = failed else { break conn };
+                // Perhaps half begun (MySQL's level set for a transaction that did not
+                // start): not given to anyone else.
+                let broken = failure.broken || (*conn).ping().await.is_err();
+                conn.close_on_drop();
+                if broken && retries > 0 {
+                    retries -= 1; // a connection dropped while idle (see `query_each`)
+                    continue;
+                }
+                return Err(failure.error);
+            };
             *begun.lock().await = Some(conn);
             Ok(())
         })?;

@@ -55,6 +55,7 @@ conformance!(
     the_reader_sees_commits_from_many_threads,
     concurrent_writers_on_overlapping_rows_do_not_deadlock,
     a_broken_connection_is_replaced,
+    read_connections_killed_while_idle_are_replaced_without_an_error,
     a_snapshot_does_not_see_commits_made_during_it,
     a_snapshot_always_ends_its_transaction_and_gives_its_connection_back,
     relays_share_the_partitions_and_publish_each_row_once_in_order,
@@ -877,6 +878,76 @@ fn a_broken_connection_is_replaced(t: &TestDb) {
     db.commit(&batch(|b| b.put(&JOURNAL, journal(2, "B"))))
         .unwrap();
     assert_ne!(int(&mut *db, whoami, &[]), id);
+}
+
+fn read_connections_killed_while_idle_are_replaced_without_an_error(t: &TestDb) {
+    let mut db = t.migrated();
+    db.commit(&batch(|b| b.put(&JOURNAL, journal(1, "A"))))
+        .unwrap();
+    let reader = t.reader_of(3);
+    let whoami = match t.server {
+        Server::Postgres => "SELECT pg_backend_pid()",
+        Server::Mysql => "SELECT CONNECTION_ID()",
+    };
+    // Three snapshots at once: the pool opens its three connections, then keeps them idle.
+    let barrier = std::sync::Barrier::new(3);
+    let ids: Vec<i64> = thread::scope(|scope| {
+        let reads: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut id = 0;
+                    reader
+                        .snapshot(&mut |s| {
+                            barrier.wait();
+                            id = s.query_one(whoami, &[])?.unwrap().int(0)?;
+                            Ok(())
+                        })
+                        .unwrap();
+                    id
+                })
+            })
+            .collect();
+        reads.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut admin = t.writer();
+    let kill = match t.server {
+        Server::Postgres => {
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        }
+        Server::Mysql => "",
+    };
+    if kill.is_empty() {
+        let others = admin
+            .query(
+                "SELECT id FROM information_schema.processlist \
+                 WHERE db = DATABASE() AND id <> CONNECTION_ID()",
+                &[],
+            )
+            .unwrap();
+        for row in others {
+            let _ = admin.query("KILL ?", &[row.int(0).unwrap().into()]);
+        }
+    } else {
+        admin.query(kill, &[]).unwrap();
+    }
+    // Every idle connection of the pool is dead now; reads go on as if nothing happened.
+    for _ in 0..4 {
+        let row = reader
+            .query_one("SELECT COUNT(*) FROM journal", &[])
+            .unwrap();
+        assert_eq!(row.unwrap().int(0).unwrap(), 1);
+        reader
+            .snapshot(&mut |s| s.query_each("SELECT id FROM journal", &[], &mut |_| Ok(())))
+            .unwrap();
+    }
+    let now = reader
+        .query_one(whoami, &[])
+        .unwrap()
+        .unwrap()
+        .int(0)
+        .unwrap();
+    assert!(!ids.contains(&now), "{now} was killed ({ids:?})");
 }
 
 /// One row of a query, read some way (a snapshot's, the pool's).
