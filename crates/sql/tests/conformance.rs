@@ -59,6 +59,7 @@ conformance!(
     a_snapshot_does_not_see_commits_made_during_it,
     a_snapshot_always_ends_its_transaction_and_gives_its_connection_back,
     relays_share_the_partitions_and_publish_each_row_once_in_order,
+    a_running_relay_records_its_position_once_idle_and_gives_its_leases_back,
     a_relay_that_lost_its_lease_cannot_move_the_position,
     the_writers_own_relay_holds_every_lease_until_it_hands_them_back,
 );
@@ -1199,6 +1200,73 @@ fn relays_share_the_partitions_and_publish_each_row_once_in_order(t: &TestDb) {
     a.release().unwrap();
     b.renew().unwrap();
     assert_eq!(b.held(), vec![0, 1, 2, 3]);
+}
+
+fn a_running_relay_records_its_position_once_idle_and_gives_its_leases_back(t: &TestDb) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut db = t.migrated();
+    let log = Arc::new(agora_bus::EmbeddedLog::new(RELAY_PARTITIONS, 1024));
+    let clock = agora_core::ManualClock::new(1_000_000);
+    outbox_rows(&mut *db, 1, 300);
+    // Busy (pages of 64 rows) with positions due only every hour: the pages in between
+    // record nothing, and going idle records where it got to.
+    let relay = agora_core::relay::Relay::new(
+        t.writer(),
+        log.clone(),
+        Arc::new(clock.clone()),
+        "r",
+        Box::new(|row| row.aggregate_type == "book"),
+        agora_core::relay::RelayLimits {
+            lease: std::time::Duration::from_millis(LEASE_MS as u64),
+            page_rows: 64,
+            record_every: std::time::Duration::from_secs(3600),
+            ..agora_core::relay::RelayLimits::default()
+        },
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = {
+        let stop = stop.clone();
+        thread::spawn(move || relay.run(&stop))
+    };
+    let recorded = |db: &mut dyn Database| {
+        agora_core::relay::leases(db)
+            .unwrap()
+            .iter()
+            .map(|l| l.published_seq)
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while recorded(&mut *db) != vec![300; RELAY_PARTITIONS as usize] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            recorded(&mut *db)
+        );
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // More rows, published, then a stop: the position is where it got to and the leases
+    // are given back.
+    outbox_rows(&mut *db, 301, 340);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut consumers: Vec<_> = (0..RELAY_PARTITIONS)
+        .map(|p| log.consumer([p]).unwrap())
+        .collect();
+    let mut last = 0;
+    while last < 340 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "published through {last}"
+        );
+        let got = delivered(&mut consumers);
+        last = last.max(got.iter().flatten().map(|r| r.1).max().unwrap_or(0));
+    }
+    stop.store(true, Ordering::Release);
+    running.join().unwrap();
+    assert_eq!(recorded(&mut *db), vec![340; RELAY_PARTITIONS as usize]);
+    assert!(agora_core::relay::leases(&mut *db)
+        .unwrap()
+        .iter()
+        .all(|l| l.expires_ms == 0));
 }
 
 fn a_relay_that_lost_its_lease_cannot_move_the_position(t: &TestDb) {
