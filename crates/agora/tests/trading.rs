@@ -57,6 +57,13 @@ fn crossing_limits_settle_exactly_with_fees_and_price_improvement() {
     assert_eq!(r.status(), 409);
     let body: serde_json::Value = r.json().unwrap();
     assert_eq!(body["code"], "ORDER_NOT_OPEN");
+    // Only the owner learns that it exists: to another user, and for an id never given
+    // out, it is not found.
+    let buy_id = buy["order_id"].as_u64().unwrap();
+    for (id, user) in [(buy_id, a), (sell_id, b), (sell_id + 1_000, a)] {
+        let r = s.delete(&format!("/api/v1/orders/{id}"), user);
+        assert_eq!(r.status(), 404, "order {id}");
+    }
     s.assert_invariants();
 }
 
