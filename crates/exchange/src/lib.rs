@@ -819,11 +819,7 @@ impl Exchange {
             Cancel::Requested(row) => Ok(row),
             // Closed, someone else's, or never placed: only the owner learns which.
             Cancel::NotOpen => match self.read(move |r| r.order(order)).await? {
-                Some(row) if row.user == user => Err(ExchangeError::new(
-                    ErrorClass::Conflict,
-                    "ORDER_NOT_OPEN",
-                    format!("order {order} is already {}", rules::enum_name(&row.status)),
-                )),
+                Some(row) if row.user == user => Err(order_not_open(order, &row.status)),
                 _ => Err(order_not_found(order)),
             },
         }
@@ -1207,6 +1203,15 @@ fn follow_settled(
         }
         feed.apply(records, observer.as_deref(), &refdata);
     }
+}
+
+/// A cancel of one of the caller's orders that has already finished.
+pub(crate) fn order_not_open(id: u64, status: &OrderStatus) -> ExchangeError {
+    ExchangeError::new(
+        ErrorClass::Conflict,
+        "ORDER_NOT_OPEN",
+        format!("order {id} is already {}", rules::enum_name(status)),
+    )
 }
 
 pub fn order_not_found(id: impl std::fmt::Display) -> ExchangeError {

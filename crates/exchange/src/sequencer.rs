@@ -41,11 +41,11 @@ pub type Reply<T> = oneshot::Sender<ExchangeResult<T>>;
 pub enum Cancel {
     /// The order is open: its cancel is on its way to the book.
     Requested(OrderRow),
-    /// The order is not open in the working set (closed, someone else's, or never placed).
-    /// Which of these, the caller reads from the store itself, off the writer's thread: a
-    /// cancel of a filled order is common, and a store read per such cancel on the single
-    /// writer thread is a round trip to the database that every other request would wait
-    /// behind. Anything the writer closed is committed by the time this answer arrives.
+    /// The order is neither open nor among the recently closed ones (an old order,
+    /// someone else's, or never placed). Which of these, the caller reads from the store
+    /// itself, off the writer's thread: a store read on the single writer thread is a round
+    /// trip to the database that every other request would wait behind. Anything the writer
+    /// closed is committed by the time this answer arrives.
     NotOpen,
 }
 
@@ -170,12 +170,42 @@ struct Dirty {
     positions: FxHashSet<(&'static str, u32)>,
 }
 
+/// The last [`RecentlyClosed::CAPACITY`] finished orders: owner and final status.
+#[derive(Default)]
+struct RecentlyClosed {
+    by_id: FxHashMap<u64, (u64, OrderStatus)>,
+    oldest_first: std::collections::VecDeque<u64>,
+}
+
+impl RecentlyClosed {
+    /// About 2 MiB.
+    const CAPACITY: usize = 65_536;
+
+    fn insert(&mut self, order: u64, user: u64, status: OrderStatus) {
+        if self.oldest_first.len() == Self::CAPACITY {
+            if let Some(oldest) = self.oldest_first.pop_front() {
+                self.by_id.remove(&oldest);
+            }
+        }
+        self.oldest_first.push_back(order);
+        self.by_id.insert(order, (user, status));
+    }
+
+    fn get(&self, order: u64) -> Option<(u64, &OrderStatus)> {
+        self.by_id.get(&order).map(|(user, status)| (*user, status))
+    }
+}
+
 pub(crate) struct ExchangeVenue {
     shared: Arc<Shared>,
     refdata: RefData,
     users: FxHashSet<u64>,
     user_names: FxHashSet<String>,
     open: FxHashMap<u64, OrderRow>,
+    /// Who owned the most recently finished orders and how they ended: a cancel racing its
+    /// order's fill (common: clients cancel what they believe still rests) is answered
+    /// from memory.
+    recently_closed: RecentlyClosed,
     /// Open orders per (user, symbol), for the limit above.
     open_count: FxHashMap<(u64, u32), u32>,
     cursors: FxHashMap<u32, CursorRow>,
@@ -249,6 +279,7 @@ impl ExchangeVenue {
             users,
             user_names,
             open: open_orders.into_iter().map(|o| (o.id, o)).collect(),
+            recently_closed: RecentlyClosed::default(),
             open_count,
             cursors: cursors.into_iter().map(|c| (c.symbol, c)).collect(),
             candles,
@@ -634,7 +665,11 @@ impl ExchangeVenue {
     fn cancel(&mut self, core: &mut Core, user: u64, id: u64) -> ExchangeResult<Cancel> {
         self.require_user(user)?;
         let Some(order) = self.open.get(&id) else {
-            return Ok(Cancel::NotOpen);
+            return match self.recently_closed.get(id) {
+                Some((owner, status)) if owner == user => Err(crate::order_not_open(id, status)),
+                Some(_) => Err(crate::order_not_found(id)),
+                None => Ok(Cancel::NotOpen),
+            };
         };
         if order.user != user {
             return Err(crate::order_not_found(id));
@@ -973,6 +1008,7 @@ impl ExchangeVenue {
                         DoneReason::ExpiredInMatch => OrderStatus::ExpiredInMatch,
                         DoneReason::Rejected => OrderStatus::Rejected,
                     };
+                    self.recently_closed.insert(order, row.user, row.status);
                     self.dirty.orders.insert(order);
                     self.dirty.finished.insert(order, row);
                 }
@@ -1030,4 +1066,22 @@ fn count_in_flight(shared: &Shared, rows: &[OutboxRow]) {
         .count() as u64;
     shared.committing.store(inputs, Ordering::Release);
     shared.published.fetch_add(inputs, Ordering::AcqRel);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recently_closed_keeps_the_newest_orders_up_to_its_capacity() {
+        let mut closed = RecentlyClosed::default();
+        let n = RecentlyClosed::CAPACITY as u64 + 10;
+        for order in 1..=n {
+            closed.insert(order, order % 7, OrderStatus::Filled);
+        }
+        assert_eq!(closed.by_id.len(), RecentlyClosed::CAPACITY);
+        assert!(closed.get(10).is_none(), "the oldest went first");
+        assert_eq!(closed.get(11), Some((11 % 7, &OrderStatus::Filled)));
+        assert_eq!(closed.get(n), Some((n % 7, &OrderStatus::Filled)));
+    }
 }
